@@ -1,0 +1,44 @@
+"""wsiarray: fast, lazy, exact reading of whole-slide images.
+
+Example:
+    >>> import wsiarray
+    >>> with wsiarray.open("CMU-1-Small-Region.svs") as slide:
+    ...     print(slide.level_dimensions, slide.mpp)
+    ...     tile = slide.read_region((0, 0), (256, 256))
+    ((2220, 2967),) (0.499, 0.499)
+"""
+
+from __future__ import annotations
+
+from ._native import pool_size, set_pool_size
+from .errors import (
+    ArgumentError,
+    ClosedError,
+    FormatError,
+    OpenError,
+    TileDecodeError,
+    TileReadError,
+    UnsupportedError,
+    WSIError,
+)
+from .slide import DEFAULT_FILL, Level, Slide, open
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_FILL",
+    "ArgumentError",
+    "ClosedError",
+    "FormatError",
+    "Level",
+    "OpenError",
+    "Slide",
+    "TileDecodeError",
+    "TileReadError",
+    "UnsupportedError",
+    "WSIError",
+    "__version__",
+    "open",
+    "pool_size",
+    "set_pool_size",
+]

@@ -1,0 +1,147 @@
+// Python bindings: thin wrappers that convert arguments, release the GIL
+// around engine calls and map wsi::Error to wsiarray.errors classes.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+
+#include <cstring>
+#include <string>
+
+#include "error.hpp"
+#include "reader.hpp"
+#include "thread_pool.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+using U64Array = nb::ndarray<const uint64_t, nb::c_contig, nb::device::cpu>;
+using OutArray = nb::ndarray<uint8_t, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
+using TileArray = nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu>;
+
+nb::object error_class(wsi::ErrorKind kind) {
+  nb::module_ errors = nb::module_::import_("wsiarray.errors");
+  switch (kind) {
+    case wsi::ErrorKind::Open: return errors.attr("OpenError");
+    case wsi::ErrorKind::Format: return errors.attr("FormatError");
+    case wsi::ErrorKind::Unsupported: return errors.attr("UnsupportedError");
+    case wsi::ErrorKind::Read: return errors.attr("TileReadError");
+    case wsi::ErrorKind::Decode: return errors.attr("TileDecodeError");
+  }
+  return errors.attr("WSIError");
+}
+
+// Calls a Python tile decoder from a pool thread: takes the GIL only for the
+// call (imagecodecs releases it again while it decodes).
+wsi::ExternalDecoder wrap_decoder(nb::object decoder) {
+  auto holder = std::make_shared<nb::object>(std::move(decoder));
+  return [holder](const uint8_t* src, size_t size, uint64_t index, uint8_t* dst, size_t dst_size) {
+    std::string problem;
+    {
+      nb::gil_scoped_acquire gil;
+      try {
+        nb::bytes data(reinterpret_cast<const char*>(src), size);
+        nb::object result = (*holder)(data, index);
+        TileArray tile = nb::cast<TileArray>(result);
+        if (tile.nbytes() != dst_size) {
+          problem = "decoder returned " + std::to_string(tile.nbytes()) + " bytes for a tile of " +
+                    std::to_string(dst_size);
+        } else {
+          std::memcpy(dst, tile.data(), dst_size);
+        }
+      } catch (nb::python_error& e) {
+        problem = e.what();
+      } catch (const std::exception& e) {
+        problem = e.what();
+      }
+    }
+    if (!problem.empty()) throw wsi::Error(wsi::ErrorKind::Decode, problem);
+  };
+}
+
+std::vector<uint64_t> to_vector(const U64Array& a) { return {a.data(), a.data() + a.size()}; }
+
+}  // namespace
+
+NB_MODULE(_engine, m) {
+  m.doc() = "wsiarray's native tile engine (see docs/architecture.md).";
+
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const wsi::Error& e) {
+      PyErr_SetString(error_class(e.kind()).ptr(), e.what());
+    }
+  });
+
+  nb::class_<wsi::Reader>(m, "Reader")
+      .def(nb::init<const std::string&>(), "path"_a, nb::call_guard<nb::gil_scoped_release>())
+      .def_prop_ro("path", [](const wsi::Reader& r) { return r.file().path(); })
+      .def_prop_ro("identity",
+                   [](const wsi::Reader& r) {
+                     const auto& id = r.file().identity();
+                     return nb::make_tuple(id.device, id.inode, id.size, id.mtime_ns);
+                   },
+                   "(st_dev, st_ino, st_size, st_mtime_ns) at open time.")
+      .def_prop_ro("level_count", &wsi::Reader::level_count)
+      .def(
+          "add_level",
+          [](wsi::Reader& r, uint32_t width, uint32_t height, uint32_t tile_width, uint32_t tile_height,
+             uint32_t samples_per_plane, uint32_t bytes_per_sample, int codec, bool byteswap, int predictor,
+             nb::bytes jpeg_tables, int jpeg_in, int jpeg_out, U64Array offsets, U64Array bytecounts,
+             nb::object external, uint32_t page_index) {
+            if (offsets.ndim() != 3 || bytecounts.ndim() != 3) {
+              throw wsi::Error(wsi::ErrorKind::Format, "tile tables must be (planes, down, across)");
+            }
+            wsi::LevelDesc level;
+            level.width = width;
+            level.height = height;
+            level.tile_width = tile_width;
+            level.tile_height = tile_height;
+            level.samples_per_plane = samples_per_plane;
+            level.planes = static_cast<uint32_t>(offsets.shape(0));
+            level.bytes_per_sample = bytes_per_sample;
+            level.codec = static_cast<wsi::Codec>(codec);
+            level.byteswap = byteswap;
+            level.predictor = predictor;
+            const auto* tables = static_cast<const uint8_t*>(jpeg_tables.data());
+            level.jpeg_tables.assign(tables, tables + jpeg_tables.size());
+            level.jpeg_in_colorspace = jpeg_in;
+            level.jpeg_out_colorspace = jpeg_out;
+            level.offsets = to_vector(offsets);
+            level.bytecounts = to_vector(bytecounts);
+            if (!external.is_none()) level.external = wrap_decoder(external);
+            level.page_index = page_index;
+            return r.add_level(std::move(level));
+          },
+          "width"_a, "height"_a, "tile_width"_a, "tile_height"_a, "samples_per_plane"_a,
+          "bytes_per_sample"_a, "codec"_a, "byteswap"_a, "predictor"_a, "jpeg_tables"_a, "jpeg_in"_a,
+          "jpeg_out"_a, "offsets"_a, "bytecounts"_a, "external"_a.none(), "page_index"_a)
+      .def(
+          "read_region",
+          [](const wsi::Reader& r, size_t level, int64_t x, int64_t y, OutArray out, nb::bytes fill,
+             size_t workers) {
+            const wsi::LevelDesc& desc = r.level(level);
+            if (out.shape(2) != desc.pixel_bytes()) {
+              throw wsi::Error(wsi::ErrorKind::Format, "output array has the wrong pixel size");
+            }
+            if (fill.size() != desc.pixel_bytes()) {
+              throw wsi::Error(wsi::ErrorKind::Format, "fill value has the wrong pixel size");
+            }
+            wsi::Region region{x, y, static_cast<uint32_t>(out.shape(1)), static_cast<uint32_t>(out.shape(0))};
+            const auto* fill_bytes = static_cast<const uint8_t*>(fill.data());
+            uint8_t* data = out.data();
+            const size_t pitch = out.shape(1) * out.shape(2);
+            nb::gil_scoped_release release;
+            r.read_region(level, region, data, pitch, fill_bytes, workers);
+          },
+          "level"_a, "x"_a, "y"_a, "out"_a, "fill"_a, "workers"_a = 1,
+          "Reads pixels at level coordinates (x, y) into out, a (h, w, pixel_bytes) uint8 array.")
+      .def("close", &wsi::Reader::close);
+
+  m.def("pool_size", &wsi::pool_size, "Threads in the process-wide decode pool.");
+  m.def("set_pool_size", &wsi::set_pool_size, "threads"_a,
+        "Resize the process-wide decode pool (0: one thread per CPU).");
+}

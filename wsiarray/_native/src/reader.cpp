@@ -1,0 +1,320 @@
+#include "reader.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "error.hpp"
+#include "thread_pool.hpp"
+
+namespace wsi {
+namespace {
+
+// Adjacent tiles are fetched with one pread up to this many bytes.
+constexpr uint64_t kMaxRunBytes = 4u << 20;
+constexpr uint64_t kMaxTileBytes = 256u << 20;
+constexpr uint32_t kMaxSamples = 64;
+
+struct TileJob {
+  uint32_t plane;
+  uint32_t tx;
+  uint32_t ty;
+  uint64_t offset;
+  uint64_t size;
+};
+
+// Consecutive jobs whose bytes are contiguous in the file: one read each.
+struct Run {
+  size_t first;
+  size_t count;
+  uint64_t offset;
+  uint64_t size;
+};
+
+struct Scratch {
+  std::vector<uint8_t> bytes;  // a run's compressed bytes
+  std::vector<uint8_t> tile;   // one decoded tile, when it cannot go straight to the output
+};
+
+Scratch& thread_scratch() {
+  static thread_local Scratch scratch;
+  return scratch;
+}
+
+uint8_t* grow(std::vector<uint8_t>& buffer, size_t size) {
+  if (buffer.size() < size) buffer.resize(size);
+  return buffer.data();
+}
+
+void fill_pixels(uint8_t* dst, size_t count, const uint8_t* pixel, size_t pixel_bytes) {
+  if (count == 0) return;
+  if (std::all_of(pixel, pixel + pixel_bytes, [&](uint8_t b) { return b == pixel[0]; })) {
+    std::memset(dst, pixel[0], count * pixel_bytes);
+    return;
+  }
+  for (size_t i = 0; i < count; ++i) std::memcpy(dst + i * pixel_bytes, pixel, pixel_bytes);
+}
+
+void fail(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
+
+// Everything one request needs, shared read-only by the threads working on it.
+class RegionRead {
+ public:
+  RegionRead(const File& file, const LevelDesc& level, size_t level_index, const Region& region,
+             uint8_t* out, size_t pitch)
+      : file_(file), level_(level), level_index_(level_index), region_(region), out_(out),
+        pitch_(pitch), layout_{level.tile_width, level.tile_height, level.samples_per_plane,
+                               level.bytes_per_sample} {
+    x0_ = std::max<int64_t>(region.x, 0);
+    y0_ = std::max<int64_t>(region.y, 0);
+    x1_ = std::min<int64_t>(region.x + region.width, level.width);
+    y1_ = std::min<int64_t>(region.y + region.height, level.height);
+  }
+
+  bool empty() const { return x0_ >= x1_ || y0_ >= y1_; }
+
+  void fill_outside(const uint8_t* fill) const {
+    const size_t px = level_.pixel_bytes();
+    for (uint32_t oy = 0; oy < region_.height; ++oy) {
+      uint8_t* row = out_ + size_t(oy) * pitch_;
+      const int64_t y = region_.y + oy;
+      if (empty() || y < y0_ || y >= y1_) {
+        fill_pixels(row, region_.width, fill, px);
+        continue;
+      }
+      const size_t left = size_t(x0_ - region_.x);
+      const size_t right = size_t(x1_ - region_.x);
+      fill_pixels(row, left, fill, px);
+      fill_pixels(row + right * px, region_.width - right, fill, px);
+    }
+  }
+
+  // Lists the tiles the request touches and groups them into reads.
+  void plan(size_t workers) {
+    const uint32_t tw = level_.tile_width, th = level_.tile_height;
+    const uint32_t tx0 = uint32_t(x0_ / tw), tx1 = uint32_t((x1_ - 1) / tw);
+    const uint32_t ty0 = uint32_t(y0_ / th), ty1 = uint32_t((y1_ - 1) / th);
+    const uint64_t across = level_.tiles_across(), down = level_.tiles_down();
+    jobs_.reserve(size_t(level_.planes) * (tx1 - tx0 + 1) * (ty1 - ty0 + 1));
+    for (uint32_t p = 0; p < level_.planes; ++p) {
+      for (uint32_t ty = ty0; ty <= ty1; ++ty) {
+        for (uint32_t tx = tx0; tx <= tx1; ++tx) {
+          const size_t index = size_t((p * down + ty) * across + tx);
+          TileJob job{p, tx, ty, level_.offsets[index], level_.bytecounts[index]};
+          if (job.size > kMaxTileBytes || job.offset > file_.size() ||
+              job.size > file_.size() - job.offset) {
+            fail(ErrorKind::Read, where(job) + ": tile bytes " + std::to_string(job.offset) + "+" +
+                                      std::to_string(job.size) + " lie outside the file (" +
+                                      std::to_string(file_.size()) + " bytes)");
+          }
+          jobs_.push_back(job);
+        }
+      }
+    }
+    // Small runs when several threads share a request, so that they all get work.
+    size_t max_tiles = jobs_.size();
+    if (workers > 1) max_tiles = std::max<size_t>(1, jobs_.size() / (workers * 4));
+    for (size_t i = 0; i < jobs_.size(); ++i) {
+      const TileJob& job = jobs_[i];
+      if (!runs_.empty()) {
+        Run& run = runs_.back();
+        const TileJob& prev = jobs_[i - 1];
+        if (job.size > 0 && prev.size > 0 && job.offset == prev.offset + prev.size &&
+            run.size + job.size <= kMaxRunBytes && run.count < max_tiles) {
+          run.count += 1;
+          run.size += job.size;
+          continue;
+        }
+      }
+      runs_.push_back(Run{i, 1, job.offset, job.size});
+    }
+  }
+
+  size_t run_count() const { return runs_.size(); }
+
+  void read_run(size_t index) const {
+    const Run& run = runs_[index];
+    Scratch& scratch = thread_scratch();
+    uint8_t* bytes = grow(scratch.bytes, run.size);
+    if (run.size > 0) {
+      try {
+        file_.read_exact(run.offset, run.size, bytes);
+      } catch (const Error& e) {
+        fail(e.kind(), where(jobs_[run.first]) + ": " + e.what());
+      }
+    }
+    for (size_t k = 0; k < run.count; ++k) {
+      const TileJob& job = jobs_[run.first + k];
+      try {
+        place_tile(job, bytes + (job.offset - run.offset), scratch);
+      } catch (const Error& e) {
+        fail(e.kind(), where(job) + ": " + e.what());
+      }
+    }
+  }
+
+ private:
+  std::string where(const TileJob& job) const {
+    std::string s = file_.path() + ": level " + std::to_string(level_index_) + " (IFD " +
+                    std::to_string(level_.page_index) + "), tile (" + std::to_string(job.tx) + ", " +
+                    std::to_string(job.ty) + ")";
+    if (level_.planes > 1) s += " of plane " + std::to_string(job.plane);
+    return s;
+  }
+
+  // Decodes a tile to its place in the output, directly when the whole tile
+  // is wanted, else through a scratch tile and a copy of the covered part.
+  void place_tile(const TileJob& job, const uint8_t* src, Scratch& scratch) const {
+    const int64_t tile_x = int64_t(job.tx) * layout_.width;
+    const int64_t tile_y = int64_t(job.ty) * layout_.height;
+    const int64_t cx0 = std::max(tile_x, x0_), cx1 = std::min(tile_x + layout_.width, x1_);
+    const int64_t cy0 = std::max(tile_y, y0_), cy1 = std::min(tile_y + layout_.height, y1_);
+    const size_t px = level_.pixel_bytes();
+    const size_t plane_bytes = size_t(layout_.samples) * layout_.bytes_per_sample;
+    const bool whole = level_.planes == 1 && cx0 == tile_x && cy0 == tile_y &&
+                       cx1 == tile_x + layout_.width && cy1 == tile_y + layout_.height;
+    uint8_t* out_origin = out_ + size_t(cy0 - region_.y) * pitch_ + size_t(cx0 - region_.x) * px +
+                          size_t(job.plane) * plane_bytes;
+    if (whole) {
+      decode_tile(job, src, out_origin, pitch_, scratch);
+      return;
+    }
+    const size_t row_bytes = layout_.row_bytes();
+    uint8_t* tile = grow(scratch.tile, layout_.bytes());
+    decode_tile(job, src, tile, row_bytes, scratch);
+    const size_t cols = size_t(cx1 - cx0);
+    for (int64_t y = cy0; y < cy1; ++y) {
+      const uint8_t* from = tile + size_t(y - tile_y) * row_bytes + size_t(cx0 - tile_x) * plane_bytes;
+      uint8_t* to = out_origin + size_t(y - cy0) * pitch_;
+      if (level_.planes == 1) {
+        std::memcpy(to, from, cols * px);
+      } else {
+        for (size_t c = 0; c < cols; ++c) std::memcpy(to + c * px, from + c * plane_bytes, plane_bytes);
+      }
+    }
+  }
+
+  void decode_tile(const TileJob& job, const uint8_t* src, uint8_t* dst, size_t pitch,
+                   Scratch& scratch) const {
+    const size_t row_bytes = layout_.row_bytes();
+    const size_t bytes = layout_.bytes();
+    if (job.size == 0) {
+      // A tile the file never wrote (offset and count 0): black, as tifffile does.
+      for (uint32_t r = 0; r < layout_.height; ++r) std::memset(dst + r * pitch, 0, row_bytes);
+      return;
+    }
+    if (level_.codec == Codec::Jpeg) {
+      JpegParams params;
+      params.tables = level_.jpeg_tables.empty() ? nullptr : level_.jpeg_tables.data();
+      params.tables_size = level_.jpeg_tables.size();
+      params.in_colorspace = level_.jpeg_in_colorspace;
+      params.out_colorspace = level_.jpeg_out_colorspace;
+      decode_jpeg(src, size_t(job.size), params, layout_, dst, pitch);
+      return;
+    }
+    // Byte-stream codecs produce a contiguous tile: in place when dst is one.
+    uint8_t* tile = pitch == row_bytes ? dst : grow(scratch.tile, bytes);
+    switch (level_.codec) {
+      case Codec::Raw: {
+        const size_t n = std::min<size_t>(size_t(job.size), bytes);
+        std::memcpy(tile, src, n);
+        std::memset(tile + n, 0, bytes - n);
+        break;
+      }
+      case Codec::Deflate: decode_deflate(src, size_t(job.size), tile, bytes); break;
+      case Codec::Lzw: decode_lzw(src, size_t(job.size), tile, bytes); break;
+      case Codec::External: {
+        const uint64_t index = (uint64_t(job.plane) * level_.tiles_down() + job.ty) *
+                                   level_.tiles_across() + job.tx;
+        level_.external(src, size_t(job.size), index, tile, bytes);
+        break;
+      }
+      default: fail(ErrorKind::Unsupported, "unknown codec");
+    }
+    if (level_.codec != Codec::External) {
+      if (level_.byteswap) byteswap_samples(tile, bytes, layout_.bytes_per_sample);
+      if (level_.predictor == 2) undo_horizontal_predictor(tile, layout_);
+    }
+    if (tile != dst) {
+      for (uint32_t r = 0; r < layout_.height; ++r) std::memcpy(dst + r * pitch, tile + r * row_bytes, row_bytes);
+    }
+  }
+
+  const File& file_;
+  const LevelDesc& level_;
+  size_t level_index_;
+  Region region_;
+  uint8_t* out_;
+  size_t pitch_;
+  TileLayout layout_;
+  int64_t x0_, y0_, x1_, y1_;  // the request clipped to the image
+  std::vector<TileJob> jobs_;
+  std::vector<Run> runs_;
+};
+
+}  // namespace
+
+Reader::Reader(const std::string& path) : file_(path) {}
+
+const LevelDesc& Reader::level(size_t index) const {
+  if (index >= levels_.size()) {
+    fail(ErrorKind::Format, file_.path() + ": no level " + std::to_string(index) + " (the slide has " +
+                                std::to_string(levels_.size()) + ")");
+  }
+  return *levels_[index];
+}
+
+size_t Reader::add_level(LevelDesc level) {
+  const std::string what = file_.path() + ": IFD " + std::to_string(level.page_index);
+  if (level.width == 0 || level.height == 0 || level.tile_width == 0 || level.tile_height == 0) {
+    fail(ErrorKind::Format, what + ": zero image or tile size");
+  }
+  if (level.samples_per_plane == 0 || level.planes == 0 || level.samples() > kMaxSamples ||
+      level.planes > kMaxSamples) {
+    fail(ErrorKind::Format, what + ": unsupported sample layout");
+  }
+  const uint32_t bps = level.bytes_per_sample;
+  if (bps != 1 && bps != 2 && bps != 4 && bps != 8) fail(ErrorKind::Unsupported, what + ": sample size");
+  TileLayout layout{level.tile_width, level.tile_height, level.samples_per_plane, bps};
+  if (uint64_t(level.tile_width) * level.tile_height > kMaxTileBytes ||
+      layout.bytes() > kMaxTileBytes) {
+    fail(ErrorKind::Format, what + ": tiles larger than 256 MiB");
+  }
+  const uint64_t count = uint64_t(level.planes) * level.tiles_across() * level.tiles_down();
+  if (level.offsets.size() != count || level.bytecounts.size() != count) {
+    fail(ErrorKind::Format, what + ": " + std::to_string(level.offsets.size()) + " tile offsets for " +
+                                std::to_string(count) + " tiles");
+  }
+  switch (level.codec) {
+    case Codec::Jpeg:
+      if (bps != 1) fail(ErrorKind::Unsupported, what + ": JPEG with more than 8 bits per sample");
+      break;
+    case Codec::External:
+      if (!level.external) fail(ErrorKind::Format, what + ": external codec without a decoder");
+      break;
+    case Codec::Raw:
+    case Codec::Deflate:
+    case Codec::Lzw:
+      break;
+    default:
+      fail(ErrorKind::Unsupported, what + ": unknown codec");
+  }
+  if (level.predictor != 1 && level.predictor != 2) fail(ErrorKind::Unsupported, what + ": predictor");
+  levels_.push_back(std::make_unique<LevelDesc>(std::move(level)));
+  return levels_.size() - 1;
+}
+
+void Reader::read_region(size_t level_index, const Region& region, uint8_t* out, size_t pitch,
+                         const uint8_t* fill, size_t workers) const {
+  const LevelDesc& level = this->level(level_index);
+  if (pitch < size_t(region.width) * level.pixel_bytes()) fail(ErrorKind::Format, "output rows too short");
+  RegionRead read(file_, level, level_index, region, out, pitch);
+  read.fill_outside(fill);
+  if (read.empty()) return;
+  if (workers == 0) workers = pool_size();
+  read.plan(workers);
+  parallel_for(read.run_count(), workers, [&](size_t i) { read.read_run(i); });
+}
+
+}  // namespace wsi

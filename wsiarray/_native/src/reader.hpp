@@ -1,0 +1,83 @@
+// The tile engine: one open file, its levels' tile tables, and region reads
+// that fetch, decode and assemble tiles on the process thread pool.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../codecs/codecs.hpp"
+#include "file.hpp"
+
+namespace wsi {
+
+enum class Codec : int { Raw = 0, Deflate = 1, Lzw = 2, Jpeg = 3, External = 255 };
+
+// Decodes one tile's bytes (global tile index across planes) into `dst`, a
+// contiguous tile of the level's tile layout. Used for codecs decoded outside
+// the engine (imagecodecs through Python); may throw wsi::Error.
+using ExternalDecoder = std::function<void(const uint8_t* src, size_t size, uint64_t index,
+                                           uint8_t* dst, size_t dst_size)>;
+
+struct LevelDesc {
+  uint32_t width = 0;
+  uint32_t height = 0;
+  uint32_t tile_width = 0;
+  uint32_t tile_height = 0;
+  uint32_t samples_per_plane = 0;
+  uint32_t planes = 0;
+  uint32_t bytes_per_sample = 0;
+  bool byteswap = false;
+  int predictor = 1;
+  Codec codec = Codec::Raw;
+  std::vector<uint8_t> jpeg_tables;
+  int jpeg_in_colorspace = -1;
+  int jpeg_out_colorspace = -1;
+  // planes * tiles_down * tiles_across entries, plane-major then row-major.
+  std::vector<uint64_t> offsets;
+  std::vector<uint64_t> bytecounts;
+  ExternalDecoder external;
+  uint32_t page_index = 0;  // for messages
+
+  uint32_t tiles_across() const { return (width + tile_width - 1) / tile_width; }
+  uint32_t tiles_down() const { return (height + tile_height - 1) / tile_height; }
+  uint32_t samples() const { return planes * samples_per_plane; }
+  size_t pixel_bytes() const { return size_t(samples()) * bytes_per_sample; }
+};
+
+// A request in level pixel coordinates; may extend past the image.
+struct Region {
+  int64_t x = 0;
+  int64_t y = 0;
+  uint32_t width = 0;
+  uint32_t height = 0;
+};
+
+class Reader {
+ public:
+  explicit Reader(const std::string& path);
+
+  const File& file() const { return file_; }
+  // Validates the description (sizes, counts, overflow) and adds a level.
+  size_t add_level(LevelDesc level);
+  size_t level_count() const { return levels_.size(); }
+  const LevelDesc& level(size_t index) const;
+
+  // Reads `region` of `level` into `out` (region.height rows of `pitch`
+  // bytes, region.width pixels each). Pixels outside the image get the
+  // pixel value in `fill` (level.pixel_bytes() bytes). Uses up to `workers`
+  // threads of the process pool, the caller's included.
+  void read_region(size_t level, const Region& region, uint8_t* out, size_t pitch,
+                   const uint8_t* fill, size_t workers) const;
+
+  void close() { file_.close(); }
+
+ private:
+  File file_;
+  std::vector<std::unique_ptr<LevelDesc>> levels_;
+};
+
+}  // namespace wsi

@@ -1,0 +1,59 @@
+"""Exceptions raised by wsiarray; all derive from :class:`WSIError`.
+
+The native engine raises these same classes (it looks them up here when it is
+imported), so ``except wsiarray.WSIError`` catches everything the library
+raises about a file.
+
+Example:
+    >>> import wsiarray
+    >>> try:
+    ...     wsiarray.open("not-a-slide.txt")
+    ... except wsiarray.WSIError as exc:
+    ...     print(type(exc).__name__)
+    OpenError
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "WSIError",
+    "OpenError",
+    "FormatError",
+    "UnsupportedError",
+    "TileReadError",
+    "TileDecodeError",
+    "ClosedError",
+    "ArgumentError",
+]
+
+
+class WSIError(Exception):
+    """Base class of every error wsiarray raises about a slide."""
+
+
+class OpenError(WSIError, OSError):
+    """The file cannot be opened as a slide (missing, not TIFF, not readable)."""
+
+
+class FormatError(WSIError, ValueError):
+    """The file is a TIFF but its structure is corrupt or self-contradictory."""
+
+
+class UnsupportedError(FormatError):
+    """The file is valid but uses a feature wsiarray does not support."""
+
+
+class TileReadError(WSIError, OSError):
+    """Reading a tile's bytes failed (offset past the end of the file, I/O error)."""
+
+
+class TileDecodeError(WSIError, ValueError):
+    """A tile's bytes could not be decoded (corrupt or truncated data)."""
+
+
+class ClosedError(WSIError, ValueError):
+    """The slide was used after ``close()``."""
+
+
+class ArgumentError(WSIError, ValueError):
+    """A call's arguments are invalid (level out of range, negative size, ...)."""

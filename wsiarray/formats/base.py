@@ -1,0 +1,111 @@
+"""Plain tables the format layer hands to the native engine.
+
+A format module (``aperio``, ``ome``, ``generic``) looks at a file through
+:mod:`tifffile` and describes it with the dataclasses below; nothing here
+reads pixels.  The native engine only ever sees :class:`LevelSpec`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Codec", "LevelSpec", "SlideInfo", "TileDecoder"]
+
+#: Decodes the raw bytes of one tile (plane, tile index in the plane) into an
+#: array of shape ``(tile_height, tile_width, samples_per_plane)`` in the
+#: level's dtype.  Used for compressions the native engine does not decode.
+TileDecoder = Callable[[bytes, int], np.ndarray]
+
+
+class Codec(enum.IntEnum):
+    """Decoders built into the native engine (values shared with C++)."""
+
+    RAW = 0
+    DEFLATE = 1
+    LZW = 2
+    JPEG = 3
+    #: Decoded by ``LevelSpec.external_decoder`` (imagecodecs via tifffile).
+    EXTERNAL = 255
+
+
+class JpegColor(enum.IntEnum):
+    """libjpeg ``J_COLOR_SPACE`` values (``jpeglib.h``); ``AUTO`` = libjpeg's guess."""
+
+    AUTO = -1
+    GRAYSCALE = 1
+    RGB = 2
+    YCBCR = 3
+
+
+@dataclass(frozen=True, eq=False)
+class LevelSpec:
+    """One pyramid level as the native engine sees it.
+
+    ``offsets`` and ``bytecounts`` have shape ``(planes, tiles_down,
+    tiles_across)``: one plane for interleaved samples, several when samples
+    are stored in separate tiles (PlanarConfiguration 2) or separate pages
+    (OME-TIFF channels).  Plane ``p`` fills output channels
+    ``p * samples_per_plane ... (p + 1) * samples_per_plane - 1``.
+    Strip-organised images use one strip as one full-width tile.
+    """
+
+    width: int
+    height: int
+    tile_width: int
+    tile_height: int
+    samples_per_plane: int
+    offsets: np.ndarray  # uint64, (planes, tiles_down, tiles_across)
+    bytecounts: np.ndarray  # uint64, same shape
+    dtype: np.dtype  # native byte order
+    codec: Codec
+    compression: int  # the TIFF Compression tag value
+    byteswap: bool = False  # file byte order differs from this machine's
+    predictor: int = 1  # 1 none, 2 horizontal (native codecs only)
+    jpeg_tables: bytes = b""
+    jpeg_colorspace: JpegColor = JpegColor.AUTO
+    jpeg_out_colorspace: JpegColor = JpegColor.AUTO
+    external_decoder: TileDecoder | None = None
+    #: Index of the TIFF page (IFD) the level comes from, for messages.
+    page_index: int = 0
+
+    @property
+    def planes(self) -> int:
+        return int(self.offsets.shape[0])
+
+    @property
+    def samples(self) -> int:
+        return self.planes * self.samples_per_plane
+
+    @property
+    def tiles_down(self) -> int:
+        return int(self.offsets.shape[1])
+
+    @property
+    def tiles_across(self) -> int:
+        return int(self.offsets.shape[2])
+
+    @property
+    def compression_name(self) -> str:
+        from .tiff import compression_name
+
+        return compression_name(self.compression)
+
+
+@dataclass(eq=False)
+class SlideInfo:
+    """Everything the format layer learned about one file."""
+
+    vendor: str  # OpenSlide's vendor name: "aperio", "generic-tiff", "ome-tiff"
+    levels: list[LevelSpec]  # largest first
+    properties: dict[str, str] = field(default_factory=dict)
+    #: name -> loader returning an (h, w, c) array; called on first access.
+    associated: Mapping[str, Callable[[], np.ndarray]] = field(default_factory=dict)
+    mpp: tuple[float, float] | None = None  # (x, y) micrometres per pixel
+    objective_power: float | None = None
+    channel_names: tuple[str, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,452 @@
+"""Turn tifffile pages into :class:`LevelSpec` tables; shared by every format.
+
+This module decides, per level, whether the native engine decodes the tiles
+itself (JPEG, deflate, LZW, raw with or without horizontal predictor) or
+hands them to tifffile's own decoder (imagecodecs) through
+``LevelSpec.external_decoder``.  It also validates what the file claims
+(sizes, counts, sample layout) before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tifffile
+
+from ..errors import (
+    FormatError,
+    OpenError,
+    TileDecodeError,
+    TileReadError,
+    UnsupportedError,
+    WSIError,
+)
+from .base import Codec, JpegColor, LevelSpec
+
+__all__ = [
+    "PageLoader",
+    "check_page",
+    "compression_name",
+    "is_mask",
+    "is_reduced",
+    "iter_pages",
+    "level_from_pages",
+    "open_tiff",
+    "page_name",
+    "pages_at",
+    "pyramid_levels",
+    "same_layout",
+    "subifd_pages",
+    "wrap_errors",
+]
+
+#: More IFDs than this in one chain is treated as a corrupt file.
+MAX_PAGES = 4096
+#: Limits on what a file may claim before anything is allocated for it.
+MAX_SAMPLES = 64
+MAX_DIMENSION = 1 << 22  # 4 Mi pixels along one axis
+MAX_TILE_BYTES = 1 << 28  # 256 MiB decoded per tile
+#: More pyramid levels than this (SubIFDs of one page) is treated as corrupt.
+MAX_LEVELS = 64
+#: Associated images (label, macro, thumbnail) are decoded whole, so cap them.
+MAX_ASSOCIATED_BYTES = 1 << 28
+
+#: First four bytes of classic TIFF and BigTIFF, little- and big-endian.
+_TIFF_MAGIC = {b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"}
+
+_NATIVE_DEFLATE = {8, 32946}
+_KNOWN_COMPRESSIONS = {int(c) for c in tifffile.COMPRESSION}
+
+
+def compression_name(value: int) -> str:
+    """Readable name of a TIFF Compression tag value, e.g. ``"JPEG"``."""
+    try:
+        return tifffile.COMPRESSION(value).name
+    except ValueError:
+        return f"UNKNOWN_{value}"
+
+
+def iter_pages(tif: tifffile.TiffFile) -> Iterator[tifffile.TiffPage]:
+    """Walk the main IFD chain, refusing loops and absurdly long chains.
+
+    tifffile's own iterator can revisit an IFD that links to itself forever,
+    so pages are taken by index and their offsets remembered.
+    """
+    seen: set[int] = set()
+    pages = tif.pages
+    pages.useframes = False
+    name = _file_path(tif)
+    for index in range(MAX_PAGES + 1):
+        if index == MAX_PAGES:
+            raise FormatError(f"{name}: more than {MAX_PAGES} IFDs")
+        try:
+            page = pages.get(index) if hasattr(pages, "get") else pages[index]
+        except IndexError:
+            return
+        except Exception as exc:  # tifffile raises many kinds on corrupt IFDs
+            raise FormatError(f"{name}: corrupt IFD {index}: {exc}") from exc
+        if page is None:
+            return
+        offset = int(page.offset)
+        if offset in seen:
+            raise FormatError(f"{name}: IFD chain loops back to offset {offset} (IFD {index})")
+        seen.add(offset)
+        yield page  # type: ignore[misc]
+
+
+def pages_at(tif: tifffile.TiffFile, indices: Iterable[int], what: str) -> dict[int, tifffile.TiffPage]:
+    """The main-chain pages at ``indices`` (walking no further than needed)."""
+    wanted = set(indices)
+    found: dict[int, tifffile.TiffPage] = {}
+    if wanted:
+        for index, page in enumerate(iter_pages(tif)):
+            if index in wanted:
+                found[index] = page
+                if len(found) == len(wanted):
+                    return found
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise FormatError(f"{what}: IFD {missing[0]} does not exist")
+    return found
+
+
+def check_page(page: tifffile.TiffPage, what: str) -> None:
+    """Reject pages whose claimed layout is absurd, before anything is allocated."""
+    compression = int(page.compression)
+    if compression not in _KNOWN_COMPRESSIONS:
+        raise UnsupportedError(f"{what}: unsupported compression {compression}")
+    if not 1 <= page.samplesperpixel <= MAX_SAMPLES:
+        raise FormatError(f"{what}: SamplesPerPixel {page.samplesperpixel} is out of range")
+    if not (0 < page.imagewidth <= MAX_DIMENSION and 0 < page.imagelength <= MAX_DIMENSION):
+        raise FormatError(f"{what}: image size {page.imagewidth}x{page.imagelength} is out of range")
+    if page.imagedepth != 1:
+        raise UnsupportedError(f"{what}: volumetric tiles (ImageDepth {page.imagedepth})")
+    bits = page.bitspersample
+    if bits not in (8, 16, 32, 64):
+        raise UnsupportedError(f"{what}: {bits} bits per sample")
+
+
+def _jpeg_colorspaces(page: tifffile.TiffPage) -> tuple[JpegColor, JpegColor]:
+    # Mirrors tifffile.jpeg_decode_colorspace so pixels match tifffile exactly:
+    # Aperio stores RGB components without JFIF/Adobe markers, and only the
+    # Photometric tag says they are not YCbCr.
+    photometric = int(page.photometric)
+    if photometric == 6:
+        return JpegColor.AUTO, JpegColor.RGB
+    if photometric == 2:
+        return (JpegColor.AUTO if page.is_jfif else JpegColor.RGB), JpegColor.RGB
+    if photometric in (0, 1):
+        return JpegColor.AUTO, JpegColor.GRAYSCALE
+    return JpegColor.AUTO, JpegColor.AUTO
+
+
+def _native_codec(page: tifffile.TiffPage, samples_per_plane: int) -> Codec:
+    compression = int(page.compression)
+    if page.fillorder != 1 or page.sampleformat == 6:  # bit-reversed, complex
+        return Codec.EXTERNAL
+    if compression == 7:
+        native_jpeg = (
+            page.bitspersample == 8
+            and page.dtype == np.uint8
+            and int(page.planarconfig) == 1
+            and not page.extrasamples
+            and (samples_per_plane, int(page.photometric)) in {(1, 1), (3, 2), (3, 6)}
+        )
+        return Codec.JPEG if native_jpeg else Codec.EXTERNAL
+    if page.predictor not in (1, 2) or (page.predictor == 2 and page.dtype.kind == "f"):
+        return Codec.EXTERNAL
+    if compression == 1:
+        return Codec.RAW
+    if compression in _NATIVE_DEFLATE:
+        return Codec.DEFLATE
+    if compression == 5:
+        return Codec.LZW
+    return Codec.EXTERNAL
+
+
+def _external_decoder(page: tifffile.TiffPage, tiles_per_plane: int, shape: tuple[int, int, int]):
+    """Decode one tile with tifffile's decoder (imagecodecs; releases the GIL)."""
+    decode = page.decode  # built once; tifffile caches it on the page
+    jpegtables = page.jpegtables
+    dtype = page.dtype.newbyteorder("=")
+
+    def decode_tile(data: bytes, index: int) -> np.ndarray:
+        tile, _, _ = decode(data, index, jpegtables=jpegtables, _fullsize=True)
+        if tile is None:
+            return np.zeros(shape, dtype)
+        tile = np.asarray(tile).reshape(shape)
+        return np.ascontiguousarray(tile, dtype=dtype)
+
+    return decode_tile
+
+
+def level_from_pages(pages: Sequence[tifffile.TiffPage], what: str) -> LevelSpec:
+    """Describe one level stored in ``pages``.
+
+    ``pages`` holds one page, or several that share a geometry and each hold
+    some of the channels (OME-TIFF's one page per channel).  Tiled pages give
+    their tile grid; strip pages become full-width tiles of RowsPerStrip rows.
+    """
+    first = pages[0]
+    for page in pages:
+        check_page(page, what)
+        if (page.imagewidth, page.imagelength, page.compression, page.dtype, page.tilewidth,
+                page.tilelength) != (first.imagewidth, first.imagelength, first.compression,
+                                     first.dtype, first.tilewidth, first.tilelength):
+            raise FormatError(f"{what}: channel pages differ in geometry or encoding")
+
+    width, height = int(first.imagewidth), int(first.imagelength)
+    if first.is_tiled:
+        tile_w, tile_h = int(first.tilewidth), int(first.tilelength)
+    else:
+        tile_w, tile_h = width, min(int(first.rowsperstrip or height), height)
+    if tile_w <= 0 or tile_h <= 0 or tile_w > MAX_DIMENSION or tile_h > MAX_DIMENSION:
+        raise FormatError(f"{what}: tile size {tile_w}x{tile_h} is out of range")
+
+    separate = int(first.planarconfig) == 2
+    spp = int(first.samplesperpixel)
+    samples_per_plane = 1 if separate else spp
+    planes_per_page = spp if separate else 1
+    itemsize = first.dtype.itemsize
+    if tile_w * tile_h * samples_per_plane * itemsize > MAX_TILE_BYTES:
+        raise FormatError(f"{what}: a {tile_w}x{tile_h} tile is larger than {MAX_TILE_BYTES >> 20} MiB")
+
+    across = -(-width // tile_w)
+    down = -(-height // tile_h)
+    per_plane = across * down
+    planes = planes_per_page * len(pages)
+    offsets = np.empty((planes, down, across), np.uint64)
+    counts = np.empty((planes, down, across), np.uint64)
+    for i, page in enumerate(pages):
+        page_offsets = np.asarray(page.dataoffsets, np.uint64)
+        page_counts = np.asarray(page.databytecounts, np.uint64)
+        if page_offsets.size != per_plane * planes_per_page or page_counts.size != page_offsets.size:
+            raise FormatError(
+                f"{what}: {page_offsets.size} tile offsets and {page_counts.size} byte counts "
+                f"for a grid of {per_plane * planes_per_page} tiles"
+            )
+        sl = slice(i * planes_per_page, (i + 1) * planes_per_page)
+        offsets[sl] = page_offsets.reshape(planes_per_page, down, across)
+        counts[sl] = page_counts.reshape(planes_per_page, down, across)
+
+    codec = _native_codec(first, samples_per_plane)
+    jpeg_in, jpeg_out = _jpeg_colorspaces(first) if codec is Codec.JPEG else (JpegColor.AUTO,) * 2
+    byteswap = itemsize > 1 and first.parent.byteorder != ("<" if sys.byteorder == "little" else ">")
+    external = None
+    if codec is Codec.EXTERNAL:
+        tile_shape = (tile_h, tile_w, samples_per_plane)
+        decoders = [_external_decoder(p, per_plane, tile_shape) for p in pages]
+
+        def external(data: bytes, index: int) -> np.ndarray:
+            # index counts tiles across all planes; tifffile counts within a page
+            page_index, within = divmod(index, per_plane * planes_per_page)
+            return decoders[page_index](data, within)
+
+    return LevelSpec(
+        width=width,
+        height=height,
+        tile_width=tile_w,
+        tile_height=tile_h,
+        samples_per_plane=samples_per_plane,
+        offsets=offsets,
+        bytecounts=counts,
+        dtype=first.dtype.newbyteorder("="),
+        codec=codec,
+        compression=int(first.compression),
+        byteswap=byteswap,
+        predictor=int(first.predictor) if codec in (Codec.RAW, Codec.DEFLATE, Codec.LZW) else 1,
+        jpeg_tables=bytes(first.jpegtables or b"") if codec is Codec.JPEG else b"",
+        jpeg_colorspace=jpeg_in,
+        jpeg_out_colorspace=jpeg_out,
+        external_decoder=external,
+        page_index=int(first.index) if isinstance(first.index, int) else 0,
+    )
+
+
+def _file_path(tif: tifffile.TiffFile) -> str:
+    """Full path of an open TiffFile, for messages (``tif.filename`` is only the base name)."""
+    return str(getattr(tif.filehandle, "path", None) or tif.filename)
+
+
+@contextlib.contextmanager
+def wrap_errors(path: str, doing: str, *, decoding: bool = False) -> Iterator[None]:
+    """Re-raise anything but a :class:`WSIError` as one that names ``path``.
+
+    tifffile, ``struct`` and the codecs raise a zoo of exception types on
+    corrupt files; callers of wsiarray catch one family.  ``decoding`` picks
+    the pixel-level classes (read/decode) over the structural ones.
+
+    Example:
+        >>> with wrap_errors("x.tif", "reading IFDs"):
+        ...     pass
+    """
+    try:
+        yield
+    except WSIError:
+        raise
+    except tifffile.TiffFileError as exc:  # a ValueError: must come before the OSError/other split
+        raise FormatError(f"{path}: corrupt TIFF structure while {doing}: {exc}") from exc
+    except OSError as exc:
+        cls = TileReadError if decoding else OpenError
+        raise cls(f"{path}: I/O error while {doing}: {exc}") from exc
+    except Exception as exc:  # anything else is still a problem with this file
+        cls = TileDecodeError if decoding else FormatError
+        raise cls(f"{path}: {doing} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def open_tiff(path: str) -> tifffile.TiffFile:
+    """Open ``path`` with tifffile, raising :class:`OpenError` if it is not a TIFF.
+
+    The header is checked here first so "not a TIFF at all" (OpenError) is
+    told apart from "a TIFF with a corrupt first IFD" (FormatError).
+
+    Example:
+        >>> tif = open_tiff("slide.svs")  # doctest: +SKIP
+    """
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise OpenError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+    if magic not in _TIFF_MAGIC:
+        raise OpenError(f"{path}: not a TIFF file (header {magic!r})")
+    with wrap_errors(path, "opening"):
+        return tifffile.TiffFile(path)
+
+
+def is_mask(page: tifffile.TiffPage) -> bool:
+    """True for transparency masks (NewSubfileType bit 2 or Photometric MASK): never levels."""
+    return bool(int(page.subfiletype) & 4) or int(page.photometric) == 4
+
+
+def is_reduced(page: tifffile.TiffPage) -> bool:
+    """True for reduced-resolution images (NewSubfileType bit 0, or OldSubfileType 2)."""
+    if int(page.subfiletype) & 1:
+        return True
+    old = page.tags.get(255)  # OldSubfileType, still written by some old pyramid tools
+    return old is not None and old.value == 2
+
+
+def same_layout(page: tifffile.TiffPage, base: tifffile.TiffPage) -> bool:
+    """True if ``page`` can be a lower level of ``base``: same samples, dtype, planar
+    layout and tiling, and no larger in either dimension."""
+    return (
+        page.samplesperpixel == base.samplesperpixel
+        and page.dtype == base.dtype
+        and int(page.planarconfig) == int(base.planarconfig)
+        and page.is_tiled == base.is_tiled
+        and 0 < page.imagewidth <= base.imagewidth
+        and 0 < page.imagelength <= base.imagelength
+    )
+
+
+def subifd_pages(tif: tifffile.TiffFile, page: tifffile.TiffPage, what: str) -> list[tifffile.TiffPage]:
+    """Read the pages that ``page``'s SubIFDs tag points to, in tag order.
+
+    Offsets are validated against the file size and each other so a corrupt
+    tag cannot send tifffile off reading garbage or the same IFD twice.
+    """
+    offsets = tuple(int(o) for o in (page.subifds or ()))
+    if len(offsets) > MAX_LEVELS:
+        raise FormatError(f"{what}: {len(offsets)} SubIFDs (more than {MAX_LEVELS})")
+    size = int(tif.filehandle.size)
+    seen = {int(page.offset)}
+    parent_index = page.index if isinstance(page.index, int) else 0
+    result = []
+    for i, offset in enumerate(offsets):
+        if not 8 <= offset < size:
+            raise FormatError(f"{what}: SubIFD {i} offset {offset} is outside the file ({size} bytes)")
+        if offset in seen:
+            raise FormatError(f"{what}: SubIFD {i} points back to an IFD already read (offset {offset})")
+        seen.add(offset)
+        with wrap_errors(_file_path(tif), f"reading SubIFD {i} of IFD {parent_index}"):
+            tif.filehandle.seek(offset)
+            result.append(tifffile.TiffPage(tif, index=(parent_index, i)))
+    return result
+
+
+def _as_hwc(array: np.ndarray, page: tifffile.TiffPage) -> np.ndarray:
+    # page.shaped is (separate samples, depth, length, width, contiguous samples)
+    # whatever the planar configuration, so one reshape covers both layouts.
+    separate, depth, height, width, contig = page.shaped
+    array = np.asarray(array).reshape(separate, depth, height, width, contig)[:, 0]
+    return np.moveaxis(array, 0, 2).reshape(height, width, separate * contig)
+
+
+@dataclass(frozen=True)
+class PageLoader:
+    """Decodes an associated image (label, macro, thumbnail) when called.
+
+    Holds only the path and IFD indices, so it is cheap, picklable, and does
+    not keep the file open.  Several indices are stacked as channels (OME-TIFF
+    stores one channel per page).
+
+    Example:
+        >>> label = info.associated["label"]()  # doctest: +SKIP
+        >>> label.shape  # (height, width, channels)  # doctest: +SKIP
+        (463, 387, 3)
+    """
+
+    path: str
+    name: str
+    pages: tuple[int, ...]
+    width: int
+    height: int
+
+    def __call__(self) -> np.ndarray:
+        """Return the image as an ``(height, width, channels)`` array."""
+        what = f"{self.path}: associated image {self.name!r}"
+        tif = open_tiff(self.path)
+        try:
+            with wrap_errors(self.path, f"decoding associated image {self.name!r}", decoding=True):
+                found = pages_at(tif, self.pages, what)
+                planes = []
+                for index in self.pages:
+                    page = found[index]
+                    if (page.imagewidth, page.imagelength) != (self.width, self.height):
+                        raise FormatError(f"{what}: IFD {index} changed since the slide was opened")
+                    check_page(page, what)
+                    nbytes = self.width * self.height * page.samplesperpixel * page.dtype.itemsize
+                    if nbytes > MAX_ASSOCIATED_BYTES:
+                        raise UnsupportedError(f"{what}: {nbytes >> 20} MiB is too large to load whole")
+                    planes.append(_as_hwc(page.asarray(), page))
+                return planes[0] if len(planes) == 1 else np.concatenate(planes, axis=2)
+        finally:
+            tif.close()
+
+
+def page_name(page: tifffile.TiffPage) -> str:
+    """``"IFD 3"`` or ``"IFD 0 SubIFD 1"``, for messages."""
+    index = page._index if hasattr(page, "_index") else (page.index,)
+    return f"IFD {index[0]}" + "".join(f" SubIFD {i}" for i in index[1:])
+
+
+def pyramid_levels(path: str, candidates: Sequence[Sequence[tifffile.TiffPage]]) -> list[LevelSpec]:
+    """Describe candidate levels largest first, one :class:`LevelSpec` each.
+
+    Each candidate is the page list of one level (several pages for one
+    channel per page).  A candidate the same size as a larger-ranked one,
+    or wider or taller than the level above it, is not a pyramid level and
+    is dropped.
+    """
+    ordered = sorted(candidates, key=lambda pages: -(int(pages[0].imagewidth) * int(pages[0].imagelength)))
+    chosen: list[Sequence[tifffile.TiffPage]] = []
+    for pages in ordered:
+        width, height = int(pages[0].imagewidth), int(pages[0].imagelength)
+        if chosen:
+            above = chosen[-1][0]
+            if (width, height) == (above.imagewidth, above.imagelength):
+                continue
+            if width > above.imagewidth or height > above.imagelength:
+                continue
+        chosen.append(pages)
+    if len(chosen) > MAX_LEVELS:
+        raise FormatError(f"{path}: {len(chosen)} pyramid levels (more than {MAX_LEVELS})")
+    return [
+        level_from_pages(pages, f"{path}: level {n} ({page_name(pages[0])})")
+        for n, pages in enumerate(chosen)
+    ]
