@@ -16,14 +16,14 @@ Example:
 from __future__ import annotations
 
 __all__ = [
-    "WSIError",
-    "OpenError",
-    "FormatError",
-    "UnsupportedError",
-    "TileReadError",
-    "TileDecodeError",
-    "ClosedError",
     "ArgumentError",
+    "ClosedError",
+    "FormatError",
+    "OpenError",
+    "TileDecodeError",
+    "TileReadError",
+    "UnsupportedError",
+    "WSIError",
 ]
 
 

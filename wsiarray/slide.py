@@ -448,7 +448,7 @@ def _box_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.astype(image.dtype)
 
 
-def open(path: str | os.PathLike[str], *, fill: float | Sequence[float] | None = None) -> Slide:  # noqa: A001
+def open(path: str | os.PathLike[str], *, fill: float | Sequence[float] | None = None) -> Slide:
     """Open a whole-slide image (Aperio SVS, OME-TIFF, generic tiled TIFF).
 
     ``fill`` sets the value of pixels outside the image for this handle.

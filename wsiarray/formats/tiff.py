@@ -263,7 +263,8 @@ def level_from_pages(pages: Sequence[tifffile.TiffPage], what: str) -> LevelSpec
         jpeg_colorspace=jpeg_in,
         jpeg_out_colorspace=jpeg_out,
         external_decoder=external,
-        page_index=int(first.index) if isinstance(first.index, int) else 0,
+        # a SubIFD page's .index is its position among the SubIFDs; name the main-chain IFD
+        page_index=int(getattr(first, "_index", (first.index,))[0]),
     )
 
 
@@ -315,7 +316,16 @@ def open_tiff(path: str) -> tifffile.TiffFile:
     if magic not in _TIFF_MAGIC:
         raise OpenError(f"{path}: not a TIFF file (header {magic!r})")
     with wrap_errors(path, "opening"):
-        return tifffile.TiffFile(path)
+        tif = tifffile.TiffFile(path)
+    try:
+        tif.pages.first  # noqa: B018 -- tifffile only logs a corrupt first IFD and opens with no pages
+    except IndexError:
+        tif.close()
+        raise FormatError(f"{path}: no readable IFD (corrupt first IFD or truncated file)") from None
+    except Exception:
+        tif.close()
+        raise
+    return tif
 
 
 def is_mask(page: tifffile.TiffPage) -> bool:

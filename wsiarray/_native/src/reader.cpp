@@ -56,6 +56,24 @@ void fill_pixels(uint8_t* dst, size_t count, const uint8_t* pixel, size_t pixel_
   for (size_t i = 0; i < count; ++i) std::memcpy(dst + i * pixel_bytes, pixel, pixel_bytes);
 }
 
+template <size_t N>
+void scatter_fixed(uint8_t* to, size_t to_step, const uint8_t* from, size_t count) {
+  for (size_t i = 0; i < count; ++i) std::memcpy(to + i * to_step, from + i * N, N);
+}
+
+// Copies `count` pixels of one plane (`bytes` each, packed) into every
+// `to_step`-th byte position of an interleaved output row.
+void scatter_samples(uint8_t* to, size_t to_step, const uint8_t* from, size_t bytes, size_t count) {
+  switch (bytes) {
+    case 1: scatter_fixed<1>(to, to_step, from, count); break;
+    case 2: scatter_fixed<2>(to, to_step, from, count); break;
+    case 4: scatter_fixed<4>(to, to_step, from, count); break;
+    case 8: scatter_fixed<8>(to, to_step, from, count); break;
+    default:
+      for (size_t i = 0; i < count; ++i) std::memcpy(to + i * to_step, from + i * bytes, bytes);
+  }
+}
+
 void fail(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
 
 // Everything one request needs, shared read-only by the threads working on it.
@@ -190,7 +208,7 @@ class RegionRead {
       if (level_.planes == 1) {
         std::memcpy(to, from, cols * px);
       } else {
-        for (size_t c = 0; c < cols; ++c) std::memcpy(to + c * px, from + c * plane_bytes, plane_bytes);
+        scatter_samples(to, px, from, plane_bytes, cols);
       }
     }
   }

@@ -1,0 +1,87 @@
+"""Command line: ``wsiarray info SLIDE``.
+
+Example:
+    $ wsiarray info CMU-1-Small-Region.svs
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .errors import WSIError
+from .slide import Slide
+from .slide import open as open_slide
+
+__all__ = ["describe", "main"]
+
+
+def describe(slide: Slide) -> str:
+    """A human-readable summary of ``slide``: vendor, levels, pixel size, associated images.
+
+    Example:
+        >>> print(describe(wsiarray.open("CMU-1-Small-Region.svs")))  # doctest: +SKIP
+    """
+    mpp = f"{slide.mpp[0]:g} x {slide.mpp[1]:g} um/px" if slide.mpp else "unknown"
+    power = f"{slide.objective_power:g}x" if slide.objective_power else "unknown"
+    lines = [
+        f"file:        {slide.path}",
+        f"vendor:      {slide.vendor}",
+        f"pixels:      {slide.dtype}, {slide.channels} channel(s) {','.join(slide.channel_names)}",
+        f"mpp:         {mpp}",
+        f"objective:   {power}",
+        "levels:",
+    ]
+    header = ("level", "width", "height", "downsample", "tile", "compression", "decoder")
+    rows = [
+        (
+            str(level.index),
+            str(level.width),
+            str(level.height),
+            f"{level.downsample:.4g}",
+            f"{level.tile_width}x{level.tile_height}",
+            level.compression,
+            "native" if level.native_codec else "imagecodecs",
+        )
+        for level in slide.levels
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        lines.append("  " + "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=False)))
+    associated = slide.associated_images
+    if associated:
+        lines.append("associated images:")
+        for name in associated:
+            image = associated[name]
+            lines.append(f"  {name}: {image.shape[1]}x{image.shape[0]}")
+    else:
+        lines.append("associated images: none")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``wsiarray`` command."""
+    parser = argparse.ArgumentParser(prog="wsiarray", description="Whole-slide image tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="describe a slide: vendor, levels, pixel size")
+    info.add_argument("slide", help="path to a slide file")
+    info.add_argument("--properties", action="store_true", help="also list every metadata property")
+    args = parser.parse_args(argv)
+
+    if args.command == "info":
+        try:
+            with open_slide(args.slide) as slide:
+                print(describe(slide))
+                if args.properties:
+                    print("properties:")
+                    for key in sorted(slide.properties):
+                        print(f"  {key} = {slide.properties[key]}")
+        except WSIError as exc:
+            print(f"wsiarray: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

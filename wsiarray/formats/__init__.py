@@ -1,0 +1,52 @@
+"""Format layer: what a slide file contains, as plain tables for the native engine.
+
+:func:`read_slide_info` opens a file with tifffile, lets each vendor module
+try to claim it (Aperio, then OME-TIFF, then generic pyramidal TIFF, the way
+OpenSlide tries its drivers), and returns a :class:`SlideInfo`: levels as
+:class:`LevelSpec` tile tables, OpenSlide-style properties, and lazy loaders
+for associated images.  No pixels are read here.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import UnsupportedError
+from . import aperio, generic, ome
+from .base import Codec, JpegColor, LevelSpec, SlideInfo
+from .tiff import open_tiff, wrap_errors
+
+__all__ = ["Codec", "JpegColor", "LevelSpec", "SlideInfo", "read_slide_info"]
+
+#: Vendor detectors in the order they are tried; generic accepts any TIFF.
+_DETECTORS = (aperio.detect, ome.detect, generic.detect)
+
+
+def read_slide_info(path: str | os.PathLike[str]) -> SlideInfo:
+    """Describe the slide at ``path``: levels, properties, associated images.
+
+    Raises :class:`~wsiarray.errors.OpenError` if the file cannot be opened or
+    is not a TIFF, :class:`~wsiarray.errors.FormatError` if its structure is
+    corrupt, and :class:`~wsiarray.errors.UnsupportedError` if it uses a
+    feature (such as a compression) wsiarray cannot read; never anything else
+    for a bad file.  Tile offsets are not checked against the file size here:
+    the native engine reports those when a tile is read.
+
+    Example:
+        >>> info = read_slide_info("CMU-1-Small-Region.svs")  # doctest: +SKIP
+        >>> info.vendor, info.properties["openslide.mpp-x"]  # doctest: +SKIP
+        ('aperio', '0.499')
+    """
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    tif = open_tiff(path)
+    try:
+        with wrap_errors(path, "reading the TIFF structure"):
+            for detect in _DETECTORS:
+                info = detect(tif, path)
+                if info is not None:
+                    return info
+        raise UnsupportedError(f"{path}: no format module recognises this TIFF")
+    finally:
+        tif.close()

@@ -1,0 +1,124 @@
+"""Aperio SVS, told apart and laid out the way OpenSlide's ``aperio`` driver does.
+
+An SVS file is a TIFF whose first ImageDescription starts with ``Aperio``.
+Per Aperio's data-interchange notes: the first IFD is the full-resolution
+image (tiled), the second is a stripped thumbnail, then come the tiled
+lower-resolution levels, and at the end stripped label and macro images.
+Writers do not mark these with NewSubfileType consistently (TCGA slides give
+the thumbnail NewSubfileType 0 between level 0 and level 1), so pages are
+told apart by tiling, position and description, never by NewSubfileType.
+
+The first description is ``header|Key = value|Key = value...``; every pair
+becomes an ``aperio.<Key>`` property, ``MPP`` gives the pixel size and
+``AppMag`` the objective power.
+"""
+
+from __future__ import annotations
+
+import re
+
+import tifffile
+
+from ..errors import FormatError
+from .base import SlideInfo
+from .properties import make_slide_info, parse_positive_float, tiff_properties
+from .tiff import (
+    PageLoader,
+    check_page,
+    is_mask,
+    iter_pages,
+    pyramid_levels,
+    same_layout,
+)
+
+__all__ = ["detect", "parse_description"]
+
+#: OpenSlide's test: the first ImageDescription starts with this.
+APERIO_PREFIX = "Aperio"
+#: More ``key = value`` pairs than this in one description are ignored.
+MAX_PROPERTIES = 4096
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\Z")
+
+
+def parse_description(description: str) -> dict[str, str]:
+    """Aperio ImageDescription -> ``aperio.*`` properties.
+
+    The header (everything before the first ``|``) is kept as
+    ``aperio.Header``; items without ``=`` are skipped, like OpenSlide does,
+    and a repeated key keeps its last value.
+
+    Example:
+        >>> parse_description("Aperio Image Library v10|AppMag = 20|MPP = 0.4990|junk")
+        {'aperio.Header': 'Aperio Image Library v10', 'aperio.AppMag': '20', 'aperio.MPP': '0.4990'}
+    """
+    header, *items = description.split("|")
+    props = {"aperio.Header": header.strip()}
+    for item in items[:MAX_PROPERTIES]:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if sep and key:
+            props[f"aperio.{key}"] = value.strip()
+    return props
+
+
+def _associated_name(index: int, page: tifffile.TiffPage) -> str | None:
+    # The second IFD is the thumbnail whatever it says; others name themselves
+    # in the description ("Aperio Image Library v11\nlabel 387x463").
+    if index == 1:
+        return "thumbnail"
+    description = page.description or ""
+    lowered = description.lower()
+    for name in ("label", "macro"):
+        if name in lowered:
+            return name
+    # OpenSlide's fallback: the first word of the description's second line
+    lines = description.splitlines()
+    words = lines[1].split() if len(lines) > 1 else []
+    if words and _NAME.match(words[0]):
+        return words[0]
+    return None
+
+
+def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
+    """Describe ``tif`` as an Aperio slide, or return None if it is not one.
+
+    Example:
+        >>> path = "CMU-1-Small-Region.svs"
+        >>> info = detect(tifffile.TiffFile(path), path)  # doctest: +SKIP
+        >>> sorted(info.associated)  # doctest: +SKIP
+        ['label', 'macro', 'thumbnail']
+    """
+    first = tif.pages.first
+    description = first.description or ""
+    if not description.startswith(APERIO_PREFIX) or not first.is_tiled:
+        return None  # OpenSlide also requires a tiled first IFD
+    check_page(first, f"{path}: level 0 (IFD 0)")
+
+    candidates: list[list[tifffile.TiffPage]] = []
+    associated: dict[str, PageLoader] = {}
+    for index, page in enumerate(iter_pages(tif)):
+        if page.is_tiled:
+            if index == 0 or (same_layout(page, first) and not is_mask(page)):
+                candidates.append([page])
+            continue
+        name = _associated_name(index, page)
+        if name is None or name in associated:
+            continue
+        try:
+            check_page(page, f"{path}: associated image {name!r} (IFD {index})")
+        except FormatError:
+            continue  # a broken label must not make the slide unreadable
+        associated[name] = PageLoader(path, name, (index,), int(page.imagewidth), int(page.imagelength))
+
+    levels = pyramid_levels(path, candidates)
+    props = tiff_properties(first)
+    props.update(parse_description(description))
+    mpp = parse_positive_float(props.get("aperio.MPP"))
+    return make_slide_info(
+        "aperio",
+        levels,
+        props,
+        associated=associated,
+        mpp=(mpp, mpp) if mpp is not None else None,
+        objective_power=parse_positive_float(props.get("aperio.AppMag")),
+    )
