@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 from ._native import pool_size, set_pool_size
+from .cache import TileCache, cache, configure_from_environment, preferred_memory_capacity
 from .errors import (
     ArgumentError,
     ClosedError,
@@ -25,6 +26,8 @@ from .slide import DEFAULT_FILL, Level, Slide, open
 
 __version__ = "0.1.0"
 
+configure_from_environment()
+
 __all__ = [
     "DEFAULT_FILL",
     "ArgumentError",
@@ -33,12 +36,15 @@ __all__ = [
     "Level",
     "OpenError",
     "Slide",
+    "TileCache",
     "TileDecodeError",
     "TileReadError",
     "UnsupportedError",
     "WSIError",
     "__version__",
+    "cache",
     "open",
     "pool_size",
+    "preferred_memory_capacity",
     "set_pool_size",
 ]

@@ -346,21 +346,45 @@ class Slide:
             >>> slide.read_region((0, 0), (512, 512), level=1).shape
             (512, 512, 3)
         """
+        x, y = _pair(location, "location")
+        level_index = self._level_index(level)
+        downsample = self._open.levels[level_index].downsample
+        # OpenSlide's convention: level coordinates = level-0 coordinates / downsample.
+        return self.read_level_region(
+            level_index, (math.floor(x / downsample), math.floor(y / downsample)), size,
+            fill=fill, num_workers=num_workers,
+        )
+
+    def read_level_region(
+        self,
+        level: int,
+        location: tuple[int, int],
+        size: tuple[int, int],
+        *,
+        fill: float | Sequence[float] | None = None,
+        num_workers: int = 1,
+    ) -> np.ndarray:
+        """Like :meth:`read_region`, but ``location`` is in the level's own pixels.
+
+        This is what tile-aligned consumers (dask chunks, xarray indexing) use:
+        no rounding through level-0 coordinates.
+
+        Example:
+            >>> slide.read_level_region(1, (256, 0), (256, 256)).shape
+            (256, 256, 3)
+        """
         reader = self._open
         level_index = self._level_index(level)
         x, y = _pair(location, "location")
         width, height = _pair(size, "size")
         if width < 0 or height < 0:
             raise ArgumentError(f"size must not be negative, got {size!r}")
-        downsample = reader.levels[level_index].downsample
-        # OpenSlide's convention: level coordinates = level-0 coordinates / downsample.
-        lx, ly = math.floor(x / downsample), math.floor(y / downsample)
         if num_workers < 0:
             raise ArgumentError(f"num_workers must be >= 0, got {num_workers}")
         out = np.empty((height, width, self.channels), self.dtype)
         if out.size:
             reader.native.read_region(
-                level_index, lx, ly, out.view(np.uint8).reshape(height, width, -1),
+                level_index, x, y, out.view(np.uint8).reshape(height, width, -1),
                 self._fill_pixel(fill), num_workers,
             )
         return out

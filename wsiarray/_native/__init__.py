@@ -1,5 +1,25 @@
 """The native tile engine (C++17, nanobind); see ``docs/architecture.md``."""
 
-from ._engine import Reader, pool_size, set_pool_size
+from ._engine import (
+    Reader,
+    cache_clear,
+    cache_configure,
+    cache_detach,
+    cache_record,
+    cache_stats,
+    cache_unlink,
+    pool_size,
+    set_pool_size,
+)
 
-__all__ = ["Reader", "pool_size", "set_pool_size"]
+__all__ = [
+    "Reader",
+    "cache_clear",
+    "cache_configure",
+    "cache_detach",
+    "cache_record",
+    "cache_stats",
+    "cache_unlink",
+    "pool_size",
+    "set_pool_size",
+]

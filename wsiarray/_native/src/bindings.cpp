@@ -8,6 +8,7 @@
 #include <cstring>
 #include <string>
 
+#include "cache.hpp"
 #include "error.hpp"
 #include "reader.hpp"
 #include "thread_pool.hpp"
@@ -140,6 +141,71 @@ NB_MODULE(_engine, m) {
           "level"_a, "x"_a, "y"_a, "out"_a, "fill"_a, "workers"_a = 1,
           "Reads pixels at level coordinates (x, y) into out, a (h, w, pixel_bytes) uint8 array.")
       .def("close", &wsi::Reader::close);
+
+  m.def(
+      "cache_configure",
+      [](const std::string& type, uint64_t memory_capacity, uint64_t capacity, bool record,
+         const std::string& name) {
+        wsi::CacheConfig config;
+        if (type == "nocache") {
+          config.type = wsi::CacheType::None;
+        } else if (type == "per_process") {
+          config.type = wsi::CacheType::PerProcess;
+        } else if (type == "shared_memory") {
+          config.type = wsi::CacheType::SharedMemory;
+        } else {
+          throw wsi::Error(wsi::ErrorKind::Format, "unknown cache type " + type);
+        }
+        config.memory_capacity = memory_capacity;
+        config.capacity = capacity;
+        config.record_stat = record;
+        config.name = name;
+        nb::gil_scoped_release release;
+        wsi::set_current_cache(wsi::TileCache::create(config));
+      },
+      "type"_a, "memory_capacity"_a, "capacity"_a, "record"_a, "name"_a,
+      "Replace the process's tile cache (memory_capacity in bytes, capacity in items).");
+  m.def(
+      "cache_stats",
+      []() -> nb::object {
+        auto cache = wsi::current_cache();
+        if (!cache) return nb::none();
+        wsi::CacheStats st;
+        {
+          nb::gil_scoped_release release;
+          st = cache->stats();
+        }
+        const wsi::CacheConfig& c = cache->config();
+        nb::dict d;
+        d["type"] = c.type == wsi::CacheType::PerProcess ? "per_process" : "shared_memory";
+        d["name"] = c.name;
+        d["hits"] = st.hits;
+        d["misses"] = st.misses;
+        d["items"] = st.items;
+        d["memory_size"] = st.memory_size;
+        d["memory_capacity"] = st.memory_capacity;
+        d["capacity"] = st.capacity;
+        d["attached"] = st.attached;
+        d["record"] = c.record_stat;
+        return d;
+      },
+      "Statistics of the current cache, or None when there is none.");
+  m.def("cache_clear", []() {
+    if (auto cache = wsi::current_cache()) {
+      nb::gil_scoped_release release;
+      cache->clear();
+    }
+  });
+  m.def("cache_record", [](bool record) {
+    if (auto cache = wsi::current_cache()) cache->set_record(record);
+  });
+  m.def("cache_unlink", []() {
+    if (auto cache = wsi::current_cache()) cache->unlink();
+  });
+  m.def("cache_detach", []() {
+    // Called at exit: a shared segment is unlinked by the last process attached.
+    if (auto cache = wsi::current_cache()) cache->detach();
+  });
 
   m.def("pool_size", &wsi::pool_size, "Threads in the process-wide decode pool.");
   m.def("set_pool_size", &wsi::set_pool_size, "threads"_a,

@@ -5,6 +5,7 @@
 #include <limits>
 #include <string>
 
+#include "cache.hpp"
 #include "error.hpp"
 #include "thread_pool.hpp"
 
@@ -33,8 +34,9 @@ struct Run {
 };
 
 struct Scratch {
-  std::vector<uint8_t> bytes;  // a run's compressed bytes
-  std::vector<uint8_t> tile;   // one decoded tile, when it cannot go straight to the output
+  std::vector<uint8_t> bytes;   // a run's compressed bytes
+  std::vector<uint8_t> tile;    // one decoded tile, when it cannot go straight to the output
+  std::vector<uint8_t> served;  // per job of a run: already placed from the cache
 };
 
 Scratch& thread_scratch() {
@@ -80,8 +82,8 @@ void fail(ErrorKind kind, const std::string& message) { throw Error(kind, messag
 class RegionRead {
  public:
   RegionRead(const File& file, const LevelDesc& level, size_t level_index, const Region& region,
-             uint8_t* out, size_t pitch)
-      : file_(file), level_(level), level_index_(level_index), region_(region), out_(out),
+             uint8_t* out, size_t pitch, std::shared_ptr<TileCache> cache)
+      : file_(file), level_(level), level_index_(level_index), cache_(std::move(cache)), region_(region), out_(out),
         pitch_(pitch), layout_{level.tile_width, level.tile_height, level.samples_per_plane,
                                level.bytes_per_sample} {
     x0_ = std::max<int64_t>(region.x, 0);
@@ -154,18 +156,43 @@ class RegionRead {
   void read_run(size_t index) const {
     const Run& run = runs_[index];
     Scratch& scratch = thread_scratch();
-    uint8_t* bytes = grow(scratch.bytes, run.size);
-    if (run.size > 0) {
+    // Tiles the cache already holds need no bytes from the file: read only
+    // the span from the first to the last tile it does not hold.
+    uint8_t* served = grow(scratch.served, run.count);
+    std::fill(served, served + run.count, uint8_t(0));
+    size_t first = 0, last = run.count;
+    if (cache_) {
+      first = run.count;
+      last = 0;
+      for (size_t k = 0; k < run.count; ++k) {
+        const TileJob& job = jobs_[run.first + k];
+        uint8_t* tile = grow(scratch.tile, layout_.bytes());
+        if (job.size > 0 && cache_->find(key(job), tile, layout_.bytes())) {
+          place_decoded(job, tile);
+          served[k] = 1;
+        } else {
+          first = std::min(first, k);
+          last = k + 1;
+        }
+      }
+      if (first >= last) return;
+    }
+    const TileJob& first_job = jobs_[run.first + first];
+    const TileJob& last_job = jobs_[run.first + last - 1];
+    const uint64_t span = last_job.offset + last_job.size - first_job.offset;
+    uint8_t* bytes = grow(scratch.bytes, span);
+    if (span > 0) {
       try {
-        file_.read_exact(run.offset, run.size, bytes);
+        file_.read_exact(first_job.offset, span, bytes);
       } catch (const Error& e) {
-        fail(e.kind(), where(jobs_[run.first]) + ": " + e.what());
+        fail(e.kind(), where(first_job) + ": " + e.what());
       }
     }
-    for (size_t k = 0; k < run.count; ++k) {
+    for (size_t k = first; k < last; ++k) {
+      if (served[k]) continue;
       const TileJob& job = jobs_[run.first + k];
       try {
-        place_tile(job, bytes + (job.offset - run.offset), scratch);
+        place_tile(job, bytes + (job.offset - first_job.offset), scratch);
       } catch (const Error& e) {
         fail(e.kind(), where(job) + ": " + e.what());
       }
@@ -181,30 +208,70 @@ class RegionRead {
     return s;
   }
 
-  // Decodes a tile to its place in the output, directly when the whole tile
-  // is wanted, else through a scratch tile and a copy of the covered part.
-  void place_tile(const TileJob& job, const uint8_t* src, Scratch& scratch) const {
-    const int64_t tile_x = int64_t(job.tx) * layout_.width;
-    const int64_t tile_y = int64_t(job.ty) * layout_.height;
-    const int64_t cx0 = std::max(tile_x, x0_), cx1 = std::min(tile_x + layout_.width, x1_);
-    const int64_t cy0 = std::max(tile_y, y0_), cy1 = std::min(tile_y + layout_.height, y1_);
-    const size_t px = level_.pixel_bytes();
+  TileKey key(const TileJob& job) const {
+    TileKey k;
+    k.file = file_.identity();
+    k.level = uint32_t(level_index_);
+    k.plane = job.plane;
+    k.tile = uint64_t(job.ty) * level_.tiles_across() + job.tx;
+    return k;
+  }
+
+  // The part of a tile the request covers, in level coordinates.
+  struct Cover {
+    int64_t tile_x, tile_y, x0, y0, x1, y1;
+    bool whole;
+  };
+
+  Cover cover(const TileJob& job) const {
+    Cover c;
+    c.tile_x = int64_t(job.tx) * layout_.width;
+    c.tile_y = int64_t(job.ty) * layout_.height;
+    c.x0 = std::max(c.tile_x, x0_);
+    c.x1 = std::min(c.tile_x + layout_.width, x1_);
+    c.y0 = std::max(c.tile_y, y0_);
+    c.y1 = std::min(c.tile_y + layout_.height, y1_);
+    c.whole = level_.planes == 1 && c.x0 == c.tile_x && c.y0 == c.tile_y &&
+              c.x1 == c.tile_x + layout_.width && c.y1 == c.tile_y + layout_.height;
+    return c;
+  }
+
+  uint8_t* out_at(const Cover& c, uint32_t plane) const {
     const size_t plane_bytes = size_t(layout_.samples) * layout_.bytes_per_sample;
-    const bool whole = level_.planes == 1 && cx0 == tile_x && cy0 == tile_y &&
-                       cx1 == tile_x + layout_.width && cy1 == tile_y + layout_.height;
-    uint8_t* out_origin = out_ + size_t(cy0 - region_.y) * pitch_ + size_t(cx0 - region_.x) * px +
-                          size_t(job.plane) * plane_bytes;
-    if (whole) {
-      decode_tile(job, src, out_origin, pitch_, scratch);
+    return out_ + size_t(c.y0 - region_.y) * pitch_ + size_t(c.x0 - region_.x) * level_.pixel_bytes() +
+           size_t(plane) * plane_bytes;
+  }
+
+  // Decodes a tile to its place in the output: directly when the whole tile
+  // is wanted and no cache needs a copy, else through a scratch tile.
+  void place_tile(const TileJob& job, const uint8_t* src, Scratch& scratch) const {
+    const Cover c = cover(job);
+    if (c.whole && !cache_) {
+      decode_tile(job, src, out_at(c, job.plane), pitch_, scratch);
       return;
     }
     const size_t row_bytes = layout_.row_bytes();
     uint8_t* tile = grow(scratch.tile, layout_.bytes());
-    decode_tile(job, src, tile, row_bytes, scratch);
-    const size_t cols = size_t(cx1 - cx0);
-    for (int64_t y = cy0; y < cy1; ++y) {
-      const uint8_t* from = tile + size_t(y - tile_y) * row_bytes + size_t(cx0 - tile_x) * plane_bytes;
-      uint8_t* to = out_origin + size_t(y - cy0) * pitch_;
+    if (cache_ && job.size > 0) {
+      cache_->get(key(job), tile, layout_.bytes(),
+                  [&](uint8_t* dst) { decode_tile(job, src, dst, row_bytes, scratch); });
+    } else {
+      decode_tile(job, src, tile, row_bytes, scratch);
+    }
+    place_decoded(job, tile);
+  }
+
+  // Copies the covered part of a decoded tile (contiguous rows) to the output.
+  void place_decoded(const TileJob& job, const uint8_t* tile) const {
+    const Cover c = cover(job);
+    const size_t row_bytes = layout_.row_bytes();
+    const size_t px = level_.pixel_bytes();
+    const size_t plane_bytes = size_t(layout_.samples) * layout_.bytes_per_sample;
+    const size_t cols = size_t(c.x1 - c.x0);
+    uint8_t* origin = out_at(c, job.plane);
+    for (int64_t y = c.y0; y < c.y1; ++y) {
+      const uint8_t* from = tile + size_t(y - c.tile_y) * row_bytes + size_t(c.x0 - c.tile_x) * plane_bytes;
+      uint8_t* to = origin + size_t(y - c.y0) * pitch_;
       if (level_.planes == 1) {
         std::memcpy(to, from, cols * px);
       } else {
@@ -262,6 +329,7 @@ class RegionRead {
   const File& file_;
   const LevelDesc& level_;
   size_t level_index_;
+  std::shared_ptr<TileCache> cache_;  // held for the whole request
   Region region_;
   uint8_t* out_;
   size_t pitch_;
@@ -327,7 +395,7 @@ void Reader::read_region(size_t level_index, const Region& region, uint8_t* out,
                          const uint8_t* fill, size_t workers) const {
   const LevelDesc& level = this->level(level_index);
   if (pitch < size_t(region.width) * level.pixel_bytes()) fail(ErrorKind::Format, "output rows too short");
-  RegionRead read(file_, level, level_index, region, out, pitch);
+  RegionRead read(file_, level, level_index, region, out, pitch, current_cache());
   read.fill_outside(fill);
   if (read.empty()) return;
   if (workers == 0) workers = pool_size();

@@ -1,0 +1,627 @@
+#include "cache.hpp"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <new>
+
+#include "error.hpp"
+
+namespace wsi {
+namespace {
+
+constexpr char kMagic[16] = "wsiarray-cache1";
+constexpr uint64_t kPageSize = 16 << 10;
+constexpr uint32_t kMaxShards = 16;
+constexpr uint32_t kMaxPids = 256;
+constexpr int32_t kNil = -1;
+constexpr int32_t kFree = 0, kPending = 1, kReady = 2;
+
+struct Entry {
+  TileKey key;
+  uint64_t hash;
+  uint64_t size;
+  uint64_t generation;
+  int32_t state;
+  int32_t owner_pid;
+  int32_t bucket_next;
+  int32_t lru_prev;
+  int32_t lru_next;
+  int32_t first_page;
+  uint32_t pages;
+  uint32_t unused;
+};
+
+struct Shard {
+  pthread_mutex_t mutex;
+  uint64_t hits;
+  uint64_t misses;
+  uint64_t pages_used;
+  uint64_t items_used;
+  uint64_t generation;
+  int32_t lru_head;  // most recently used
+  int32_t lru_tail;
+  int32_t free_entry;
+  int32_t free_page;
+  uint32_t entries;
+  uint32_t buckets;
+  uint32_t pages;
+  uint32_t unused;
+  uint64_t entries_off;
+  uint64_t buckets_off;
+  uint64_t page_next_off;
+  uint64_t data_off;
+};
+
+struct Header {
+  char magic[16];  // written last by the creator: attachers wait for it
+  uint64_t region_bytes;
+  uint64_t memory_capacity;
+  uint64_t capacity;
+  uint32_t shards;
+  std::atomic<int32_t> record;
+  pthread_mutex_t attach_mutex;
+  int32_t pids[kMaxPids];
+  uint64_t shard_off[kMaxShards];
+};
+
+uint64_t align64(uint64_t v) { return (v + 63) & ~uint64_t(63); }
+
+uint64_t mix(uint64_t h, uint64_t v) {
+  h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+  h ^= h >> 31;
+  h *= 0xbf58476d1ce4e5b9ULL;
+  return h ^ (h >> 29);
+}
+
+uint64_t hash_key(const TileKey& k) {
+  uint64_t h = 0x84222325cbf29ce4ULL;
+  for (uint64_t v : {k.file.device, k.file.inode, k.file.size, uint64_t(k.file.mtime_ns),
+                     uint64_t(k.level) << 32 | k.plane, k.tile}) {
+    h = mix(h, v);
+  }
+  return h;
+}
+
+bool same_key(const TileKey& a, const TileKey& b) {
+  return a.file.device == b.file.device && a.file.inode == b.file.inode && a.file.size == b.file.size &&
+         a.file.mtime_ns == b.file.mtime_ns && a.level == b.level && a.plane == b.plane && a.tile == b.tile;
+}
+
+bool process_alive(int32_t pid) { return pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH); }
+
+void init_mutex(pthread_mutex_t* m, bool shared) {
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  // Robust: a process killed while holding the lock hands it over with EOWNERDEAD.
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  if (shared) pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutex_init(m, &attr);
+  pthread_mutexattr_destroy(&attr);
+}
+
+void backoff(unsigned& round) {
+  if (round < 16) {
+    sched_yield();
+  } else {
+    const long ns = std::min<long>(1000000, 20000L << std::min(round - 16, 6u));
+    struct timespec ts {0, ns};
+    nanosleep(&ts, nullptr);
+  }
+  ++round;
+}
+
+struct Layout {
+  uint32_t shards;
+  uint32_t entries;
+  uint32_t buckets;
+  uint32_t pages;
+  uint64_t shard_bytes;
+  uint64_t total;
+};
+
+Layout plan_layout(uint64_t memory_capacity, uint64_t capacity) {
+  Layout l{};
+  const uint64_t pages_total = std::max<uint64_t>(1, memory_capacity / kPageSize);
+  capacity = std::max<uint64_t>(1, std::min<uint64_t>(capacity, 1u << 26));
+  // Shards only when each one still holds a useful share: with small budgets
+  // one shard keeps eviction exactly least-recently-used.
+  uint64_t shards = std::min<uint64_t>({kMaxShards, std::max<uint64_t>(1, capacity / 64),
+                                        std::max<uint64_t>(1, pages_total / 256)});
+  l.shards = static_cast<uint32_t>(shards);
+  l.entries = static_cast<uint32_t>(std::max<uint64_t>(1, capacity / shards));
+  l.pages = static_cast<uint32_t>(std::min<uint64_t>(pages_total / shards, INT32_MAX));
+  l.buckets = 1;
+  while (l.buckets < 2 * l.entries) l.buckets <<= 1;
+  l.shard_bytes = align64(sizeof(Shard)) + align64(uint64_t(l.entries) * sizeof(Entry)) +
+                  align64(uint64_t(l.buckets) * 4) + align64(uint64_t(l.pages) * 4) +
+                  uint64_t(l.pages) * kPageSize;
+  l.total = align64(sizeof(Header)) + shards * align64(l.shard_bytes);
+  return l;
+}
+
+}  // namespace
+
+struct TileCache::Impl {
+  uint8_t* base = nullptr;
+  uint64_t bytes = 0;
+  bool shared = false;
+  std::string name;
+  bool attached = false;
+
+  Header& header() const { return *reinterpret_cast<Header*>(base); }
+  Shard& shard(uint32_t i) const { return *reinterpret_cast<Shard*>(base + header().shard_off[i]); }
+  Entry* entries(const Shard& s) const { return reinterpret_cast<Entry*>(base + s.entries_off); }
+  int32_t* buckets(const Shard& s) const { return reinterpret_cast<int32_t*>(base + s.buckets_off); }
+  int32_t* page_next(const Shard& s) const { return reinterpret_cast<int32_t*>(base + s.page_next_off); }
+  uint8_t* page(const Shard& s, int32_t p) const { return base + s.data_off + uint64_t(p) * kPageSize; }
+
+  // Empties a shard; also how a shard is repaired after its lock's owner died.
+  void reset_shard(Shard& s) const {
+    Entry* e = entries(s);
+    for (uint32_t i = 0; i < s.entries; ++i) {
+      e[i] = Entry{};
+      e[i].state = kFree;
+      e[i].bucket_next = i + 1 < s.entries ? int32_t(i + 1) : kNil;
+    }
+    std::fill(buckets(s), buckets(s) + s.buckets, kNil);
+    int32_t* next = page_next(s);
+    for (uint32_t i = 0; i < s.pages; ++i) next[i] = i + 1 < s.pages ? int32_t(i + 1) : kNil;
+    s.free_entry = s.entries ? 0 : kNil;
+    s.free_page = s.pages ? 0 : kNil;
+    s.lru_head = s.lru_tail = kNil;
+    s.pages_used = s.items_used = 0;
+    ++s.generation;
+  }
+
+  void initialise(const Layout& l, const CacheConfig& c) {
+    Header& h = header();
+    h.region_bytes = l.total;
+    h.memory_capacity = uint64_t(l.pages) * l.shards * kPageSize;
+    h.capacity = uint64_t(l.entries) * l.shards;
+    h.shards = l.shards;
+    h.record.store(c.record_stat ? 1 : 0);
+    init_mutex(&h.attach_mutex, shared);
+    std::fill(std::begin(h.pids), std::end(h.pids), 0);
+    uint64_t off = align64(sizeof(Header));
+    for (uint32_t i = 0; i < l.shards; ++i) {
+      h.shard_off[i] = off;
+      Shard& s = *new (base + off) Shard{};
+      init_mutex(&s.mutex, shared);
+      s.entries = l.entries;
+      s.buckets = l.buckets;
+      s.pages = l.pages;
+      s.entries_off = off + align64(sizeof(Shard));
+      s.buckets_off = s.entries_off + align64(uint64_t(l.entries) * sizeof(Entry));
+      s.page_next_off = s.buckets_off + align64(uint64_t(l.buckets) * 4);
+      s.data_off = s.page_next_off + align64(uint64_t(l.pages) * 4);
+      reset_shard(s);
+      off += align64(l.shard_bytes);
+    }
+  }
+
+  class Lock {
+   public:
+    Lock(const Impl& impl, Shard& s) : s_(s) {
+      int rc = pthread_mutex_lock(&s.mutex);
+      if (rc == EOWNERDEAD) {
+        // Its owner died mid-update: the shard's lists cannot be trusted.
+        impl.reset_shard(s);
+        pthread_mutex_consistent(&s.mutex);
+      } else if (rc != 0) {
+        throw Error(ErrorKind::Read, std::string("tile cache lock failed: ") + std::strerror(rc));
+      }
+    }
+    ~Lock() { pthread_mutex_unlock(&s_.mutex); }
+    Lock(const Lock&) = delete;
+    Lock& operator=(const Lock&) = delete;
+
+   private:
+    Shard& s_;
+  };
+
+  int32_t lookup(const Shard& s, const TileKey& key, uint64_t hash) const {
+    const Entry* e = entries(s);
+    for (int32_t i = buckets(s)[hash & (s.buckets - 1)]; i != kNil; i = e[i].bucket_next) {
+      if (e[i].hash == hash && same_key(e[i].key, key)) return i;
+    }
+    return kNil;
+  }
+
+  void lru_unlink(Shard& s, int32_t i) const {
+    Entry* e = entries(s);
+    if (e[i].lru_prev != kNil) e[e[i].lru_prev].lru_next = e[i].lru_next; else s.lru_head = e[i].lru_next;
+    if (e[i].lru_next != kNil) e[e[i].lru_next].lru_prev = e[i].lru_prev; else s.lru_tail = e[i].lru_prev;
+    e[i].lru_prev = e[i].lru_next = kNil;
+  }
+
+  void lru_push_front(Shard& s, int32_t i) const {
+    Entry* e = entries(s);
+    e[i].lru_prev = kNil;
+    e[i].lru_next = s.lru_head;
+    if (s.lru_head != kNil) e[s.lru_head].lru_prev = i;
+    s.lru_head = i;
+    if (s.lru_tail == kNil) s.lru_tail = i;
+  }
+
+  void remove(Shard& s, int32_t i) const {
+    Entry* e = entries(s);
+    int32_t* link = &buckets(s)[e[i].hash & (s.buckets - 1)];
+    while (*link != kNil && *link != i) link = &e[*link].bucket_next;
+    if (*link == i) *link = e[i].bucket_next;
+    if (e[i].state == kReady) lru_unlink(s, i);
+    int32_t* next = page_next(s);
+    int32_t p = e[i].first_page;
+    for (uint32_t k = 0; k < e[i].pages && p != kNil; ++k) {
+      int32_t following = next[p];
+      next[p] = s.free_page;
+      s.free_page = p;
+      p = following;
+    }
+    s.pages_used -= e[i].pages;
+    s.items_used -= 1;
+    e[i].state = kFree;
+    e[i].bucket_next = s.free_entry;
+    s.free_entry = i;
+  }
+
+  // Makes room by evicting least-recently-used ready tiles; kNil if impossible.
+  int32_t allocate(Shard& s, const TileKey& key, uint64_t hash, uint64_t size) const {
+    const uint32_t pages = uint32_t((size + kPageSize - 1) / kPageSize);
+    if (pages > s.pages || s.entries == 0) return kNil;
+    while (s.items_used >= s.entries || s.pages - s.pages_used < pages) {
+      if (s.lru_tail == kNil) return kNil;  // everything left is being decoded
+      remove(s, s.lru_tail);
+    }
+    Entry* e = entries(s);
+    const int32_t i = s.free_entry;
+    s.free_entry = e[i].bucket_next;
+    int32_t* next = page_next(s);
+    e[i].first_page = s.free_page;
+    int32_t last = kNil;
+    for (uint32_t k = 0; k < pages; ++k) {
+      last = s.free_page;
+      s.free_page = next[last];
+    }
+    next[last] = kNil;
+    e[i].key = key;
+    e[i].hash = hash;
+    e[i].size = size;
+    e[i].pages = pages;
+    e[i].state = kPending;
+    e[i].owner_pid = int32_t(::getpid());
+    e[i].generation = ++s.generation;
+    e[i].lru_prev = e[i].lru_next = kNil;
+    int32_t& bucket = buckets(s)[hash & (s.buckets - 1)];
+    e[i].bucket_next = bucket;
+    bucket = i;
+    s.pages_used += pages;
+    s.items_used += 1;
+    return i;
+  }
+
+  void copy_out(const Shard& s, const Entry& e, uint8_t* dst) const {
+    const int32_t* next = page_next(s);
+    uint64_t done = 0;
+    for (int32_t p = e.first_page; p != kNil && done < e.size; p = next[p]) {
+      const uint64_t n = std::min<uint64_t>(kPageSize, e.size - done);
+      std::memcpy(dst + done, page(s, p), n);
+      done += n;
+    }
+  }
+
+  void copy_in(const Shard& s, const Entry& e, const uint8_t* src) const {
+    const int32_t* next = page_next(s);
+    uint64_t done = 0;
+    for (int32_t p = e.first_page; p != kNil && done < e.size; p = next[p]) {
+      const uint64_t n = std::min<uint64_t>(kPageSize, e.size - done);
+      std::memcpy(page(s, p), src + done, n);
+      done += n;
+    }
+  }
+};
+
+namespace {
+
+// Locks the segment's attach table (robust: a dead holder is simply skipped).
+class AttachLock {
+ public:
+  explicit AttachLock(pthread_mutex_t* m) : m_(m) {
+    int rc = pthread_mutex_lock(m);
+    if (rc == EOWNERDEAD) pthread_mutex_consistent(m);
+  }
+  ~AttachLock() { pthread_mutex_unlock(m_); }
+  AttachLock(const AttachLock&) = delete;
+  AttachLock& operator=(const AttachLock&) = delete;
+
+ private:
+  pthread_mutex_t* m_;
+};
+
+uint32_t prune_and_count(Header& h) {
+  uint32_t alive = 0;
+  for (auto& pid : h.pids) {
+    if (pid != 0 && !process_alive(pid)) pid = 0;
+    if (pid != 0) ++alive;
+  }
+  return alive;
+}
+
+void add_pid(Header& h, int32_t pid) {
+  AttachLock lock(&h.attach_mutex);
+  prune_and_count(h);
+  for (auto& p : h.pids) {
+    if (p == pid) return;
+  }
+  for (auto& p : h.pids) {
+    if (p == 0) {
+      p = pid;
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+TileCache::TileCache(const CacheConfig& config) : config_(config), impl_(std::make_unique<Impl>()) {}
+
+std::shared_ptr<TileCache> TileCache::create(const CacheConfig& config) {
+  if (config.type == CacheType::None) return nullptr;
+  std::shared_ptr<TileCache> cache(new TileCache(config));
+  Impl& impl = *cache->impl_;
+  const Layout layout = plan_layout(config.memory_capacity, config.capacity);
+  if (config.type == CacheType::PerProcess) {
+    void* p = ::mmap(nullptr, layout.total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw Error(ErrorKind::Open, std::string("tile cache: ") + std::strerror(errno));
+    impl.base = static_cast<uint8_t*>(p);
+    impl.bytes = layout.total;
+    impl.initialise(layout, config);
+    std::memcpy(impl.header().magic, kMagic, sizeof kMagic);
+    return cache;
+  }
+  impl.shared = true;
+  impl.name = config.name;
+  const std::string& name = config.name;
+  bool creator = true;
+  int fd = ::shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  if (fd < 0 && errno == EEXIST) {
+    creator = false;
+    fd = ::shm_open(name.c_str(), O_RDWR, 0600);
+  }
+  if (fd < 0) throw Error(ErrorKind::Open, "tile cache: shm_open(" + name + "): " + std::strerror(errno));
+  uint64_t size = layout.total;
+  if (creator) {
+    if (::ftruncate(fd, off_t(size)) != 0) {
+      int err = errno;
+      ::close(fd);
+      ::shm_unlink(name.c_str());
+      throw Error(ErrorKind::Open, "tile cache: cannot size " + name + ": " + std::strerror(err));
+    }
+  } else {
+    // The creator sizes the segment right after creating it; wait for that.
+    struct stat st {};
+    for (int i = 0; i < 5000; ++i) {
+      if (::fstat(fd, &st) == 0 && st.st_size >= off_t(sizeof(Header))) break;
+      usleep(1000);
+    }
+    if (st.st_size < off_t(sizeof(Header))) {
+      ::close(fd);
+      throw Error(ErrorKind::Open, "tile cache: segment " + name + " was never initialised");
+    }
+    size = uint64_t(st.st_size);
+  }
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED) throw Error(ErrorKind::Open, "tile cache: mmap " + name + ": " + std::strerror(errno));
+  impl.base = static_cast<uint8_t*>(p);
+  impl.bytes = size;
+  Header& h = impl.header();
+  if (creator) {
+    impl.initialise(layout, config);
+    std::atomic_thread_fence(std::memory_order_release);
+    std::memcpy(h.magic, kMagic, sizeof kMagic);
+  } else {
+    for (int i = 0; i < 5000 && std::memcmp(h.magic, kMagic, sizeof kMagic) != 0; ++i) usleep(1000);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.region_bytes != size || h.shards == 0 ||
+        h.shards > kMaxShards) {
+      ::munmap(p, size);
+      impl.base = nullptr;
+      throw Error(ErrorKind::Open, "tile cache: " + name + " is not a wsiarray cache segment");
+    }
+    // The segment's own budgets win: they were fixed by its creator.
+    cache->config_.memory_capacity = h.memory_capacity;
+    cache->config_.capacity = h.capacity;
+    cache->config_.record_stat = h.record.load() != 0;
+  }
+  add_pid(h, int32_t(::getpid()));
+  impl.attached = true;
+  return cache;
+}
+
+TileCache::~TileCache() {
+  if (impl_ && impl_->base) {
+    if (impl_->shared) detach();
+    if (impl_->base) ::munmap(impl_->base, impl_->bytes);
+  }
+}
+
+bool TileCache::find(const TileKey& key, uint8_t* dst, size_t size) {
+  Impl& m = *impl_;
+  Header& h = m.header();
+  const uint64_t hash = hash_key(key);
+  Shard& s = m.shard(uint32_t((hash >> 40) % h.shards));
+  Impl::Lock lock(m, s);
+  const int32_t i = m.lookup(s, key, hash);
+  if (i == kNil) return false;
+  Entry& e = m.entries(s)[i];
+  if (e.state != kReady || e.size != size) return false;
+  m.copy_out(s, e, dst);
+  m.lru_unlink(s, i);
+  m.lru_push_front(s, i);
+  if (h.record.load(std::memory_order_relaxed)) ++s.hits;
+  return true;
+}
+
+void TileCache::get(const TileKey& key, uint8_t* dst, size_t size, const Decode& decode) {
+  Impl& m = *impl_;
+  Header& h = m.header();
+  const uint64_t hash = hash_key(key);
+  Shard& s = m.shard(uint32_t((hash >> 40) % h.shards));
+  const int32_t self = int32_t(::getpid());
+  int32_t slot = kNil;
+  uint64_t generation = 0;
+  for (unsigned round = 0;; backoff(round)) {
+    Impl::Lock lock(m, s);
+    const int32_t i = m.lookup(s, key, hash);
+    if (i != kNil) {
+      Entry& e = m.entries(s)[i];
+      if (e.state == kReady && e.size == size) {
+        m.copy_out(s, e, dst);
+        m.lru_unlink(s, i);
+        m.lru_push_front(s, i);
+        if (h.record.load(std::memory_order_relaxed)) ++s.hits;
+        return;
+      }
+      const bool orphaned = e.owner_pid != self && !process_alive(e.owner_pid);
+      if (e.state == kPending && !orphaned) continue;  // someone is decoding it: wait
+      m.remove(s, i);  // its decoder died, or a stale entry of another size
+    }
+    if (h.record.load(std::memory_order_relaxed)) ++s.misses;
+    slot = m.allocate(s, key, hash, size);
+    if (slot != kNil) generation = m.entries(s)[slot].generation;
+    break;
+  }
+  if (slot == kNil) {
+    // Larger than the cache, or all of it is being decoded: decode uncached.
+    decode(dst);
+    return;
+  }
+  try {
+    decode(dst);
+  } catch (...) {
+    Impl::Lock lock(m, s);
+    Entry& e = m.entries(s)[slot];
+    if (e.state == kPending && e.generation == generation) m.remove(s, slot);
+    throw;
+  }
+  Impl::Lock lock(m, s);
+  Entry& e = m.entries(s)[slot];
+  // The shard may have been reset (a dead lock owner) while we decoded.
+  if (e.state == kPending && e.generation == generation) {
+    m.copy_in(s, e, dst);
+    e.state = kReady;
+    m.lru_push_front(s, slot);
+  }
+}
+
+CacheStats TileCache::stats() const {
+  const Impl& m = *impl_;
+  const Header& h = m.header();
+  CacheStats st;
+  st.memory_capacity = h.memory_capacity;
+  st.capacity = h.capacity;
+  for (uint32_t i = 0; i < h.shards; ++i) {
+    Shard& s = m.shard(i);
+    Impl::Lock lock(m, s);
+    st.hits += s.hits;
+    st.misses += s.misses;
+    st.items += s.items_used;
+    st.memory_size += s.pages_used * kPageSize;
+  }
+  if (m.shared) {
+    Header& hh = const_cast<Header&>(h);
+    AttachLock lock(&hh.attach_mutex);
+    st.attached = prune_and_count(hh);
+  } else {
+    st.attached = 1;
+  }
+  return st;
+}
+
+void TileCache::clear() {
+  Impl& m = *impl_;
+  for (uint32_t i = 0; i < m.header().shards; ++i) {
+    Shard& s = m.shard(i);
+    Impl::Lock lock(m, s);
+    m.reset_shard(s);
+    s.hits = s.misses = 0;
+  }
+}
+
+void TileCache::attach_forked_child() {
+  if (impl_->shared && impl_->attached) add_pid(impl_->header(), int32_t(::getpid()));
+}
+
+void TileCache::set_record(bool record) { impl_->header().record.store(record ? 1 : 0); }
+
+void TileCache::unlink() {
+  if (impl_->shared) ::shm_unlink(impl_->name.c_str());
+}
+
+void TileCache::detach() {
+  Impl& m = *impl_;
+  if (!m.shared || !m.attached || m.base == nullptr) return;
+  Header& h = m.header();
+  bool last = false;
+  {
+    AttachLock lock(&h.attach_mutex);
+    const int32_t self = int32_t(::getpid());
+    for (auto& p : h.pids) {
+      if (p == self) p = 0;
+    }
+    last = prune_and_count(h) == 0;
+    if (last) ::shm_unlink(m.name.c_str());
+  }
+  m.attached = false;
+}
+
+namespace {
+
+std::mutex g_cache_mutex;
+std::shared_ptr<TileCache> g_cache;
+std::atomic<bool> g_forked{false};
+
+void cache_after_fork_in_child() {
+  // Another thread may have held the mutex at fork(): never touch it again.
+  new (&g_cache_mutex) std::mutex();
+  g_forked = true;
+}
+
+}  // namespace
+
+std::shared_ptr<TileCache> current_cache() {
+  static std::once_flag registered;
+  std::call_once(registered, [] { pthread_atfork(nullptr, nullptr, cache_after_fork_in_child); });
+  std::lock_guard<std::mutex> lock(g_cache_mutex);
+  if (g_forked.exchange(false) && g_cache) {
+    const CacheConfig config = g_cache->config();
+    if (config.type == CacheType::PerProcess) {
+      // A forked child starts with an empty cache of the same shape; the
+      // parent's copy (and whatever its threads were doing to it) is dropped.
+      new (&g_cache) std::shared_ptr<TileCache>();  // leak the parent's reference
+      g_cache = TileCache::create(config);
+    } else {
+      g_cache->attach_forked_child();
+    }
+  }
+  return g_cache;
+}
+
+void set_current_cache(std::shared_ptr<TileCache> cache) {
+  current_cache();
+  std::lock_guard<std::mutex> lock(g_cache_mutex);
+  g_cache = std::move(cache);
+}
+
+}  // namespace wsi

@@ -1,0 +1,90 @@
+// Tile cache: decoded tiles keyed by (file identity, level, plane, tile).
+//
+// One implementation serves both modes. All state lives in one memory
+// region addressed by offsets, never pointers: a private anonymous mapping
+// for "per_process", a named POSIX shared-memory segment for
+// "shared_memory", which any process can attach to by name. The region is
+// split into shards, each with a robust mutex, a hash table, an LRU list and
+// a pool of fixed-size pages; a tile occupies a chain of pages, so there is
+// no fragmentation and no malloc per tile.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "file.hpp"
+
+namespace wsi {
+
+struct TileKey {
+  FileIdentity file;
+  uint32_t level = 0;
+  uint32_t plane = 0;
+  uint64_t tile = 0;
+};
+
+enum class CacheType { None, PerProcess, SharedMemory };
+
+struct CacheConfig {
+  CacheType type = CacheType::None;
+  uint64_t memory_capacity = 0;  // bytes
+  uint64_t capacity = 0;         // items
+  bool record_stat = true;
+  std::string name;              // shared-memory segment name ("/..."), shared_memory only
+};
+
+struct CacheStats {
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+  uint64_t items = 0;
+  uint64_t memory_size = 0;  // bytes of pages in use
+  uint64_t memory_capacity = 0;
+  uint64_t capacity = 0;
+  uint32_t attached = 0;  // processes attached (shared_memory)
+};
+
+class TileCache {
+ public:
+  // Decodes the tile into `dst` (its full size); may throw.
+  using Decode = std::function<void(uint8_t* dst)>;
+
+  // Creates a per-process cache, or creates or attaches to a shared segment.
+  static std::shared_ptr<TileCache> create(const CacheConfig& config);
+  ~TileCache();
+  TileCache(const TileCache&) = delete;
+  TileCache& operator=(const TileCache&) = delete;
+
+  const CacheConfig& config() const { return config_; }
+
+  // Copies the cached tile into `dst` and returns true, or returns false.
+  bool find(const TileKey& key, uint8_t* dst, size_t size);
+  // Copies the tile into `dst`, decoding it with `decode` when it is not
+  // cached. When several threads or processes want the same missing tile,
+  // one decodes it and the others wait for it.
+  void get(const TileKey& key, uint8_t* dst, size_t size, const Decode& decode);
+
+  CacheStats stats() const;
+  void clear();
+  void set_record(bool record);
+  // Shared memory: removes the segment's name now (attached processes keep it).
+  void unlink();
+  // Drops this process's attachment; the last process attached unlinks the segment.
+  void detach();
+  // A forked child inherits the mapping: count it as attached too.
+  void attach_forked_child();
+
+ private:
+  struct Impl;
+  explicit TileCache(const CacheConfig& config);
+  CacheConfig config_;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The process's current cache (nullptr for "nocache").
+std::shared_ptr<TileCache> current_cache();
+void set_current_cache(std::shared_ptr<TileCache> cache);
+
+}  // namespace wsi
