@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 from ._native import pool_size, set_pool_size
+from .batch import BatchIterator, read_regions
 from .cache import TileCache, cache, configure_from_environment, preferred_memory_capacity
 from .errors import (
     ArgumentError,
@@ -31,6 +32,7 @@ configure_from_environment()
 __all__ = [
     "DEFAULT_FILL",
     "ArgumentError",
+    "BatchIterator",
     "ClosedError",
     "FormatError",
     "Level",
@@ -46,5 +48,6 @@ __all__ = [
     "open",
     "pool_size",
     "preferred_memory_capacity",
+    "read_regions",
     "set_pool_size",
 ]

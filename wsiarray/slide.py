@@ -9,7 +9,6 @@ processes and dask workers without special care.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import weakref
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
+from .batch import BatchIterator, as_locations
 from .errors import ArgumentError, ClosedError, OpenError, WSIError
 from .formats import read_slide_info
 from .formats.base import Codec, LevelSpec, SlideInfo
@@ -328,32 +328,69 @@ class Slide:
 
     def read_region(
         self,
-        location: tuple[int, int],
-        size: tuple[int, int],
+        location: Any = None,
+        size: tuple[int, int] | None = None,
         level: int = 0,
         *,
         fill: float | Sequence[float] | None = None,
-        num_workers: int = 1,
-    ) -> np.ndarray:
-        """Read ``size`` pixels of ``level`` at level-0 ``location``.
+        num_workers: int = 0,
+        batch_size: int = 1,
+        drop_last: bool = False,
+        prefetch_factor: int = 2,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> np.ndarray | BatchIterator:
+        """Read ``size`` pixels of ``level`` at level-0 ``location``: one region, many, or the level.
 
-        Pixels outside the image are set to ``fill`` (a scalar or one value per
-        channel; default :data:`DEFAULT_FILL`). ``num_workers`` threads of the
-        process's native pool decode the tiles (0: all of them). The GIL is
+        - One location ``(x, y)``: returns an ``(h, w, c)`` array.
+        - Many locations (list, tuple, generator, ``(N, 2)`` array, or a flat
+          ``[x0, y0, x1, y1, ...]``): returns a :class:`~wsiarray.batch.BatchIterator`
+          over ``(batch_size, h, w, c)`` arrays, decoded ``prefetch_factor`` batches
+          ahead; ``shuffle``/``seed``/``drop_last`` as in PyTorch's DataLoader.
+        - No location and no size: the whole level.
+
+        Pixels outside the image are ``fill`` (a scalar or one value per channel;
+        default :data:`DEFAULT_FILL`). ``num_workers`` threads of the process's
+        native pool decode each request (0 or 1: the calling thread). The GIL is
         released while tiles are read and decoded.
 
         Example:
             >>> slide.read_region((0, 0), (512, 512), level=1).shape
             (512, 512, 3)
+            >>> for batch in slide.read_region([(0, 0), (224, 0)], (224, 224), batch_size=2):
+            ...     batch.shape
+            (2, 224, 224, 3)
         """
-        x, y = _pair(location, "location")
         level_index = self._level_index(level)
-        downsample = self._open.levels[level_index].downsample
-        # OpenSlide's convention: level coordinates = level-0 coordinates / downsample.
-        return self.read_level_region(
-            level_index, (math.floor(x / downsample), math.floor(y / downsample)), size,
-            fill=fill, num_workers=num_workers,
+        if location is None and size is None:
+            return self.read_level_region(level_index, (0, 0), self.level_dimensions[level_index],
+                                          fill=fill, num_workers=num_workers)
+        if location is None or size is None:
+            raise ArgumentError("read_region needs both location and size, or neither (whole level)")
+        many = as_locations(location)
+        if many is None:
+            x, y = _pair(location, "location")
+            lx, ly = self._to_level(np.array([[x, y]], np.int64), level_index)[0]
+            return self.read_level_region(level_index, (int(lx), int(ly)), size, fill=fill,
+                                          num_workers=num_workers)
+        width, height = _pair(size, "size")
+        if width < 0 or height < 0:
+            raise ArgumentError(f"size must not be negative, got {size!r}")
+        count = len(many)
+        return BatchIterator(
+            [self], np.zeros(count, np.int64), np.full(count, level_index, np.int64),
+            self._to_level(many, level_index), (width, height),
+            fill=self._fill_pixel(fill), channels=self.channels, dtype=self.dtype,
+            num_workers=num_workers, batch_size=batch_size, drop_last=drop_last,
+            prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed,
         )
+
+    def _to_level(self, locations: np.ndarray, level_index: int) -> np.ndarray:
+        """Level-0 ``(N, 2)`` locations in ``level_index``'s pixels (OpenSlide: floor(x / downsample))."""
+        downsample = self._open.levels[level_index].downsample
+        if level_index == 0:
+            return locations.astype(np.int64)
+        return np.floor(locations / downsample).astype(np.int64)
 
     def read_level_region(
         self,
@@ -362,7 +399,7 @@ class Slide:
         size: tuple[int, int],
         *,
         fill: float | Sequence[float] | None = None,
-        num_workers: int = 1,
+        num_workers: int = 0,
     ) -> np.ndarray:
         """Like :meth:`read_region`, but ``location`` is in the level's own pixels.
 
@@ -385,7 +422,7 @@ class Slide:
         if out.size:
             reader.native.read_region(
                 level_index, x, y, out.view(np.uint8).reshape(height, width, -1),
-                self._fill_pixel(fill), num_workers,
+                self._fill_pixel(fill), max(1, num_workers),
             )
         return out
 
@@ -419,7 +456,8 @@ class Slide:
         scale = max(w0 / max_w, h0 / max_h, 1.0)
         target = (max(1, round(w0 / scale)), max(1, round(h0 / scale)))
         level = self.get_best_level_for_downsample(scale)
-        image = self.read_region((0, 0), self.level_dimensions[level], level, num_workers=0)
+        image = self.read_level_region(level, (0, 0), self.level_dimensions[level],
+                                       num_workers=os.cpu_count() or 1)
         return _box_resize(image, target)
 
     # -- helpers -------------------------------------------------------------------

@@ -9,6 +9,7 @@ from ._engine import (
     cache_stats,
     cache_unlink,
     pool_size,
+    read_batch,
     set_pool_size,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "cache_stats",
     "cache_unlink",
     "pool_size",
+    "read_batch",
     "set_pool_size",
 ]

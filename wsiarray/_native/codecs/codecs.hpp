@@ -29,6 +29,12 @@ struct JpegParams {
 
 void decode_jpeg(const uint8_t* src, size_t size, const JpegParams& params,
                  const TileLayout& layout, uint8_t* dst, size_t pitch);
+// Decodes only the window [x, x + width) x [y, y + height) of the tile into
+// dst (`width` pixels per row), skipping rows above it and iMCU columns
+// outside it.
+void decode_jpeg_window(const uint8_t* src, size_t size, const JpegParams& params,
+                        const TileLayout& layout, uint32_t x, uint32_t y, uint32_t width,
+                        uint32_t height, uint8_t* dst, size_t pitch);
 
 // Byte-stream codecs decode into a contiguous buffer of dst_size bytes; a
 // stream that ends cleanly but early leaves zeros.

@@ -1,6 +1,7 @@
 // JPEG tiles through libjpeg-turbo's jpeglib.h API: abbreviated streams with
 // the TIFF JPEGTables, colour space from the Photometric tag, scanlines
 // written straight to the caller's rows. One decompressor per thread.
+#include <algorithm>
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
@@ -54,10 +55,17 @@ Decompressor& thread_decompressor() {
   return d;
 }
 
-// Returns false with d.err.message set on failure. No object with a
-// destructor lives in this frame, so longjmp out of libjpeg is safe.
+struct Window {
+  uint32_t x, y, width, height;  // in tile pixels
+};
+
+// Decodes `win` of the tile into dst (rows `pitch` bytes apart). A window
+// smaller than the tile skips the rows above it and crops the columns to
+// whole iMCUs around it, so only what is needed is decoded. Returns false
+// with d.err.message set on failure. No object with a destructor lives in
+// this frame, so longjmp out of libjpeg is safe.
 bool decode(Decompressor& d, const uint8_t* src, size_t size, const JpegParams& p,
-            const TileLayout& layout, uint8_t* dst, size_t pitch) {
+            const TileLayout& layout, const Window& win, uint8_t* dst, size_t pitch) {
   jpeg_decompress_struct* cinfo = &d.cinfo;
   if (setjmp(d.err.jump)) {
     jpeg_abort_decompress(cinfo);
@@ -84,43 +92,75 @@ bool decode(Decompressor& d, const uint8_t* src, size_t size, const JpegParams& 
     jpeg_abort_decompress(cinfo);
     return false;
   }
-  const uint32_t rows = cinfo->output_height < layout.height ? cinfo->output_height : layout.height;
-  const size_t jpeg_row = size_t(cinfo->output_width) * layout.samples;
-  const size_t tile_row = layout.row_bytes();
-  if (jpeg_row == tile_row) {
+  const size_t comps = layout.samples;
+  const bool exact = cinfo->output_width == layout.width && cinfo->output_height == layout.height;
+  const bool whole = win.x == 0 && win.y == 0 && win.width == layout.width && win.height == layout.height;
+  if (exact && whole) {
     // The common case: scanlines go straight to their final place.
     JSAMPROW pointers[16];
-    while (cinfo->output_scanline < rows) {
-      uint32_t n = rows - cinfo->output_scanline;
+    while (cinfo->output_scanline < layout.height) {
+      uint32_t n = layout.height - cinfo->output_scanline;
       if (n > 16) n = 16;
       for (uint32_t k = 0; k < n; ++k) pointers[k] = dst + size_t(cinfo->output_scanline + k) * pitch;
       jpeg_read_scanlines(cinfo, pointers, n);
     }
-  } else {
-    // A frame narrower or wider than the tile (short last strips, odd
-    // writers): go through one row and keep the overlap.
-    const size_t keep = jpeg_row < tile_row ? jpeg_row : tile_row;
-    while (cinfo->output_scanline < rows) {
-      uint8_t* out = dst + size_t(cinfo->output_scanline) * pitch;
+    jpeg_abort_decompress(cinfo);
+    return true;
+  }
+  JDIMENSION first_col = 0;
+  if (exact) {
+    // Only a window of a regular tile: decode just the iMCU columns and the
+    // rows it needs (libjpeg-turbo gives the same pixels as a full decode).
+    // The crop keeps one extra iMCU on each side: fancy upsampling treats a
+    // crop edge as an image edge, so pixels next to it would differ.
+    const uint32_t imcu = uint32_t(cinfo->max_h_samp_factor) * DCTSIZE;
+    const uint32_t left = win.x > imcu ? win.x - imcu : 0;
+    const uint32_t right = std::min<uint32_t>(win.x + win.width + imcu, cinfo->output_width);
+    JDIMENSION xoffset = left, width = right - left;
+    if (width < cinfo->output_width) jpeg_crop_scanline(cinfo, &xoffset, &width);
+    first_col = xoffset;
+    if (win.y > 0) jpeg_skip_scanlines(cinfo, win.y);
+  }
+  // Rows of the frame go through one row buffer; a frame smaller than the
+  // tile (short last strips, odd writers) leaves zeros.
+  const uint32_t frame_w = cinfo->output_width, frame_h = cinfo->output_height;
+  const size_t out_row = size_t(win.width) * comps;
+  for (uint32_t r = 0; r < win.height; ++r) {
+    uint8_t* out = dst + size_t(r) * pitch;
+    const uint32_t y = win.y + r;
+    std::memset(out, 0, out_row);
+    if (y >= frame_h) continue;
+    while (cinfo->output_scanline <= y) {
       JSAMPROW pointer = d.row;
       jpeg_read_scanlines(cinfo, &pointer, 1);
-      std::memcpy(out, d.row, keep);
-      std::memset(out + keep, 0, tile_row - keep);
+    }
+    const uint32_t from = win.x - first_col;
+    if (win.x < first_col + frame_w) {
+      const uint32_t avail = first_col + frame_w - win.x;
+      const size_t n = size_t(avail < win.width ? avail : win.width) * comps;
+      std::memcpy(out, d.row + size_t(from) * comps, n);
     }
   }
-  for (uint32_t r = rows; r < layout.height; ++r) std::memset(dst + size_t(r) * pitch, 0, tile_row);
-  // abort, not finish: a frame taller than the tile is left unread.
+  // abort, not finish: rows below the window are never decoded.
   jpeg_abort_decompress(cinfo);
   return true;
 }
 
 }  // namespace
 
-void decode_jpeg(const uint8_t* src, size_t size, const JpegParams& params,
-                 const TileLayout& layout, uint8_t* dst, size_t pitch) {
+void decode_jpeg(const uint8_t* src, size_t size, const JpegParams& params, const TileLayout& layout,
+                 uint8_t* dst, size_t pitch) {
+  decode_jpeg_window(src, size, params, layout, 0, 0, layout.width, layout.height, dst, pitch);
+}
+
+void decode_jpeg_window(const uint8_t* src, size_t size, const JpegParams& params, const TileLayout& layout,
+                        uint32_t x, uint32_t y, uint32_t width, uint32_t height, uint8_t* dst, size_t pitch) {
   if (layout.bytes_per_sample != 1) throw Error(ErrorKind::Unsupported, "JPEG with more than 8 bits");
+  if (x + width > layout.width || y + height > layout.height) {
+    throw Error(ErrorKind::Decode, "JPEG window outside the tile");
+  }
   Decompressor& d = thread_decompressor();
-  if (!decode(d, src, size, params, layout, dst, pitch)) {
+  if (!decode(d, src, size, params, layout, Window{x, y, width, height}, dst, pitch)) {
     throw Error(ErrorKind::Decode, std::string("JPEG: ") + d.err.message);
   }
 }

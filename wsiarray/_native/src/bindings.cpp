@@ -143,6 +143,36 @@ NB_MODULE(_engine, m) {
       .def("close", &wsi::Reader::close);
 
   m.def(
+      "read_batch",
+      [](nb::list readers, nb::ndarray<const int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> where,
+         nb::ndarray<uint8_t, nb::ndim<4>, nb::c_contig, nb::device::cpu> out, nb::bytes fill, size_t workers) {
+        // where[i] = (reader index, level, x, y) in level pixels; out[i] receives region i.
+        const size_t n = where.shape(0);
+        if (where.shape(1) != 4 || out.shape(0) != n) {
+          throw wsi::Error(wsi::ErrorKind::Format, "read_batch: where must be (N, 4) and out (N, h, w, px)");
+        }
+        std::vector<const wsi::Reader*> pointers;
+        for (nb::handle h : readers) pointers.push_back(nb::cast<const wsi::Reader*>(h));
+        const size_t h = out.shape(1), w = out.shape(2), px = out.shape(3);
+        std::vector<wsi::RegionRequest> requests(n);
+        for (size_t i = 0; i < n; ++i) {
+          const int64_t* row = where.data() + 4 * i;
+          if (row[0] < 0 || size_t(row[0]) >= pointers.size() || row[1] < 0) {
+            throw wsi::Error(wsi::ErrorKind::Format, "read_batch: bad reader or level index");
+          }
+          requests[i] = wsi::RegionRequest{pointers[size_t(row[0])], size_t(row[1]),
+                                           wsi::Region{row[2], row[3], uint32_t(w), uint32_t(h)},
+                                           out.data() + i * h * w * px, w * px};
+        }
+        const auto* fill_bytes = static_cast<const uint8_t*>(fill.data());
+        const size_t fill_size = fill.size();
+        if (fill_size != px) throw wsi::Error(wsi::ErrorKind::Format, "fill value has the wrong pixel size");
+        nb::gil_scoped_release release;
+        wsi::read_regions(requests, fill_bytes, fill_size, workers);
+      },
+      "readers"_a, "where"_a, "out"_a, "fill"_a, "workers"_a = 1,
+      "Reads N equally sized regions (of one or several readers) into out with shared threads.");
+  m.def(
       "cache_configure",
       [](const std::string& type, uint64_t memory_capacity, uint64_t capacity, bool record,
          const std::string& name) {

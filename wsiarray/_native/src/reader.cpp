@@ -208,6 +208,15 @@ class RegionRead {
     return s;
   }
 
+  JpegParams jpeg_params() const {
+    JpegParams params;
+    params.tables = level_.jpeg_tables.empty() ? nullptr : level_.jpeg_tables.data();
+    params.tables_size = level_.jpeg_tables.size();
+    params.in_colorspace = level_.jpeg_in_colorspace;
+    params.out_colorspace = level_.jpeg_out_colorspace;
+    return params;
+  }
+
   TileKey key(const TileJob& job) const {
     TileKey k;
     k.file = file_.identity();
@@ -250,6 +259,13 @@ class RegionRead {
       decode_tile(job, src, out_at(c, job.plane), pitch_, scratch);
       return;
     }
+    if (!cache_ && level_.codec == Codec::Jpeg && level_.planes == 1 && job.size > 0) {
+      // No cache wants the whole tile: decode only the covered window, in place.
+      decode_jpeg_window(src, size_t(job.size), jpeg_params(), layout_, uint32_t(c.x0 - c.tile_x),
+                         uint32_t(c.y0 - c.tile_y), uint32_t(c.x1 - c.x0), uint32_t(c.y1 - c.y0),
+                         out_at(c, job.plane), pitch_);
+      return;
+    }
     const size_t row_bytes = layout_.row_bytes();
     uint8_t* tile = grow(scratch.tile, layout_.bytes());
     if (cache_ && job.size > 0) {
@@ -290,12 +306,7 @@ class RegionRead {
       return;
     }
     if (level_.codec == Codec::Jpeg) {
-      JpegParams params;
-      params.tables = level_.jpeg_tables.empty() ? nullptr : level_.jpeg_tables.data();
-      params.tables_size = level_.jpeg_tables.size();
-      params.in_colorspace = level_.jpeg_in_colorspace;
-      params.out_colorspace = level_.jpeg_out_colorspace;
-      decode_jpeg(src, size_t(job.size), params, layout_, dst, pitch);
+      decode_jpeg(src, size_t(job.size), jpeg_params(), layout_, dst, pitch);
       return;
     }
     // Byte-stream codecs produce a contiguous tile: in place when dst is one.
@@ -393,14 +404,31 @@ size_t Reader::add_level(LevelDesc level) {
 
 void Reader::read_region(size_t level_index, const Region& region, uint8_t* out, size_t pitch,
                          const uint8_t* fill, size_t workers) const {
-  const LevelDesc& level = this->level(level_index);
-  if (pitch < size_t(region.width) * level.pixel_bytes()) fail(ErrorKind::Format, "output rows too short");
-  RegionRead read(file_, level, level_index, region, out, pitch, current_cache());
-  read.fill_outside(fill);
-  if (read.empty()) return;
-  if (workers == 0) workers = pool_size();
-  read.plan(workers);
-  parallel_for(read.run_count(), workers, [&](size_t i) { read.read_run(i); });
+  RegionRequest request{this, level_index, region, out, pitch};
+  read_regions({request}, fill, this->level(level_index).pixel_bytes(), workers);
+}
+
+void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fill, size_t fill_bytes,
+                  size_t workers) {
+  if (workers == 0) workers = 1;
+  auto cache = current_cache();
+  std::vector<std::unique_ptr<RegionRead>> reads;
+  reads.reserve(requests.size());
+  // (request, run) pairs: the threads share out every run of every request.
+  std::vector<std::pair<uint32_t, uint32_t>> runs;
+  for (const RegionRequest& r : requests) {
+    const LevelDesc& level = r.reader->level(r.level);
+    if (level.pixel_bytes() != fill_bytes) fail(ErrorKind::Format, "regions of a batch differ in pixel size");
+    if (r.pitch < size_t(r.region.width) * fill_bytes) fail(ErrorKind::Format, "output rows too short");
+    auto read = std::make_unique<RegionRead>(r.reader->file(), level, r.level, r.region, r.out, r.pitch, cache);
+    read->fill_outside(fill);
+    if (!read->empty()) {
+      read->plan(workers);
+      for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
+    }
+    reads.push_back(std::move(read));
+  }
+  parallel_for(runs.size(), workers, [&](size_t i) { reads[runs[i].first]->read_run(runs[i].second); });
 }
 
 }  // namespace wsi

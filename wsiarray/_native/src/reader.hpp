@@ -56,6 +56,22 @@ struct Region {
   uint32_t height = 0;
 };
 
+class Reader;
+
+// One region of a batch: which reader and level, where, and where it goes.
+struct RegionRequest {
+  const Reader* reader = nullptr;
+  size_t level = 0;
+  Region region;
+  uint8_t* out = nullptr;
+  size_t pitch = 0;
+};
+
+// Reads every request, sharing up to `workers` threads among all their
+// tiles. `fill` is one pixel of the (common) output pixel size.
+void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fill, size_t fill_bytes,
+                  size_t workers);
+
 class Reader {
  public:
   explicit Reader(const std::string& path);
