@@ -1,7 +1,8 @@
-"""Command line: ``wsiarray info SLIDE``.
+"""Command line: ``wsiarray info SLIDE`` and ``wsiarray convert SLIDE OUT.zarr``.
 
 Example:
     $ wsiarray info CMU-1-Small-Region.svs
+    $ wsiarray convert CMU-1-Small-Region.svs CMU-1-Small-Region.ome.zarr
 """
 
 from __future__ import annotations
@@ -67,7 +68,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = commands.add_parser("info", help="describe a slide: vendor, levels, pixel size")
     info.add_argument("slide", help="path to a slide file")
     info.add_argument("--properties", action="store_true", help="also list every metadata property")
+    convert = commands.add_parser(
+        "convert", help="write a slide as an OME-Zarr pyramid (NGFF 0.5, Zarr v3)"
+    )
+    convert.add_argument("slide", help="path to a slide file")
+    convert.add_argument("out", help="output folder, e.g. slide.ome.zarr")
+    convert.add_argument("--levels", type=int, nargs="+", metavar="N", help="levels to write (default: all)")
+    convert.add_argument("--chunk-size", type=int, default=None, metavar="PX",
+                         help="Zarr chunk side in pixels, rounded to whole tiles (default: about 1024)")
+    convert.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    bar = convert.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="show a progress bar (default: when stderr is a terminal)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
     args = parser.parse_args(argv)
+
+    if args.command == "convert":
+        return _convert(args)
 
     if args.command == "info":
         try:
@@ -81,6 +98,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wsiarray: {exc}", file=sys.stderr)
             return 1
     return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .zarr_export import DEFAULT_ZARR_CHUNK, to_zarr
+
+    try:
+        with open_slide(args.slide) as slide:
+            group = to_zarr(
+                slide,
+                args.out,
+                levels=args.levels,
+                chunks=args.chunk_size or DEFAULT_ZARR_CHUNK,
+                overwrite=args.overwrite,
+                progress=args.progress,
+            )
+            arrays = ", ".join(f"{key} {tuple(group[key].shape)}" for key in sorted(group.array_keys(), key=int))
+            print(f"wrote {args.out}: {arrays}")
+    except WSIError as exc:
+        print(f"wsiarray: {exc}", file=sys.stderr)
+        return 1
+    except (FileExistsError, zarr_errors()) as exc:
+        print(f"wsiarray: {args.out}: {exc} (use --overwrite to replace it)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def zarr_errors() -> type[Exception]:
+    """The exception zarr raises when a store already holds data."""
+    from zarr.errors import ContainsGroupError
+
+    return ContainsGroupError
 
 
 if __name__ == "__main__":

@@ -218,6 +218,8 @@ class Slide:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A recipe, not a handle: reopened (and shared) where it is unpickled.
+        if self._reader is None:
+            raise ClosedError(f"{self._path}: a closed slide cannot be pickled")
         return (_reopen, (self._path, self._identity, self._fill))
 
     def __repr__(self) -> str:
@@ -471,11 +473,16 @@ class Slide:
     def _fill_pixel(self, fill: float | Sequence[float] | None) -> bytes:
         if fill is None:
             fill = self._fill if self._fill is not None else DEFAULT_FILL
-        values = np.broadcast_to(np.asarray(fill), (self.channels,))
+        problem = f"fill must be a number or {self.channels} numbers that fit {self.dtype}, got {fill!r}"
         try:
-            pixel = values.astype(self.dtype, casting="unsafe")
+            values = np.broadcast_to(np.asarray(fill, dtype=np.float64), (self.channels,))
         except (TypeError, ValueError) as exc:
-            raise ArgumentError(f"fill {fill!r} does not fit {self.dtype}") from exc
+            raise ArgumentError(problem) from exc
+        if self.dtype.kind in "iu":
+            info = np.iinfo(self.dtype)
+            if not (np.all(np.isfinite(values)) and np.all(values >= info.min) and np.all(values <= info.max)):
+                raise ArgumentError(problem)
+        pixel = values.astype(self.dtype)
         return pixel.tobytes()
 
 

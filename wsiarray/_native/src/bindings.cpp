@@ -20,7 +20,7 @@ namespace {
 
 using U64Array = nb::ndarray<const uint64_t, nb::c_contig, nb::device::cpu>;
 using OutArray = nb::ndarray<uint8_t, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
-using TileArray = nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu>;
+using TileArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
 
 nb::object error_class(wsi::ErrorKind kind) {
   nb::module_ errors = nb::module_::import_("wsiarray.errors");
@@ -50,7 +50,7 @@ wsi::ExternalDecoder wrap_decoder(nb::object decoder) {
           problem = "decoder returned " + std::to_string(tile.nbytes()) + " bytes for a tile of " +
                     std::to_string(dst_size);
         } else {
-          std::memcpy(dst, tile.data(), dst_size);
+          std::memcpy(dst, static_cast<const uint8_t*>(tile.data()), dst_size);
         }
       } catch (nb::python_error& e) {
         problem = e.what();

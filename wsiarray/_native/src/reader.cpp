@@ -313,6 +313,12 @@ class RegionRead {
     uint8_t* tile = pitch == row_bytes ? dst : grow(scratch.tile, bytes);
     switch (level_.codec) {
       case Codec::Raw: {
+        // Only rows inside the image must be stored (a short last strip is fine).
+        const uint64_t rows = std::min<uint64_t>(layout_.height, level_.height - uint64_t(job.ty) * layout_.height);
+        if (job.size < rows * row_bytes) {
+          fail(ErrorKind::Decode, "uncompressed tile has " + std::to_string(job.size) + " bytes, needs " +
+                                      std::to_string(rows * row_bytes));
+        }
         const size_t n = std::min<size_t>(size_t(job.size), bytes);
         std::memcpy(tile, src, n);
         std::memset(tile + n, 0, bytes - n);

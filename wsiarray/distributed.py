@@ -1,0 +1,179 @@
+"""dask.distributed support: a worker plugin that sets each worker's tile cache.
+
+wsiarray's dask arrays need nothing special on a cluster: their tasks carry slide
+*recipes* (a :class:`~wsiarray.Slide` pickles as path, file identity and options
+and reopens lazily in the worker), never open handles. What a cluster does want is
+a tile cache on every worker, and with ``cache="shared_memory"`` one cache segment
+shared by all the workers of a host, so a tile decoded by one worker is a hit for
+the others. :func:`setup` installs :class:`CachePlugin` with
+``Client.register_plugin``; it runs on every current and future worker.
+
+The tile cache is the native ``wsiarray.cache(type, memory_capacity=MiB,
+capacity=None, record_stat=None)``; while this build of wsiarray has none,
+:func:`setup` raises :class:`~wsiarray.UnsupportedError` (and so does the plugin
+on a worker whose wsiarray lacks it).
+
+Example:
+    >>> from distributed import Client, LocalCluster
+    >>> import wsiarray, wsiarray.distributed
+    >>> client = Client(LocalCluster(n_workers=2, threads_per_worker=2))
+    >>> wsiarray.distributed.setup(client, cache="shared_memory", memory_capacity=2048)
+    >>> level0 = wsiarray.open("slide.svs").to_dask(level=0)
+    >>> level0.mean(axis=(0, 1)).compute()  # doctest: +SKIP
+    >>> wsiarray.distributed.cache_stats(client)  # doctest: +SKIP
+    {'tcp://127.0.0.1:40123': {'hit_count': 0, 'miss_count': 812, ...}, ...}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distributed import Client, WorkerPlugin
+
+from .errors import UnsupportedError
+
+__all__ = ["PLUGIN_NAME", "CachePlugin", "cache_stats", "have_cache", "setup"]
+
+#: Name under which :func:`setup` registers the plugin (re-registering replaces it).
+PLUGIN_NAME = "wsiarray-cache"
+
+_STAT_NAMES = ("hit_count", "miss_count", "size", "memory_size", "capacity", "memory_capacity")
+
+
+def have_cache() -> bool:
+    """True when this process's wsiarray has the native tile cache (``wsiarray.cache``).
+
+    Example:
+        >>> have_cache()
+        True
+    """
+    import wsiarray
+
+    return callable(getattr(wsiarray, "cache", None))
+
+
+def _require_cache() -> Any:
+    import wsiarray
+
+    factory = getattr(wsiarray, "cache", None)
+    if not callable(factory):
+        raise UnsupportedError(
+            "wsiarray.cache is not available in this build of wsiarray (the native tile cache "
+            "is not built yet), so workers' caches cannot be set; compute without "
+            "wsiarray.distributed.setup() meanwhile"
+        )
+    return factory
+
+
+class CachePlugin(WorkerPlugin):
+    """Worker plugin calling ``wsiarray.cache(cache, memory_capacity, capacity, record_stat, **options)``.
+
+    With ``cache="shared_memory"`` the workers of one host attach to one segment;
+    ``"per_process"`` gives each worker its own; ``"nocache"`` turns caching off.
+    ``memory_capacity`` is in MiB, as in cuCIM. Extra ``options`` go to
+    ``wsiarray.cache`` unchanged.
+
+    Example:
+        >>> client.register_plugin(CachePlugin("per_process", memory_capacity=1024))  # doctest: +SKIP
+    """
+
+    name = PLUGIN_NAME
+    idempotent = False
+
+    def __init__(
+        self,
+        cache: str = "shared_memory",
+        memory_capacity: int | None = None,
+        capacity: int | None = None,
+        record_stat: bool | None = True,
+        **options: Any,
+    ) -> None:
+        self.cache_type = cache
+        self.memory_capacity = memory_capacity
+        self.capacity = capacity
+        self.record_stat = record_stat
+        self.options = options
+        self.cache: Any = None
+
+    def setup(self, worker: Any) -> None:
+        """Create (or attach to) this worker's cache."""
+        factory = _require_cache()
+        kwargs: dict[str, Any] = dict(self.options)
+        if self.memory_capacity is not None:
+            kwargs["memory_capacity"] = self.memory_capacity
+        if self.capacity is not None:
+            kwargs["capacity"] = self.capacity
+        if self.record_stat is not None:
+            kwargs["record_stat"] = self.record_stat
+        self.cache = factory(self.cache_type, **kwargs)
+
+    def teardown(self, worker: Any) -> None:
+        """Forget the cache object (the process's cache setting itself stays)."""
+        self.cache = None
+
+    def stats(self) -> dict[str, Any]:
+        """This worker's cache counters (``hit_count``, ``miss_count``, sizes) and type.
+
+        Example:
+            >>> plugin.stats()  # doctest: +SKIP
+            {'type': 'shared_memory', 'hit_count': 406, 'miss_count': 406, ...}
+        """
+        out: dict[str, Any] = {"type": self.cache_type}
+        if self.cache is None:
+            return out
+        for name in _STAT_NAMES:
+            value = getattr(self.cache, name, None)
+            if callable(value):
+                value = value()
+            if value is not None:
+                out[name] = value
+        return out
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ship the settings, never a cache object
+        return (_rebuild_plugin, (self.cache_type, self.memory_capacity, self.capacity,
+                                  self.record_stat, self.options))
+
+
+def _rebuild_plugin(cache: str, memory_capacity: int | None, capacity: int | None,
+                    record_stat: bool | None, options: dict[str, Any]) -> CachePlugin:
+    return CachePlugin(cache, memory_capacity, capacity, record_stat, **options)
+
+
+def setup(
+    client: Client,
+    cache: str = "shared_memory",
+    memory_capacity: int | None = None,
+    capacity: int | None = None,
+    record_stat: bool | None = True,
+    **options: Any,
+) -> CachePlugin:
+    """Set the tile cache of every worker of ``client`` (now and those that join later).
+
+    Registers a :class:`CachePlugin` with ``client.register_plugin`` under
+    :data:`PLUGIN_NAME`; calling it again replaces the settings. Raises
+    :class:`~wsiarray.UnsupportedError` when wsiarray has no tile cache.
+
+    Example:
+        >>> wsiarray.distributed.setup(client, cache="shared_memory", memory_capacity=4096)
+        <wsiarray.distributed.CachePlugin object at ...>
+    """
+    _require_cache()
+    plugin = CachePlugin(cache, memory_capacity, capacity, record_stat, **options)
+    client.register_plugin(plugin, name=PLUGIN_NAME)
+    return plugin
+
+
+def _worker_stats(dask_worker: Any, name: str = PLUGIN_NAME) -> dict[str, Any] | None:
+    plugin = dask_worker.plugins.get(name)
+    return plugin.stats() if isinstance(plugin, CachePlugin) else None
+
+
+def cache_stats(client: Client) -> dict[str, dict[str, Any] | None]:
+    """Each worker's cache counters, by worker address (None where no plugin is set).
+
+    Example:
+        >>> cache_stats(client)  # doctest: +SKIP
+        {'tcp://127.0.0.1:40123': {'type': 'shared_memory', 'hit_count': 406, ...}, ...}
+    """
+    return client.run(_worker_stats)
