@@ -466,9 +466,10 @@ class Slide:
 
     def _level_index(self, level: int) -> int:
         count = self.level_count
-        if not isinstance(level, (int, np.integer)) or not -count <= level < count:
+        # As OpenSlide: no negative (Python-style) levels, and a bool is not a level.
+        if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < count:
             raise ArgumentError(f"level must be an integer in [0, {count}), got {level!r}")
-        return int(level) % count
+        return int(level)
 
     def _fill_pixel(self, fill: float | Sequence[float] | None) -> bytes:
         if fill is None:

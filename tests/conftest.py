@@ -1,0 +1,164 @@
+"""Shared test configuration: the real slides in ../shared/data and synthetic slides.
+
+Real slides live outside the repository (``<repo>/../shared/data``; CI has the
+same layout).  Tests that need them take the ``real_file`` / ``bad_file``
+arguments (parametrized over a glob of the folders, so new files are covered)
+or carry the ``needs_data`` marker; they skip with a clear reason when the
+folder is absent.  Synthetic slides are written once per session with
+:func:`tifffile.imwrite` into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from wsitest import SyntheticSpec, write_synthetic
+
+#: The shared test slides (see MANIFEST.md there).
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HAVE_DATA = DATA.is_dir()
+NO_DATA_REASON = f"test slides not found: {DATA} is missing (see shared/data/MANIFEST.md)"
+
+#: Files in the data folders that are documentation, not slides.
+_NOT_SLIDES = {".md", ".txt", ".rst", ".json", ".license", ".sha256"}
+
+
+def _slides_in(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix not in _NOT_SLIDES
+    )
+
+
+#: Every slide that must read correctly (all folders but ``bad``).
+READABLE_FILES: list[Path] = [
+    p for folder in sorted(DATA.iterdir()) if folder.is_dir() and folder.name != "bad"
+    for p in _slides_in(folder)
+] if HAVE_DATA else []
+#: Every file that must fail with a clear :class:`wsiarray.WSIError`.
+BAD_FILES: list[Path] = _slides_in(DATA / "bad")
+
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason=NO_DATA_REASON)
+
+settings.register_profile("wsiarray", deadline=None, database=None, print_blob=True)
+settings.load_profile(os.environ.get("WSIARRAY_HYPOTHESIS_PROFILE", "wsiarray"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_data: needs the shared test slides in ../shared/data")
+
+
+def _file_params(files: list[Path], what: str) -> list:
+    if not files:
+        reason = NO_DATA_REASON if not HAVE_DATA else f"no {what} files in {DATA}"
+        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id=f"no-{what}")]
+    return [pytest.param(str(p), id=p.relative_to(DATA).as_posix()) for p in files]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``real_file`` and ``bad_file`` over the globbed data folders."""
+    if "real_file" in metafunc.fixturenames:
+        metafunc.parametrize("real_file", _file_params(READABLE_FILES, "readable"))
+    if "bad_file" in metafunc.fixturenames:
+        metafunc.parametrize("bad_file", _file_params(BAD_FILES, "bad"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if HAVE_DATA:
+        return
+    for item in items:
+        if item.get_closest_marker("needs_data") is not None:
+            item.add_marker(pytest.mark.skip(reason=NO_DATA_REASON))
+
+
+@pytest.fixture(scope="session")
+def data_file() -> Callable[[str], str]:
+    """``data_file("aperio/CMU-1-Small-Region.svs")`` -> its path, or skip if absent."""
+
+    def get(relative: str) -> str:
+        path = DATA / relative
+        if not path.is_file():
+            pytest.skip(NO_DATA_REASON if not HAVE_DATA else f"{path} is missing")
+        return str(path)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Callable[[SyntheticSpec], str]:
+    """``synthetic(spec)`` -> path of the slide written for ``spec`` (once per session)."""
+    folder = tmp_path_factory.mktemp("synthetic")
+    cache: dict[SyntheticSpec, str] = {}
+
+    def get(spec: SyntheticSpec) -> str:
+        if spec not in cache:
+            path = folder / f"{spec.name}.tif"
+            write_synthetic(path, spec)
+            cache[spec] = str(path)
+        return cache[spec]
+
+    return get
+
+
+# -- pyramids for the dask / xarray / distributed / zarr tests --------------------------------
+
+
+def write_pyramid(
+    path: Path,
+    levels: list,
+    *,
+    tile: tuple[int, int],
+    compression: str,
+    mpp: float | None = None,
+) -> None:
+    """Write ``levels`` ((y, x[, c]) arrays, largest first) as one TIFF with SubIFD levels.
+
+    ``mpp`` (micrometres per level-0 pixel) becomes resolution tags scaled per level.
+    """
+    import tifffile
+
+    height0 = levels[0].shape[0]
+    with tifffile.TiffWriter(path) as tif:
+        for i, array in enumerate(levels):
+            kwargs: dict = {
+                "tile": tile,
+                "compression": compression,
+                "photometric": "rgb" if array.ndim == 3 else "minisblack",
+                "metadata": None,
+            }
+            if i == 0 and len(levels) > 1:
+                kwargs["subifds"] = len(levels) - 1
+            if i > 0:
+                kwargs["subfiletype"] = 1
+            if mpp is not None:
+                scale = height0 / array.shape[0]
+                kwargs["resolution"] = (1e4 / (mpp * scale), 1e4 / (mpp * scale))
+                kwargs["resolutionunit"] = "CENTIMETER"
+            tif.write(array, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def pyramid_slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Small synthetic pyramids with SubIFD levels and odd sizes, written once per session.
+
+    - ``jpeg``: RGB uint8 1000x763 (W x H) -> 500x382 -> 250x191, JPEG, 128-px tiles,
+      0.5 µm/px resolution tags;
+    - ``deflate``: grayscale uint16 777x555 -> 389x278, deflate, 96x64 (W x H) tiles,
+      no resolution (pixel size unknown).
+    """
+    from wsitest import texture
+
+    folder = tmp_path_factory.mktemp("pyramids")
+    rgb = texture(763, 1000, 3, "uint8", seed=11)
+    gray = texture(555, 777, 1, "uint16", seed=12)[..., 0]
+    paths = {"jpeg": folder / "jpeg-pyramid.tif", "deflate": folder / "deflate-pyramid.tif"}
+    write_pyramid(paths["jpeg"], [rgb, rgb[::2, ::2], rgb[::4, ::4]], tile=(128, 128),
+                  compression="jpeg", mpp=0.5)
+    write_pyramid(paths["deflate"], [gray, gray[::2, ::2]], tile=(64, 96), compression="zlib")
+    return {name: str(path) for name, path in paths.items()}

@@ -1,0 +1,480 @@
+"""Helpers shared by the reader tests: golden references, region strategies, synthetic slides.
+
+The golden reference for every pixel test is tifffile (+ imagecodecs):
+``tifffile.TiffFile(path).series[0].levels[i].asarray()``, moved to
+``(y, x, c)``.  Regions outside the image are compared against that array
+padded with the fill value.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import imagecodecs
+import numpy as np
+import tifffile
+from hypothesis import strategies as st
+
+#: The ``synthetic`` fixture: spec -> path of the slide written for it.
+SyntheticFactory = Callable[["SyntheticSpec"], str]
+#: The ``data_file`` fixture: path relative to shared/data -> absolute path (or skip).
+DataFile = Callable[[str], str]
+
+# -- golden references ----------------------------------------------------------------
+
+
+def to_yxc(array: np.ndarray, axes: str) -> np.ndarray:
+    """Move tifffile's axes (``YXS``, ``CYX``, ``SYX``, ``YX``) to ``(y, x, c)``."""
+    array = np.asarray(array)
+    while array.ndim > 3 and array.shape[0] == 1:  # leading singleton T/Z/...
+        array, axes = array[0], axes[1:]
+    array = np.moveaxis(array, [axes.index("Y"), axes.index("X")], [0, 1])
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return array
+
+
+@functools.lru_cache(maxsize=64)
+def reference_level(path: str, level: int) -> np.ndarray:
+    """tifffile's pixels of ``level`` as a read-only ``(y, x, c)`` array in native byte order."""
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        page = series.levels[level]
+        array = to_yxc(page.asarray(), page.axes)
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+    array.flags.writeable = False
+    return array
+
+
+def reference_level_count(path: str) -> int:
+    """Number of pyramid levels tifffile sees in the first series."""
+    with tifffile.TiffFile(path) as tif:
+        return len(tif.series[0].levels)
+
+
+def fill_pixel(fill: Any, channels: int, dtype: np.dtype) -> np.ndarray:
+    """``fill`` (None, scalar or per-channel sequence) as one pixel of ``dtype``; None means 0."""
+    value = 0 if fill is None else fill
+    return np.broadcast_to(np.asarray(value), (channels,)).astype(dtype)
+
+
+def reference_region(
+    ref: np.ndarray, x: int, y: int, width: int, height: int, fill: Any = None
+) -> np.ndarray:
+    """``ref[y:y+height, x:x+width]`` of the level padded with ``fill`` on every side.
+
+    Equivalent to padding the whole level array with the fill value and
+    slicing, without materialising the padded array.
+    """
+    h, w, c = ref.shape
+    out = np.empty((height, width, c), ref.dtype)
+    out[...] = fill_pixel(fill, c, ref.dtype)
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + width, w), min(y + height, h)
+    if x0 < x1 and y0 < y1:
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = ref[y0:y1, x0:x1]
+    return out
+
+
+def level_location(location: tuple[int, int], downsample: float) -> tuple[int, int]:
+    """Level coordinates of a level-0 location: ``floor(location / downsample)`` (OpenSlide)."""
+    return math.floor(location[0] / downsample), math.floor(location[1] / downsample)
+
+
+def describe_mismatch(got: np.ndarray, want: np.ndarray) -> str:
+    """A short description of where two arrays differ, for assertion messages."""
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return f"shape/dtype {got.shape} {got.dtype} != {want.shape} {want.dtype}"
+    diff = got != want
+    if want.dtype.kind == "f":
+        diff &= ~(np.isnan(got) & np.isnan(want))
+    where = np.argwhere(diff)
+    if not len(where):
+        return "equal"
+    first = tuple(int(i) for i in where[0])
+    delta = np.abs(got.astype(np.float64) - want.astype(np.float64))[diff]
+    return (
+        f"{len(where)} of {got.size} samples differ; first at (y, x, c)={first}: "
+        f"got {got[first]!r} want {want[first]!r}; max |diff| {delta.max()}"
+    )
+
+
+def assert_pixels_equal(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """Assert exact equality (shape, dtype and every sample) with a useful message."""
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    assert np.array_equal(got, want, equal_nan=want.dtype.kind == "f"), (
+        f"{what}: {describe_mismatch(got, want)}"
+    )
+
+
+# -- hypothesis strategies -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Region:
+    """One drawn ``read_region`` call: level-0 location, level-space size, level, fill."""
+
+    location: tuple[int, int]
+    size: tuple[int, int]
+    level: int
+    fill: Any = None
+
+
+def _coordinate(
+    draw: st.DrawFn, extent: int, size: int, tile: int, downsample: float, margin: int
+) -> int:
+    """A level-0 coordinate whose level position ranges from well before 0 to past ``extent``."""
+    lo, hi = -size - margin, extent + margin
+    tiles = max(1, -(-extent // tile))
+    level_pos = draw(
+        st.one_of(
+            st.integers(lo, hi),
+            # near a tile edge or the image edge, where off-by-ones live
+            st.builds(lambda k, d: k * tile + d, st.integers(-1, tiles + 1), st.integers(-2, 2)),
+            st.builds(lambda d: extent - size + d, st.integers(-2, 2)),
+        )
+    )
+    jitter = draw(st.integers(0, max(0, math.ceil(downsample) - 1)))
+    return math.ceil(level_pos * downsample) + jitter
+
+
+def fill_values(dtype: np.dtype, channels: int) -> st.SearchStrategy[Any]:
+    """None, a scalar, or one value per channel, each representable in ``dtype``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        scalar: st.SearchStrategy[Any] = st.floats(
+            -1e6, 1e6, allow_nan=False, allow_infinity=False, width=32
+        )
+    else:
+        info = np.iinfo(dtype)
+        scalar = st.integers(int(info.min), int(info.max))
+    return st.one_of(
+        st.none(),
+        scalar,
+        st.lists(scalar, min_size=channels, max_size=channels).map(tuple),
+    )
+
+
+@st.composite
+def regions(
+    draw: st.DrawFn,
+    slide: Any,
+    max_size: int = 600,
+    margin: int = 300,
+    with_fill: bool = True,
+) -> Region:
+    """A random region of any level of ``slide``: before the origin, inside, or past the far edge."""
+    level = draw(st.integers(0, slide.level_count - 1))
+    width, height = slide.level_dimensions[level]
+    tile_w, tile_h = slide.level_tile_sizes[level]
+    downsample = slide.level_downsamples[level]
+    size_w = draw(st.integers(0, max_size))
+    size_h = draw(st.integers(0, max_size))
+    x = _coordinate(draw, width, size_w, tile_w, downsample, margin)
+    y = _coordinate(draw, height, size_h, tile_h, downsample, margin)
+    fill = draw(fill_values(slide.dtype, slide.channels)) if with_fill else None
+    return Region((x, y), (size_w, size_h), level, fill)
+
+
+def expected_region(ref: np.ndarray, slide: Any, region: Region) -> np.ndarray:
+    """The reference level array ``ref`` cut to ``region`` (padded with its fill)."""
+    lx, ly = level_location(region.location, slide.level_downsamples[region.level])
+    return reference_region(ref, lx, ly, region.size[0], region.size[1], region.fill)
+
+
+def read_regions(slide: Any, todo: Sequence[Region], num_workers: int = 1) -> list[np.ndarray]:
+    """Read ``todo`` from ``slide`` (module-level so process pools can pickle it)."""
+    return [
+        slide.read_region(r.location, r.size, r.level, fill=r.fill, num_workers=num_workers) for r in todo
+    ]
+
+
+def random_regions(slide: Any, count: int, seed: int, max_size: int = 300) -> list[Region]:
+    """``count`` deterministic random regions over all levels, some crossing the edges."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        level = int(rng.integers(slide.level_count))
+        width, height = slide.level_dimensions[level]
+        downsample = slide.level_downsamples[level]
+        size = (int(rng.integers(1, max_size)), int(rng.integers(1, max_size)))
+        lx = int(rng.integers(-size[0] // 2, width))
+        ly = int(rng.integers(-size[1] // 2, height))
+        out.append(Region((math.ceil(lx * downsample), math.ceil(ly * downsample)), size, level))
+    return out
+
+
+# -- synthetic images ---------------------------------------------------------------
+
+
+def texture(height: int, width: int, channels: int, dtype: str, seed: int = 0) -> np.ndarray:
+    """Deterministic ``(height, width, channels)`` image: smooth gradients, blobs and noise.
+
+    Scaled to the range of ``dtype`` (floats: roughly -50..250), so JPEG sees
+    realistic content and lossless codecs see every bit used.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    planes = []
+    for _ in range(channels):
+        fx, fy, phase = rng.uniform(0.01, 0.08), rng.uniform(0.01, 0.08), rng.uniform(0, 6.3)
+        plane = 0.45 + 0.25 * np.sin(xx * fx + phase) * np.cos(yy * fy - phase)
+        plane += 0.2 * (xx / max(width, 1)) - 0.1 * (yy / max(height, 1))
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        plane += 0.2 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (0.15 * max(width, height, 8)) ** 2))
+        plane += rng.normal(0, 0.04, (height, width))
+        planes.append(plane)
+    unit = np.clip(np.stack(planes, axis=-1), 0, 1)
+    kind = np.dtype(dtype)
+    if kind.kind == "f":
+        return (unit * 300 - 50).astype(kind)
+    info = np.iinfo(kind)
+    return np.rint(info.min + unit * (int(info.max) - int(info.min))).astype(kind)
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """How to write one synthetic slide with :func:`tifffile.TiffWriter`.
+
+    ``tile`` is ``(height, width)`` (None: strips of ``rowsperstrip`` rows);
+    ``steps`` the downsample factor from each level to the next;
+    ``pyramid`` one of ``none``, ``subifd``, ``chain`` (main-chain pages with
+    NewSubfileType 1) or ``ome``; ``jpeg`` picks hand-made JPEG tiles:
+    ``jfif`` (YCbCr JFIF tiles in a Photometric=RGB file) or ``bare``
+    (RGB components, no JFIF/Adobe marker, component ids 0/1/2, abbreviated
+    tiles plus JPEGTables, as Aperio writes them).
+    """
+
+    name: str
+    width: int = 1000
+    height: int = 763
+    samples: int = 3
+    dtype: str = "uint8"
+    tile: tuple[int, int] | None = (256, 256)
+    compression: str | None = None
+    photometric: str = "rgb"
+    predictor: bool = False
+    subsampling: tuple[int, int] | None = None
+    compressionargs: tuple[tuple[str, Any], ...] = ()
+    jpeg: str | None = None
+    byteorder: str = "<"
+    planar: str = "contig"
+    pyramid: str = "none"
+    steps: tuple[int, ...] = ()
+    rowsperstrip: int | None = None
+    bigtiff: bool = False
+    ome_channels: bool = False
+    seed: int = 0
+
+    @property
+    def lossless(self) -> bool:
+        """True if the written arrays come back bit-exact (no JPEG/WebP)."""
+        return self.compression not in ("jpeg", "webp")
+
+    @property
+    def level_count(self) -> int:
+        """Levels the reader must find."""
+        return 1 + len(self.steps)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@functools.lru_cache(maxsize=8)
+def level_arrays(spec: SyntheticSpec) -> list[np.ndarray]:
+    """The ``(y, x, c)`` arrays written for each level (lower levels: strided subsamples)."""
+    base = texture(spec.height, spec.width, spec.samples, spec.dtype, spec.seed)
+    if spec.samples == 4 and spec.dtype == "uint8":
+        # libwebp drops an all-opaque alpha channel; keep alpha varied
+        base[..., 3] = np.clip(base[..., 3], 10, 245)
+    out, factor = [base], 1
+    for step in spec.steps:
+        factor *= step
+        out.append(np.ascontiguousarray(base[::factor, ::factor]))
+    for array in out:
+        array.flags.writeable = False
+    return out
+
+
+def jpeg_segments(data: bytes) -> tuple[list[bytes], bytes]:
+    """Split a JPEG stream into its marker segments before SOS and the rest (SOS...EOI)."""
+    assert data[:2] == b"\xff\xd8", "not a JPEG stream"
+    pos, segments = 2, []
+    while True:
+        marker = data[pos : pos + 2]
+        if marker == b"\xff\xda":
+            return segments, data[pos:]
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        segments.append(data[pos : pos + 2 + length])
+        pos += 2 + length
+
+
+def _renumber_components(segment: bytes, ids: Sequence[int]) -> bytes:
+    """Give the components of an SOF or SOS segment the ids ``ids``."""
+    seg = bytearray(segment)
+    if seg[1] == 0xC0:  # SOF0: FF C0 len(2) P(1) Y(2) X(2) Nf(1) then 3 bytes per component
+        for i, cid in enumerate(ids):
+            seg[10 + 3 * i] = cid
+    elif seg[1] == 0xDA:  # SOS: FF DA len(2) Ns(1) then 2 bytes per component
+        for i, cid in enumerate(ids):
+            seg[5 + 2 * i] = cid
+    return bytes(seg)
+
+
+def _padded_tiles(array: np.ndarray, tile: tuple[int, int]) -> Iterator[np.ndarray]:
+    """Row-major tiles of ``array`` padded with zeros to the full tile size."""
+    th, tw = tile
+    height, width = array.shape[:2]
+    for y in range(0, height, th):
+        for x in range(0, width, tw):
+            out = np.zeros((th, tw, *array.shape[2:]), array.dtype)
+            part = array[y : y + th, x : x + tw]
+            out[: part.shape[0], : part.shape[1]] = part
+            yield out
+
+
+def handmade_jpeg_tiles(
+    array: np.ndarray, tile: tuple[int, int], mode: str
+) -> tuple[list[bytes], bytes | None]:
+    """Encode RGB tiles by hand: ``jfif`` (YCbCr JFIF) or ``bare`` (see :class:`SyntheticSpec`).
+
+    Returns the tile streams and the JPEGTables stream (``bare`` only).
+    """
+    tiles: list[bytes] = []
+    tables: bytes | None = None
+    for part in _padded_tiles(array, tile):
+        if mode == "jfif":
+            tiles.append(
+                imagecodecs.jpeg8_encode(
+                    part, level=90, colorspace="rgb", outcolorspace="ycbcr", subsampling="444"
+                )
+            )
+            continue
+        assert mode == "bare", mode
+        stream = imagecodecs.jpeg8_encode(part, level=90, colorspace="rgb", outcolorspace="rgb")
+        segments, rest = jpeg_segments(stream)
+        table_segs = [s for s in segments if s[1] in (0xDB, 0xC4)]  # DQT, DHT
+        frame = [_renumber_components(s, (0, 1, 2)) for s in segments if s[1] == 0xC0]
+        this_tables = b"\xff\xd8" + b"".join(table_segs) + b"\xff\xd9"
+        assert tables is None or tables == this_tables, "tiles need one shared set of tables"
+        tables = this_tables
+        sos_len = struct.unpack(">H", rest[2:4])[0]
+        sos = _renumber_components(rest[: 2 + sos_len], (0, 1, 2))
+        tiles.append(b"\xff\xd8" + b"".join(frame) + sos + rest[2 + sos_len :])
+    return tiles, tables
+
+
+@functools.lru_cache(maxsize=128)
+def synthetic_reference(path: str, spec: SyntheticSpec, level: int) -> np.ndarray:
+    """tifffile's pixels of ``level`` of a synthetic slide, located by how it was written.
+
+    (tifffile's ``series[0].levels`` only groups 2x steps, so pages are
+    addressed directly except for OME, whose levels tifffile always finds.)
+    """
+    with tifffile.TiffFile(path) as tif:
+        if spec.pyramid == "ome":
+            page: Any = tif.series[0].levels[level]
+        elif spec.pyramid == "chain" or level == 0:
+            page = tif.pages[level]
+        else:  # SubIFDs of the first page
+            page = tif.pages.first.pages[level - 1]
+        array = to_yxc(page.asarray(), page.axes)
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+    array.flags.writeable = False
+    return array
+
+
+def write_synthetic(path: Path, spec: SyntheticSpec) -> list[np.ndarray]:
+    """Write ``spec`` to ``path``; return the ``(y, x, c)`` arrays written per level."""
+    levels = level_arrays(spec)
+    kwargs: dict[str, Any] = {
+        "photometric": spec.photometric,
+        "compression": spec.compression,
+    }
+    if spec.planar != "contig":
+        kwargs["planarconfig"] = spec.planar
+    if spec.tile is not None:
+        kwargs["tile"] = spec.tile
+    else:
+        kwargs["rowsperstrip"] = spec.rowsperstrip
+    if spec.predictor:
+        kwargs["predictor"] = True
+    if spec.subsampling is not None:
+        kwargs["subsampling"] = spec.subsampling
+    if spec.compressionargs:
+        kwargs["compressionargs"] = dict(spec.compressionargs)
+
+    def payload(array: np.ndarray) -> dict[str, Any]:
+        if spec.jpeg is not None:
+            assert spec.tile is not None and spec.samples == 3
+            tiles, tables = handmade_jpeg_tiles(array, spec.tile, spec.jpeg)
+            extra: dict[str, Any] = {
+                "data": iter(tiles),
+                "shape": array.shape,
+                "dtype": array.dtype,
+                "subsampling": (1, 1),
+                "compressionargs": {"outcolorspace": "rgb"},
+            }
+            if tables is not None:
+                extra["jpegtables"] = tables
+            return extra
+        if spec.planar == "separate" or spec.ome_channels:
+            array = np.moveaxis(array, -1, 0)
+        elif spec.samples == 1:
+            array = array[..., 0]
+        return {"data": array}
+
+    metadata: dict[str, Any] | None = None
+    if spec.pyramid == "ome":
+        metadata = {"axes": "CYX" if spec.ome_channels else ("YXS" if spec.samples > 1 else "YX")}
+    with tifffile.TiffWriter(
+        path, byteorder=spec.byteorder, bigtiff=spec.bigtiff, ome=spec.pyramid == "ome"
+    ) as tif:
+        first = {**kwargs, **payload(levels[0])}
+        if spec.pyramid in ("subifd", "ome") and len(levels) > 1:
+            first["subifds"] = len(levels) - 1
+        if metadata is not None:
+            first["metadata"] = metadata
+        tif.write(**first)
+        for array in levels[1:]:
+            tif.write(**{**kwargs, **payload(array)}, subfiletype=1)
+    return levels
+
+
+# -- corrupting files ----------------------------------------------------------------
+
+_TAG_FORMATS = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8
+
+
+def tile_table(path: str | Path, page: int = 0) -> tuple[list[int], list[int]]:
+    """Tile (or strip) offsets and byte counts of main-chain page ``page``."""
+    with tifffile.TiffFile(path) as tif:
+        p = tif.pages[page]
+        return [int(o) for o in p.dataoffsets], [int(c) for c in p.databytecounts]
+
+
+def patch_tag_item(path: str | Path, tag: int, item: int, value: int, page: int = 0) -> None:
+    """Overwrite item ``item`` of array tag ``tag`` (e.g. 324 TileOffsets, 325 TileByteCounts)."""
+    with tifffile.TiffFile(path) as tif:
+        entry = tif.pages[page].tags[tag]
+        fmt = tif.byteorder + _TAG_FORMATS[int(entry.dtype)]
+        where = entry.valueoffset + item * struct.calcsize(fmt)
+    with open(path, "r+b") as fh:
+        fh.seek(where)
+        fh.write(struct.pack(fmt, value))
+
+
+def xor_bytes(path: str | Path, start: int, count: int, mask: int = 0xFF) -> None:
+    """Flip bits of ``count`` bytes of ``path`` from ``start`` (XOR with ``mask``)."""
+    with open(path, "r+b") as fh:
+        fh.seek(start)
+        data = bytearray(fh.read(count))
+        fh.seek(start)
+        fh.write(bytes(b ^ mask for b in data))
