@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
-# Runs the test-suite against a build of the native engine with AddressSanitizer,
-# then reinstalls the normal build. Usage: tools/asan.sh [pytest args...]
+# Runs the test-suite against an AddressSanitizer build of the native engine,
+# installed in a throwaway virtual environment (the normal install is untouched).
+# Usage: tools/asan.sh [pytest args...]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-python -m pip install -q --no-build-isolation -e . \
-  -Ccmake.define.WSIARRAY_ASAN=ON -Cbuild-dir=build/asan -Ccmake.build-type=RelWithDebInfo
-status=0
-# Python itself is not instrumented: preload the runtime; CPython's arenas look like leaks.
-LD_PRELOAD="$(gcc -print-file-name=libasan.so)" \
-ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1" \
-  python -m pytest -p no:cacheprovider "$@" || status=$?
-python -m pip install -q --no-build-isolation -e .
-exit $status
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=${WSIARRAY_ASAN_DIR:-$(mktemp -d)}
+python -m venv "$work/venv"
+# shellcheck disable=SC1091
+. "$work/venv/bin/activate"
+python -m pip install -q \
+  -Ccmake.define.WSIARRAY_ASAN=ON -Ccmake.build-type=RelWithDebInfo -Cbuild-dir="$work/build" \
+  "$repo[test]"
+# CPython is not instrumented: preload the runtime (and libstdc++, or ASan
+# cannot intercept C++ throws); CPython's arenas look like leaks.
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libstdc++.so)"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1"
+# Run from a folder without the sources, so that every Python process the tests
+# start (they spawn some) imports the ASan build, not the source tree.
+args=()
+for arg in "$@"; do
+  if [ -e "$repo/$arg" ]; then args+=("$repo/$arg"); else args+=("$arg"); fi
+done
+[ ${#args[@]} -gt 0 ] || args=("$repo/tests")
+cd "$work"
+python -c "import wsiarray, sys; sys.exit('site-packages' not in wsiarray.__file__)"
+pytest -p no:cacheprovider --rootdir "$repo" -c "$repo/pyproject.toml" "${args[@]}"
