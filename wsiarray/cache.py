@@ -191,8 +191,17 @@ def _configure(type: str, memory_capacity: int | None, capacity: int | None, rec
             raise ArgumentError(f"invalid shared-memory name {name!r}")
     else:
         name = ""
-    if _current.type == "shared_memory" and (type, name) != (_current.type, _current.name):
+    if _current.type == "shared_memory":
+        same_segment = (type, name) == (_current.type, _current.name)
+        if same_segment and (memory, items) == (_current._memory_capacity, _current._capacity):
+            # Already attached to it: only the recording flag can change.
+            _current.record(record)
+            return _current
         _native.cache_detach()
+        if same_segment:
+            # New budgets under the same name: a new segment (processes still
+            # attached to the old one keep using it until they reconfigure).
+            _native.cache_unlink()
     _native.cache_configure(type, memory * _MIB, items, record, name)
     _current = TileCache(type, memory, items, record, name)
     if type == "nocache":

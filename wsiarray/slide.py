@@ -9,6 +9,7 @@ processes and dask workers without special care.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import weakref
@@ -91,6 +92,8 @@ class _Reader:
             for i, spec in enumerate(info.levels)
         )
         self.associated = _AssociatedImages(info.associated)
+        self.channels = info.levels[0].samples
+        self.dtype = info.levels[0].dtype
 
 
 def _add_level(native: _native.Reader, spec: LevelSpec) -> None:
@@ -203,6 +206,7 @@ class Slide:
         reader = _shared_reader(self._path, _identity)
         self._reader: _Reader | None = reader
         self._identity = reader.identity
+        self._default_fill: bytes | None = None  # the fill pixel's bytes, made on first use
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -363,7 +367,19 @@ class Slide:
             ...     batch.shape
             (2, 224, 224, 3)
         """
-        level_index = self._level_index(level)
+        reader = self._open
+        if type(level) is int and 0 <= level < len(reader.levels):
+            level_index = level
+        else:
+            level_index = self._level_index(level)
+        if type(location) is tuple and len(location) == 2 and type(location[0]) is int \
+                and type(location[1]) is int:
+            # The common case, kept cheap: one (x, y) of Python ints.
+            x, y = location
+            if level_index:
+                downsample = reader.levels[level_index].downsample
+                x, y = math.floor(x / downsample), math.floor(y / downsample)
+            return self.read_level_region(level_index, (x, y), size, fill=fill, num_workers=num_workers)
         if location is None and size is None:
             return self.read_level_region(level_index, (0, 0), self.level_dimensions[level_index],
                                           fill=fill, num_workers=num_workers)
@@ -413,17 +429,18 @@ class Slide:
             (256, 256, 3)
         """
         reader = self._open
-        level_index = self._level_index(level)
+        if not (type(level) is int and 0 <= level < len(reader.levels)):
+            level = self._level_index(level)
         x, y = _pair(location, "location")
         width, height = _pair(size, "size")
         if width < 0 or height < 0:
             raise ArgumentError(f"size must not be negative, got {size!r}")
         if num_workers < 0:
             raise ArgumentError(f"num_workers must be >= 0, got {num_workers}")
-        out = np.empty((height, width, self.channels), self.dtype)
+        out = np.empty((height, width, reader.channels), reader.dtype)
         if out.size:
             reader.native.read_region(
-                level_index, x, y, out.view(np.uint8).reshape(height, width, -1),
+                level, x, y, out.view(np.uint8).reshape(height, width, -1),
                 self._fill_pixel(fill), max(1, num_workers),
             )
         return out
@@ -473,7 +490,9 @@ class Slide:
 
     def _fill_pixel(self, fill: float | Sequence[float] | None) -> bytes:
         if fill is None:
-            fill = self._fill if self._fill is not None else DEFAULT_FILL
+            if self._default_fill is None:
+                self._default_fill = self._fill_pixel(self._fill if self._fill is not None else DEFAULT_FILL)
+            return self._default_fill
         problem = f"fill must be a number or {self.channels} numbers that fit {self.dtype}, got {fill!r}"
         try:
             values = np.broadcast_to(np.asarray(fill, dtype=np.float64), (self.channels,))

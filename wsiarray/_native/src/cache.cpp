@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <new>
@@ -32,6 +33,7 @@ struct Entry {
   uint64_t hash;
   uint64_t size;
   uint64_t generation;
+  int64_t checked_ns;  // pending: when its owner was last seen alive
   int32_t state;
   int32_t owner_pid;
   int32_t bucket_next;
@@ -51,6 +53,7 @@ struct Shard {
   uint64_t generation;
   int32_t lru_head;  // most recently used
   int32_t lru_tail;
+  int32_t pending_head;  // tiles being decoded, linked through lru_prev/lru_next
   int32_t free_entry;
   int32_t free_page;
   uint32_t entries;
@@ -75,6 +78,12 @@ struct Header {
   uint64_t shard_off[kMaxShards];
 };
 
+int64_t monotonic_ns() {
+  struct timespec ts {};
+  clock_gettime(CLOCK_MONOTONIC, &ts);  // system-wide: comparable across processes
+  return int64_t(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
+}
+
 uint64_t align64(uint64_t v) { return (v + 63) & ~uint64_t(63); }
 
 uint64_t mix(uint64_t h, uint64_t v) {
@@ -98,7 +107,23 @@ bool same_key(const TileKey& a, const TileKey& b) {
          a.file.mtime_ns == b.file.mtime_ns && a.level == b.level && a.plane == b.plane && a.tile == b.tile;
 }
 
-bool process_alive(int32_t pid) { return pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH); }
+// A zombie (killed but not yet reaped) counts as dead: it will never finish.
+bool process_alive(int32_t pid) {
+  if (pid <= 0) return false;
+  if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  FILE* f = std::fopen(path, "r");
+  if (f == nullptr) return errno != ENOENT;
+  char buffer[512];
+  const size_t n = std::fread(buffer, 1, sizeof buffer - 1, f);
+  std::fclose(f);
+  buffer[n] = '\0';
+  // The state follows the command name, which is in parentheses and may contain spaces.
+  const char* close = std::strrchr(buffer, ')');
+  if (close == nullptr || close[1] != ' ') return true;
+  return close[2] != 'Z' && close[2] != 'X';
+}
 
 void init_mutex(pthread_mutex_t* m, bool shared) {
   pthread_mutexattr_t attr;
@@ -136,8 +161,11 @@ Layout plan_layout(uint64_t memory_capacity, uint64_t capacity) {
   capacity = std::max<uint64_t>(1, std::min<uint64_t>(capacity, 1u << 26));
   // Shards only when each one still holds a useful share: with small budgets
   // one shard keeps eviction exactly least-recently-used.
-  uint64_t shards = std::min<uint64_t>({kMaxShards, std::max<uint64_t>(1, capacity / 64),
-                                        std::max<uint64_t>(1, pages_total / 256)});
+  // LRU order is kept per shard, so sharding makes eviction approximate: a
+  // patch scan sized with preferred_memory_capacity would decode some tiles
+  // twice. Only caches far larger than such working sets are sharded.
+  uint64_t shards = std::min<uint64_t>({kMaxShards, std::max<uint64_t>(1, capacity / 16384),
+                                        std::max<uint64_t>(1, pages_total / 65536)});
   l.shards = static_cast<uint32_t>(shards);
   l.entries = static_cast<uint32_t>(std::max<uint64_t>(1, capacity / shards));
   l.pages = static_cast<uint32_t>(std::min<uint64_t>(pages_total / shards, INT32_MAX));
@@ -158,6 +186,17 @@ struct TileCache::Impl {
   bool shared = false;
   std::string name;
   bool attached = false;
+  uint64_t inode = 0;  // of the segment, to never unlink a newer one of the same name
+
+  // Unlinks the name only if it still names this segment.
+  void unlink_own() const {
+    int fd = ::shm_open(name.c_str(), O_RDONLY, 0);
+    if (fd < 0) return;
+    struct stat st {};
+    const bool same = ::fstat(fd, &st) == 0 && uint64_t(st.st_ino) == inode;
+    ::close(fd);
+    if (same) ::shm_unlink(name.c_str());
+  }
 
   Header& header() const { return *reinterpret_cast<Header*>(base); }
   Shard& shard(uint32_t i) const { return *reinterpret_cast<Shard*>(base + header().shard_off[i]); }
@@ -179,7 +218,7 @@ struct TileCache::Impl {
     for (uint32_t i = 0; i < s.pages; ++i) next[i] = i + 1 < s.pages ? int32_t(i + 1) : kNil;
     s.free_entry = s.entries ? 0 : kNil;
     s.free_page = s.pages ? 0 : kNil;
-    s.lru_head = s.lru_tail = kNil;
+    s.lru_head = s.lru_tail = s.pending_head = kNil;
     s.pages_used = s.items_used = 0;
     ++s.generation;
   }
@@ -245,6 +284,28 @@ struct TileCache::Impl {
     e[i].lru_prev = e[i].lru_next = kNil;
   }
 
+  void pending_push(Shard& s, int32_t i) const {
+    Entry* e = entries(s);
+    e[i].lru_prev = kNil;
+    e[i].lru_next = s.pending_head;
+    if (s.pending_head != kNil) e[s.pending_head].lru_prev = i;
+    s.pending_head = i;
+  }
+
+  void pending_unlink(Shard& s, int32_t i) const {
+    Entry* e = entries(s);
+    if (e[i].lru_prev != kNil) e[e[i].lru_prev].lru_next = e[i].lru_next; else s.pending_head = e[i].lru_next;
+    if (e[i].lru_next != kNil) e[e[i].lru_next].lru_prev = e[i].lru_prev;
+    e[i].lru_prev = e[i].lru_next = kNil;
+  }
+
+  // A pending tile becomes ready: from the pending list to the LRU front.
+  void mark_ready(Shard& s, int32_t i) const {
+    pending_unlink(s, i);
+    entries(s)[i].state = kReady;
+    lru_push_front(s, i);
+  }
+
   void lru_push_front(Shard& s, int32_t i) const {
     Entry* e = entries(s);
     e[i].lru_prev = kNil;
@@ -260,6 +321,7 @@ struct TileCache::Impl {
     while (*link != kNil && *link != i) link = &e[*link].bucket_next;
     if (*link == i) *link = e[i].bucket_next;
     if (e[i].state == kReady) lru_unlink(s, i);
+    if (e[i].state == kPending) pending_unlink(s, i);
     int32_t* next = page_next(s);
     int32_t p = e[i].first_page;
     for (uint32_t k = 0; k < e[i].pages && p != kNil; ++k) {
@@ -275,10 +337,34 @@ struct TileCache::Impl {
     s.free_entry = i;
   }
 
+  // Removes pending tiles whose decoding process died; true if any were.
+  // An owner seen alive is checked again only after 50 ms: it costs system calls.
+  bool reclaim_orphans(Shard& s) const {
+    Entry* e = entries(s);
+    const int32_t self = int32_t(::getpid());
+    const int64_t now = monotonic_ns();
+    bool any = false;
+    for (int32_t i = s.pending_head; i != kNil;) {
+      const int32_t next = e[i].lru_next;
+      if (e[i].owner_pid != self && now - e[i].checked_ns > 50000000) {
+        if (process_alive(e[i].owner_pid)) {
+          e[i].checked_ns = now;
+        } else {
+          remove(s, i);
+          any = true;
+        }
+      }
+      i = next;
+    }
+    return any;
+  }
+
   // Makes room by evicting least-recently-used ready tiles; kNil if impossible.
   int32_t allocate(Shard& s, const TileKey& key, uint64_t hash, uint64_t size) const {
     const uint32_t pages = uint32_t((size + kPageSize - 1) / kPageSize);
     if (pages > s.pages || s.entries == 0) return kNil;
+    // Tiles orphaned by a killed decoder go first, then the least recently used.
+    if (s.items_used >= s.entries || s.pages - s.pages_used < pages) reclaim_orphans(s);
     while (s.items_used >= s.entries || s.pages - s.pages_used < pages) {
       if (s.lru_tail == kNil) return kNil;  // everything left is being decoded
       remove(s, s.lru_tail);
@@ -301,7 +387,8 @@ struct TileCache::Impl {
     e[i].state = kPending;
     e[i].owner_pid = int32_t(::getpid());
     e[i].generation = ++s.generation;
-    e[i].lru_prev = e[i].lru_next = kNil;
+    e[i].checked_ns = 0;  // never checked: the first look at its owner is immediate
+    pending_push(s, i);
     int32_t& bucket = buckets(s)[hash & (s.buckets - 1)];
     e[i].bucket_next = bucket;
     bucket = i;
@@ -420,6 +507,10 @@ std::shared_ptr<TileCache> TileCache::create(const CacheConfig& config) {
     }
     size = uint64_t(st.st_size);
   }
+  {
+    struct stat st {};
+    if (::fstat(fd, &st) == 0) impl.inode = uint64_t(st.st_ino);
+  }
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   ::close(fd);
   if (p == MAP_FAILED) throw Error(ErrorKind::Open, "tile cache: mmap " + name + ": " + std::strerror(errno));
@@ -449,11 +540,10 @@ std::shared_ptr<TileCache> TileCache::create(const CacheConfig& config) {
   return cache;
 }
 
+// Unmaps only: detaching (and unlinking) is explicit, because this process
+// may hold another handle to the same segment (pids are per process).
 TileCache::~TileCache() {
-  if (impl_ && impl_->base) {
-    if (impl_->shared) detach();
-    if (impl_->base) ::munmap(impl_->base, impl_->bytes);
-  }
+  if (impl_ && impl_->base) ::munmap(impl_->base, impl_->bytes);
 }
 
 bool TileCache::find(const TileKey& key, uint8_t* dst, size_t size) {
@@ -520,8 +610,7 @@ void TileCache::get(const TileKey& key, uint8_t* dst, size_t size, const Decode&
   // The shard may have been reset (a dead lock owner) while we decoded.
   if (e.state == kPending && e.generation == generation) {
     m.copy_in(s, e, dst);
-    e.state = kReady;
-    m.lru_push_front(s, slot);
+    m.mark_ready(s, slot);
   }
 }
 
@@ -566,7 +655,7 @@ void TileCache::attach_forked_child() {
 void TileCache::set_record(bool record) { impl_->header().record.store(record ? 1 : 0); }
 
 void TileCache::unlink() {
-  if (impl_->shared) ::shm_unlink(impl_->name.c_str());
+  if (impl_->shared) impl_->unlink_own();
 }
 
 void TileCache::detach() {
@@ -581,7 +670,7 @@ void TileCache::detach() {
       if (p == self) p = 0;
     }
     last = prune_and_count(h) == 0;
-    if (last) ::shm_unlink(m.name.c_str());
+    if (last) m.unlink_own();
   }
   m.attached = false;
 }

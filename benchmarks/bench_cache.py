@@ -1,0 +1,665 @@
+"""Tile-cache patch scan: cuCIM's cache experiment, for wsiarray, OpenSlide and cuCIM.
+
+cuCIM's experiment (``experiments/Using_Cache/benchmark.py`` in rapidsai/cucim) reads
+every 256-px patch of level 0, row by row, starting at (0, 0) (*aligned*: one tile
+per patch) and at (1, 1) (*unaligned*: four tiles per patch, each tile wanted by four
+patches), splitting the patch list into contiguous chunks among N threads
+(``ThreadPoolExecutor``, one slide handle per chunk) or N processes
+(``ProcessPoolExecutor``), with no cache, a per-process cache and a shared-memory
+cache. This script repeats it on the synthetic 19920x26420 JPEG slide
+(``benchmarks/synthetic.py``) with 1 thread (``1T``), 2 threads (``2T``) and 2
+``spawn`` processes (``2P``), for:
+
+- ``wsiarray``: ``wsiarray.cache(type, memory_capacity=...)``, ``Slide.read_region``;
+- ``openslide``: its own tile cache (``OpenSlideCache``) of the same budget, shared by
+  the handles of a process (``nocache``: capacity 0). OpenSlide has no shared-memory
+  cache: its ``shared_memory`` rows use the per-process cache;
+- ``cucim-fixed``: cuCIM with a working cache. Every ``cucim-cu12`` wheel from 24.8 on
+  loads two copies of libcucim (``cucim/clara/libcucim.so.26`` for the Python module,
+  ``cucim_cu12.libs/libcucim-*.so*`` for the reader plugin), so ``CuImage.cache()``
+  configures one copy while the reader looks in the other. The fix (bundled copy ->
+  symlink to ``../cucim/clara/libcucim.so.26``) is applied to a **copy** of the
+  installed packages in a temporary folder put first on ``PYTHONPATH`` of the runner
+  process; site-packages is never touched;
+- ``cucim-shipped``: cuCIM as installed, whose cache never engages (hit 0, miss 0).
+
+Each contender runs in its own runner subprocess (``--runner NAME``), round-robin
+over ``--repeats`` rounds; the table reports medians. The timed part is the scan only:
+caches are configured (empty) before it, and in ``2P`` the two workers are started,
+have imported everything and configured their caches before the clock starts.
+
+Cache budget, the same for every contender: ``wsiarray.preferred_memory_capacity``
+(cuCIM's formula: the tiles a row-by-row 256-px patch scan keeps live) times the number
+of scanners sharing one cache: 1T -> 1x; 2T -> 2x (two threads scan two bands through
+one cache); 2P ``per_process`` -> 1x in each process; 2P ``shared_memory`` -> one 2x
+segment for wsiarray. cuCIM names its segment after the process (``cucim-shm.PID``), so
+``spawn`` workers cannot share one: each gets a 1x cache of its own.
+
+Example::
+
+    python -m benchmarks.bench_cache                      # 16 tile rows, 3 rounds
+    python -m benchmarks.bench_cache --rows 0 --repeats 1  # the whole slide (8112 patches)
+    python -m benchmarks.bench_cache --only wsiarray cucim-fixed --modes 1T
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .synthetic import DEFAULT_HEIGHT, DEFAULT_WIDTH, benchmark_slide_path
+
+CONTENDERS = ("wsiarray", "openslide", "cucim-fixed", "cucim-shipped")
+CACHES = ("nocache", "per_process", "shared_memory")
+MODES = ("1T", "2T", "2P")
+ALIGNS = {"aligned": 0, "unaligned": 1}
+PATCH = 256
+TOLERANCE = 8  # max |diff| allowed between decoders (libjpeg-turbo versions differ)
+REPO = Path(__file__).resolve().parents[1]
+RESULT = "RESULT "
+
+
+@dataclass(frozen=True)
+class Config:
+    """One timed scan: alignment, mode (1T, 2T, 2P) and cache type."""
+
+    align: str
+    mode: str
+    cache: str
+
+    @property
+    def workers(self) -> int:
+        return 1 if self.mode == "1T" else 2
+
+
+def patch_locations(width: int, band: int, start: int) -> list[tuple[int, int]]:
+    """Level-0 locations of every patch of the band, row by row (cuCIM's order).
+
+    Example::
+
+        >>> patch_locations(600, 512, 1)[:3]
+        [(1, 1), (257, 1), (513, 1)]
+    """
+    return [(x, y) for y in range(start, band, PATCH) for x in range(start, width, PATCH)]
+
+
+def split(items: Sequence[Any], n: int) -> list[list[Any]]:
+    """``n`` contiguous chunks of nearly equal length (cuCIM's experiment splits the same way).
+
+    Example::
+
+        >>> [len(c) for c in split(list(range(7)), 2)]
+        [4, 3]
+    """
+    size, extra = divmod(len(items), n)
+    out, i = [], 0
+    for k in range(n):
+        j = i + size + (k < extra)
+        out.append(list(items[i:j]))
+        i = j
+    return out
+
+
+def budget(config: Config, preferred: int, contender: str) -> int:
+    """MiB for one cache instance: ``preferred`` x scanners sharing it (see the module doc)."""
+    if config.mode == "1T":
+        return preferred
+    if config.mode == "2T":
+        return 2 * preferred
+    shared = config.cache == "shared_memory" and contender == "wsiarray"
+    return 2 * preferred if shared else preferred
+
+
+# --- backends (used inside runner and worker processes) ---------------------------
+
+
+class Backend:
+    """How one library opens the slide, reads a patch and configures its cache."""
+
+    name = ""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def configure(self, cache: str, mib: int, name: str | None = None) -> None:
+        raise NotImplementedError
+
+    def open(self) -> Any:
+        raise NotImplementedError
+
+    def read(self, handle: Any, loc: tuple[int, int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def counts(self) -> tuple[int, int] | None:
+        """(hits, misses) of this process's cache, or None when the library has no counters."""
+        return None
+
+    def close(self, handle: Any) -> None:
+        close = getattr(handle, "close", None)
+        if close is not None:
+            close()
+
+
+class WsiarrayBackend(Backend):
+    name = "wsiarray"
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        import wsiarray
+
+        self.wsiarray = wsiarray
+
+    def configure(self, cache: str, mib: int, name: str | None = None) -> None:
+        if cache == "nocache":
+            self.wsiarray.cache("nocache")
+        else:
+            self.wsiarray.cache(cache, memory_capacity=mib, name=name if cache == "shared_memory" else None)
+
+    def open(self) -> Any:
+        return self.wsiarray.open(self.path)
+
+    def read(self, handle: Any, loc: tuple[int, int]) -> np.ndarray:
+        return handle.read_region(loc, (PATCH, PATCH))
+
+    def counts(self) -> tuple[int, int] | None:
+        c = self.wsiarray.cache()
+        return (c.hit_count, c.miss_count) if c.type != "nocache" else None
+
+
+class OpenSlideBackend(Backend):
+    name = "openslide"
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        import openslide
+
+        self.openslide = openslide
+        self.cache = openslide.OpenSlideCache(0)
+
+    def configure(self, cache: str, mib: int, name: str | None = None) -> None:
+        # No shared-memory cache in OpenSlide: a per-process one of the same budget.
+        self.cache = self.openslide.OpenSlideCache(0 if cache == "nocache" else mib << 20)
+
+    def open(self) -> Any:
+        slide = self.openslide.OpenSlide(self.path)
+        slide.set_cache(self.cache)
+        return slide
+
+    def read(self, handle: Any, loc: tuple[int, int]) -> np.ndarray:
+        return np.asarray(handle.read_region(loc, 0, (PATCH, PATCH)))
+
+
+class CucimBackend(Backend):
+    name = "cucim"
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        from cucim import CuImage
+
+        self.CuImage = CuImage
+        self.cache: Any = None
+
+    def configure(self, cache: str, mib: int, name: str | None = None) -> None:
+        if cache == "nocache":
+            self.cache = self.CuImage.cache("nocache")
+        else:
+            self.cache = self.CuImage.cache(cache, memory_capacity=mib, record_stat=True)
+
+    def open(self) -> Any:
+        return self.CuImage(self.path)
+
+    def read(self, handle: Any, loc: tuple[int, int]) -> np.ndarray:
+        return np.asarray(handle.read_region(loc, (PATCH, PATCH), 0))
+
+    def counts(self) -> tuple[int, int] | None:
+        if self.cache is None or str(self.cache.type).endswith("NoCache"):
+            return None
+        return int(self.cache.hit_count), int(self.cache.miss_count)
+
+    def close(self, handle: Any) -> None:
+        pass
+
+
+def make_backend(contender: str, path: str) -> Backend:
+    if contender == "wsiarray":
+        return WsiarrayBackend(path)
+    if contender == "openslide":
+        return OpenSlideBackend(path)
+    return CucimBackend(path)
+
+
+def scan(backend: Backend, locs: Sequence[tuple[int, int]]) -> None:
+    """What each thread or process does with its chunk: open a handle, read every patch."""
+    handle = backend.open()
+    try:
+        for loc in locs:
+            backend.read(handle, loc)
+    finally:
+        backend.close(handle)
+
+
+# --- process-pool workers (spawn) ---------------------------------------------------
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(contender: str, path: str, cache: str, mib: int, attach: bool, barrier: Any) -> None:
+    backend = make_backend(contender, path)
+    if attach:  # wsiarray shared_memory: attached at import from WSIARRAY_CACHE
+        assert backend.wsiarray.cache().type == "shared_memory"  # type: ignore[attr-defined]
+    else:
+        backend.configure(cache, mib)
+    _worker.update(backend=backend, barrier=barrier)
+
+
+def _warm(_: int) -> int:
+    """Returns once both workers run: the pool is fully started before the clock starts."""
+    _worker["barrier"].wait(300)
+    return os.getpid()
+
+
+def _scan_chunk(locs: list[tuple[int, int]]) -> tuple[float, tuple[int, int] | None]:
+    """Scan a chunk in a worker; return its CPU seconds and its cache's (hits, misses) delta."""
+    backend: Backend = _worker["backend"]
+    before = backend.counts()
+    cpu = time.process_time()
+    scan(backend, locs)
+    cpu = time.process_time() - cpu
+    after = backend.counts()
+    if before is None or after is None:
+        return cpu, None
+    return cpu, (after[0] - before[0], after[1] - before[1])
+
+
+# --- one runner process: all configs of one contender, once -------------------------
+
+
+def crop_inside(patch: np.ndarray, loc: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The part of a patch inside the image, RGB (OpenSlide gives RGBA; outside fills differ)."""
+    w = min(PATCH, size[0] - loc[0])
+    h = min(PATCH, size[1] - loc[1])
+    return patch[:h, :w, :3]
+
+
+def sample_locations(width: int, band: int) -> list[tuple[int, int]]:
+    locs = []
+    for start in ALIGNS.values():
+        every = patch_locations(width, band, start)
+        locs += [every[0], every[len(every) // 2], every[-1], every[len(every) // 3 + 5]]
+    return locs
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> int:
+    if a.shape != b.shape:
+        return 999
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max(initial=0))
+
+
+def distinct_tiles(locs: Sequence[tuple[int, int]], tile: tuple[int, int],
+                   size: tuple[int, int]) -> set[tuple[int, int]]:
+    """The tiles the patches touch (inside the image): a cache's least possible misses.
+
+    Example::
+
+        >>> len(distinct_tiles([(1, 1)], (256, 256), (1000, 1000)))
+        4
+    """
+    out = set()
+    for x, y in locs:
+        x1, y1 = min(x + PATCH, size[0]) - 1, min(y + PATCH, size[1]) - 1
+        for ty in range(y // tile[1], y1 // tile[1] + 1):
+            for tx in range(x // tile[0], x1 // tile[0] + 1):
+                out.add((tx, ty))
+    return out
+
+
+def run_config(backend: Backend, contender: str, config: Config, path: str, width: int, band: int,
+               preferred: int, tile: tuple[int, int], size: tuple[int, int]) -> dict[str, Any]:
+    locs = patch_locations(width, band, ALIGNS[config.align])
+    mib = budget(config, preferred, contender)
+    chunks = split(locs, config.workers)
+    counts: tuple[int, int] | None = None
+    if config.mode != "2P":
+        name = f"/wsiarray-bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        backend.configure(config.cache, mib, name)
+        before = backend.counts()
+        cpu = time.process_time()
+        t0 = time.perf_counter()
+        if config.workers == 1:
+            scan(backend, chunks[0])
+        else:
+            with ThreadPoolExecutor(config.workers) as pool:
+                list(pool.map(lambda c: scan(backend, c), chunks))
+        seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu
+        after = backend.counts()
+        if before is not None and after is not None:
+            counts = (after[0] - before[0], after[1] - before[1])
+    else:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        attach = contender == "wsiarray" and config.cache == "shared_memory"
+        if contender == "wsiarray":
+            # The parent creates the segment; spawned workers attach via WSIARRAY_CACHE.
+            name = f"/wsiarray-bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            backend.configure(config.cache if attach else "nocache", mib, name)
+        barrier = ctx.Barrier(config.workers)
+        with ProcessPoolExecutor(config.workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(contender, path, config.cache, mib, attach, barrier)) as pool:
+            pids = set(pool.map(_warm, range(config.workers)))
+            assert len(pids) == config.workers
+            before = backend.counts() if attach else None
+            t0 = time.perf_counter()
+            parts = list(pool.map(_scan_chunk, chunks))
+            seconds = time.perf_counter() - t0
+            cpu = sum(p[0] for p in parts)
+            if attach:
+                after = backend.counts()
+                assert before is not None and after is not None
+                counts = (after[0] - before[0], after[1] - before[1])
+            elif all(p[1] is not None for p in parts):
+                counts = (sum(p[1][0] for p in parts), sum(p[1][1] for p in parts))  # type: ignore[index]
+    result = {"contender": contender, "align": config.align, "mode": config.mode, "cache": config.cache,
+              "seconds": seconds, "cpu": cpu, "patches": len(locs), "budget_mib": mib,
+              "tiles": len(distinct_tiles(locs, tile, size)),
+              "hits": counts[0] if counts else None, "misses": counts[1] if counts else None}
+    # Cached pixels must equal uncached ones (checked after the clock, cache still set).
+    if config.mode != "2P" and config.cache != "nocache":
+        handle = backend.open()
+        result["cached_diff"] = max(max_diff(backend.read(handle, loc), _uncached[loc])
+                                    for loc in _uncached)
+        backend.close(handle)
+    backend.configure("nocache", 1)
+    return result
+
+
+_uncached: dict[tuple[int, int], np.ndarray] = {}
+
+
+def runner(contender: str, path: str, configs: list[Config], width: int, band: int) -> None:
+    """Runs in a subprocess: verify, then time each config once; print one RESULT line each."""
+    import wsiarray
+
+    backend = make_backend(contender, path)
+    with wsiarray.open(path) as slide:
+        preferred = wsiarray.preferred_memory_capacity(slide, patch_size=(PATCH, PATCH))
+        size = slide.level_dimensions[0]
+        tile = slide.level_tile_sizes[0]
+        wsiarray.cache("nocache")
+        reference = {loc: slide.read_region(loc, (PATCH, PATCH)) for loc in sample_locations(width, band)}
+    backend.configure("nocache", 1)
+    handle = backend.open()
+    worst = 0
+    for loc, want in reference.items():
+        got = backend.read(handle, loc)
+        _uncached[loc] = got
+        worst = max(worst, max_diff(crop_inside(got, loc, size), crop_inside(want, loc, size)))
+    backend.close(handle)
+    version = ""
+    if contender.startswith("cucim"):
+        import cucim
+
+        version = f"cucim {cucim.__version__} from {Path(cucim.__file__).parent}"
+    print(RESULT + json.dumps({"contender": contender, "verify_diff": worst, "preferred": preferred,
+                               "version": version}), flush=True)
+    if worst > TOLERANCE:
+        return
+    for config in configs:
+        result = run_config(backend, contender, config, path, width, band, preferred, tile, size)
+        print(RESULT + json.dumps(result), flush=True)
+
+
+# --- the fixed cuCIM (a patched copy, never site-packages) -------------------------
+
+
+def fixed_cucim_dir(root: Path) -> Path:
+    """Copy the installed cucim packages into ``root`` and make the plugin use the module's libcucim.
+
+    Returns the folder to put first on ``PYTHONPATH``.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("cucim")
+    if spec is None or spec.origin is None:
+        msg = "cucim is not installed"
+        raise RuntimeError(msg)
+    site = Path(spec.origin).parent.parent
+    libs = site / "cucim_cu12.libs"
+    if not libs.is_dir():
+        msg = f"{libs} not found: not the layout of the cucim-cu12 wheels this fix is for"
+        raise RuntimeError(msg)
+    shutil.copytree(site / "cucim", root / "cucim", symlinks=True)
+    shutil.copytree(libs, root / "cucim_cu12.libs", symlinks=True)
+    for dist in site.glob("cucim_cu12-*.dist-info"):
+        shutil.copytree(dist, root / dist.name, symlinks=True)
+    bundled = sorted((root / "cucim_cu12.libs").glob("libcucim-*.so*"))
+    if not bundled or not (root / "cucim" / "clara" / "libcucim.so.26").exists():
+        msg = "no bundled libcucim-*.so* or cucim/clara/libcucim.so.26 in the copy"
+        raise RuntimeError(msg)
+    for lib in bundled:
+        lib.unlink()
+        lib.symlink_to("../cucim/clara/libcucim.so.26")
+    return root
+
+
+# --- orchestration ------------------------------------------------------------------
+
+
+def run_round(contender: str, path: Path, configs: list[Config], width: int, band: int,
+              pythonpath: str | None) -> list[dict[str, Any]]:
+    env = dict(os.environ)
+    env.pop("WSIARRAY_CACHE", None)
+    # The patched cuCIM copy (if any) first, so that it shadows the installed one.
+    paths = ([pythonpath] if pythonpath else []) + [str(REPO)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    args = [sys.executable, "-m", "benchmarks.bench_cache", "--runner", contender, "--slide", str(path),
+            "--band", str(band), "--configs", json.dumps([c.__dict__ for c in configs])]
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    results = [json.loads(line[len(RESULT):]) for line in proc.stdout.splitlines() if line.startswith(RESULT)]
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        results.append({"contender": contender, "error": " / ".join(tail)[:200]})
+    return results
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _table(values: dict[tuple[str, Config], list[float]], configs: list[Config], contenders: list[str],
+           patches: dict[Config, int], unit: str) -> list[str]:
+    head = "| scan | mode | cache | patches | " + " | ".join(f"{c} {unit}" for c in contenders)
+    head += " | " + " | ".join(f"{c} / wsiarray" for c in contenders if c != "wsiarray") + " |"
+    lines = [head, "|" + "---|" * 3 + "---:|" * (2 * len(contenders))]
+    for cfg in configs:
+        meds = {c: median(values.get((c, cfg), [])) for c in contenders}
+        ws = meds.get("wsiarray")
+        cells = [f"{meds[c]:.2f}" if meds[c] is not None else "n/a" for c in contenders]
+        ratios = [f"{meds[c] / ws:.2f}" if meds[c] is not None and ws else "n/a"
+                  for c in contenders if c != "wsiarray"]
+        lines.append(f"| {cfg.align} | {cfg.mode} | {cfg.cache} | {patches.get(cfg, '')} | "
+                     + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    return lines
+
+
+def render(results: list[dict[str, Any]], configs: list[Config], contenders: list[str]) -> str:
+    """The Markdown tables (wall and CPU medians, ratios to wsiarray, cache counts) and the targets."""
+    wall: dict[tuple[str, Config], list[float]] = {}
+    cpu: dict[tuple[str, Config], list[float]] = {}
+    counts: dict[tuple[str, Config], tuple[Any, Any]] = {}
+    patches: dict[Config, int] = {}
+    tiles: dict[Config, int] = {}
+    for r in results:
+        if "seconds" not in r:
+            continue
+        cfg = Config(r["align"], r["mode"], r["cache"])
+        wall.setdefault((r["contender"], cfg), []).append(r["seconds"])
+        cpu.setdefault((r["contender"], cfg), []).append(r["cpu"])
+        counts[(r["contender"], cfg)] = (r["hits"], r["misses"])
+        patches[cfg], tiles[cfg] = r["patches"], r["tiles"]
+    lines = ["Wall-clock seconds, median of the rounds (ratio > 1: slower than wsiarray):", ""]
+    lines += _table(wall, configs, contenders, patches, "s")
+    lines += ["", "CPU seconds of the scanning process(es), median (less sensitive to a busy machine):", ""]
+    lines += _table(cpu, configs, contenders, patches, "CPU s")
+    counted = [c for c in contenders if c != "openslide"]
+    lines += ["", "Cache hits / misses (last round; OpenSlide has no counters). `tiles`: distinct tiles "
+              "the scan touches, the fewest misses possible for one cache:", "",
+              "| scan | mode | cache | tiles | " + " | ".join(counted) + " |",
+              "|---|---|---|---:|" + "---:|" * len(counted)]
+    for cfg in configs:
+        if cfg.cache == "nocache":
+            continue
+        cells = []
+        for c in counted:
+            h, m = counts.get((c, cfg), (None, None))
+            cells.append("n/a" if h is None else f"{h} / {m}")
+        row = f"| {cfg.align} | {cfg.mode} | {cfg.cache} | {tiles.get(cfg, '')} | "
+        lines.append(row + " | ".join(cells) + " |")
+
+    lines += ["", "Targets (wall / CPU medians):"]
+    for mode in MODES:
+        got = []
+        for name, table in (("wall", wall), ("CPU", cpu)):
+            a = median(table.get(("wsiarray", Config("aligned", mode, "per_process")), []))
+            u = median(table.get(("wsiarray", Config("unaligned", mode, "per_process")), []))
+            if a and u:
+                got.append(f"{name} {u / a:.2f} {'PASS' if u <= 1.15 * a else 'FAIL'}")
+        if got:
+            lines.append(f"- {mode} per_process, unaligned / aligned <= 1.15: " + "; ".join(got))
+    for name, table in (("wall", wall), ("CPU", cpu)):
+        slower, compared = [], 0
+        for cfg in configs:
+            w = median(table.get(("wsiarray", cfg), []))
+            f = median(table.get(("cucim-fixed", cfg), []))
+            if w and f:
+                compared += 1
+                if w >= f:
+                    slower.append(f"{cfg.align} {cfg.mode} {cfg.cache} ({f / w:.2f})")
+        if compared:
+            verdict = "PASS" if not slower else "FAIL in " + ", ".join(slower)
+            lines.append(f"- wsiarray faster than the fixed cuCIM in every row ({name}, {compared} rows): "
+                         + verdict)
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    dists = ("wsiarray", "openslide-python", "openslide-bin", "cucim-cu12")
+    libs = ", ".join(f"{d} {version(d)}" for d in dists)
+    return f"- CPU: {cpu}; {os.cpu_count()} logical CPUs\n- Python {platform.python_version()}; {libs}"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="cuCIM's tile-cache patch-scan experiment.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--rows", type=int, default=16,
+                   help="scan a band of this many 256-px tile rows from the top (0: the whole slide)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds (each contender once per round)")
+    p.add_argument("--only", nargs="+", choices=CONTENDERS, default=list(CONTENDERS), metavar="NAME")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--caches", nargs="+", choices=CACHES, default=list(CACHES))
+    p.add_argument("--aligns", nargs="+", choices=list(ALIGNS), default=list(ALIGNS))
+    p.add_argument("--slide", type=Path, help="a tiled slide instead of the synthetic one")
+    p.add_argument("--width", type=int, default=DEFAULT_WIDTH)
+    p.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
+    p.add_argument("--runner", choices=CONTENDERS, help=argparse.SUPPRESS)
+    p.add_argument("--band", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--configs", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.runner:  # inside a runner subprocess
+        import tifffile
+
+        with tifffile.TiffFile(args.slide) as tif:
+            width = tif.pages[0].imagewidth
+        configs = [Config(**c) for c in json.loads(args.configs)]
+        runner(args.runner, str(args.slide), configs, width, args.band)
+        return
+    path = args.slide or benchmark_slide_path(args.width, args.height)
+    import wsiarray
+
+    with wsiarray.open(path) as slide:
+        width, height = slide.level_dimensions[0]
+        tile_w, tile_h = slide.level_tile_sizes[0]
+        preferred = wsiarray.preferred_memory_capacity(slide, patch_size=(PATCH, PATCH))
+    band = height if args.rows <= 0 else min(height, args.rows * tile_h)
+    configs = [Config(a, m, c) for a in args.aligns for m in args.modes for c in args.caches]
+    print(f"slide: {path} ({width}x{height}, {tile_w}x{tile_h} tiles)")
+    print(f"band: y < {band} ({'whole slide' if band == height else f'{band // tile_h} tile rows'}), "
+          f"{len(patch_locations(width, band, 0))} patches per scan; "
+          f"preferred_memory_capacity = {preferred} MiB per scanner")
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="cucim-fixed-") as tmp:
+        pythonpath: dict[str, str | None] = {c: None for c in args.only}
+        if "cucim-fixed" in args.only:
+            try:
+                pythonpath["cucim-fixed"] = str(fixed_cucim_dir(Path(tmp)))
+            except (RuntimeError, OSError) as e:
+                print(f"cucim-fixed: n/a ({e})")
+                args.only = [c for c in args.only if c != "cucim-fixed"]
+        order = list(args.only)
+        for r in range(args.repeats):
+            shift = r % len(order)
+            for contender in order[shift:] + order[:shift]:
+                t0 = time.perf_counter()
+                got = run_round(contender, path, configs, width, band, pythonpath.get(contender))
+                for g in got:
+                    if "verify_diff" in g:
+                        extra = f", {g['version']}" if g["version"] else ""
+                        diff = g["verify_diff"]
+                        print(f"  round {r + 1} {contender}: max |diff| vs wsiarray {diff}{extra}")
+                    elif "error" in g:
+                        print(f"  round {r + 1} {contender}: ERROR {g['error']}")
+                    else:
+                        hm = "" if g["hits"] is None else f"  hits {g['hits']} misses {g['misses']}"
+                        cd = f"  cached diff {g['cached_diff']}" if "cached_diff" in g else ""
+                        print(f"  round {r + 1} {contender:13s} {g['align']:9s} {g['mode']} {g['cache']:13s} "
+                              f"{g['seconds']:7.2f} s (cpu {g['cpu']:6.2f})  {g['budget_mib']} MiB{hm}{cd}",
+                              flush=True)
+                results += got
+                print(f"  round {r + 1} {contender} took {time.perf_counter() - t0:.0f} s", flush=True)
+    print()
+    print(render(results, configs, [c for c in CONTENDERS if c in args.only]))
+    print()
+    print(machine())
+
+
+if __name__ == "__main__":
+    main()
