@@ -4,10 +4,10 @@ Each level of a :class:`~wsiarray.Slide` becomes a ``dask.array.Array`` of shape
 ``(height, width, channels)`` whose chunks are whole multiples of the level's tile
 grid, so every task decodes exactly the tiles of its block, once, through the
 native engine (GIL released). The graph is built with :func:`dask.array.map_blocks`;
-each task carries the slide as a *recipe* (a ``Slide`` pickles as path, file
-identity and options and reopens lazily in whichever process runs the task), never
-an open handle, so the same array computes with the threaded scheduler, with
-processes, and on a ``dask.distributed`` cluster.
+each task carries a :class:`SlideRecipe` (the slide's pickled form: path, file
+identity and options), never an open handle: unpickling it opens nothing, and the
+first task in a process opens the slide there. So the same array computes with the
+threaded scheduler, with processes, and on a ``dask.distributed`` cluster.
 
 Names are deterministic: they hash the file identity, the level, the chunks and
 the device, so two processes that build the same array agree on its keys.
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_CHUNK_PIXELS",
     "DEVICES",
     "ChunksLike",
+    "SlideRecipe",
     "array_name",
     "level_chunks",
     "to_dask",
@@ -62,7 +63,7 @@ DEVICES = ("cpu", "cuda")
 #: a ``(y, x[, c])`` sequence or a ``{0|"y": ..., 1|"x": ..., 2|"c": ...}`` mapping
 #: whose spatial entries are ints (pixels), -1/None (whole axis), ``"auto"``, or
 #: explicit tuples of chunk sizes whose boundaries fall on the tile grid.
-ChunksLike: TypeAlias = "None | str | int | Sequence[Any] | Mapping[Any, Any]"
+ChunksLike: TypeAlias = "str | int | Sequence[Any] | Mapping[Any, Any] | None"
 
 Chunks3: TypeAlias = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
@@ -227,22 +228,11 @@ def _read_level(slide: Slide, level: int, x: int, y: int, width: int, height: in
     return slide.read_region(location, (width, height), level)
 
 
-#: Slides recently used by tasks in this process, kept open so that the per-process
-#: registry does not drop (and re-parse) a file between two tasks that unpickled it.
+#: Slides opened from recipes in this process, most recently used last, kept open so that
+#: consecutive tasks share one reader instead of re-parsing the file.
 _RECENT_LIMIT = 32
-_recent: OrderedDict[tuple[str, tuple[int, ...]], Slide] = OrderedDict()
+_recent: OrderedDict[str, Slide] = OrderedDict()
 _recent_lock = threading.Lock()
-
-
-def _keep_open(slide: Slide) -> None:
-    key = (slide.path, tuple(slide.identity))
-    with _recent_lock:
-        if key in _recent:
-            _recent.move_to_end(key)
-            return
-        _recent[key] = slide
-        while len(_recent) > _RECENT_LIMIT:
-            _recent.popitem(last=False)
 
 
 def _fork_reset() -> None:
@@ -254,12 +244,83 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_fork_reset)
 
 
-def _read_block(slide: Slide, level: int, block_info: dict[Any, Any] | None = None) -> np.ndarray:
+class SlideRecipe:
+    """How to reopen a slide: its pickled form (path, file identity, options), opened lazily.
+
+    Tasks carry recipes, never open handles. Unpickling a recipe opens nothing (a
+    scheduler that unpickles a graph needs no access to the file); the first
+    :meth:`open` in a process opens the slide through the per-process registry and
+    keeps it in a small per-process LRU, so later tasks reuse the reader. In the
+    process that made the recipe, ``open()`` returns the handle it was made from.
+
+    Example:
+        >>> recipe = SlideRecipe(slide)
+        >>> clone = pickle.loads(pickle.dumps(recipe))  # opens nothing
+        >>> clone.open().level_dimensions == slide.level_dimensions
+        True
+    """
+
+    __slots__ = ("_key", "_reduce", "_slide")
+
+    def __init__(self, slide: Slide) -> None:
+        func, args = slide.__reduce__()[:2]
+        self._reduce: tuple[Any, tuple[Any, ...]] = (func, tuple(args))
+        self._key = repr((func.__module__, func.__qualname__, self._reduce[1]))
+        self._slide: Slide | None = slide
+
+    @property
+    def path(self) -> str:
+        """The slide's path (the first item of its pickled form).
+
+        Example:
+            >>> SlideRecipe(slide).path
+            '/data/slide.svs'
+        """
+        return str(self._reduce[1][0])
+
+    def open(self) -> Slide:
+        """The slide, opened in this process on first use (OpenError if the file changed).
+
+        Example:
+            >>> pickle.loads(pickle.dumps(SlideRecipe(slide))).open().level_count
+            3
+        """
+        slide = self._slide
+        if slide is not None:
+            return slide
+        with _recent_lock:
+            slide = _recent.get(self._key)
+            if slide is not None:
+                _recent.move_to_end(self._key)
+        if slide is None:
+            func, args = self._reduce
+            slide = func(*args)
+            with _recent_lock:
+                slide = _recent.setdefault(self._key, slide)
+                _recent.move_to_end(self._key)
+                while len(_recent) > _RECENT_LIMIT:
+                    _recent.popitem(last=False)
+        self._slide = slide
+        return slide
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_recipe_from_parts, (self._reduce, self._key))
+
+    def __repr__(self) -> str:
+        return f"<wsiarray.dask.SlideRecipe {self.path!r}>"
+
+
+def _recipe_from_parts(reduce: tuple[Any, tuple[Any, ...]], key: str) -> SlideRecipe:
+    recipe = SlideRecipe.__new__(SlideRecipe)
+    recipe._reduce, recipe._key, recipe._slide = reduce, key, None
+    return recipe
+
+
+def _read_block(recipe: SlideRecipe, level: int, block_info: dict[Any, Any] | None = None) -> np.ndarray:
     """Task body: read exactly this block's level-space region."""
     assert block_info is not None
     (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
-    _keep_open(slide)
-    return _read_level(slide, level, x0, y0, x1 - x0, y1 - y0)
+    return _read_level(recipe.open(), level, x0, y0, x1 - x0, y1 - y0)
 
 
 # -- arrays -----------------------------------------------------------------------------
@@ -315,14 +376,15 @@ def to_dask(slide: Slide, level: int = 0, chunks: ChunksLike = None, device: str
     _check_device(device)
     level = _level_index(slide, level)
     normalized = level_chunks(slide, level, chunks)
-    handle = copy.copy(slide)  # a fresh handle on the same shared reader (the recipe)
+    # a fresh handle on the same shared reader: closing `slide` leaves the array working
+    recipe = SlideRecipe(copy.copy(slide))
     return da.map_blocks(
         _read_block,
         dtype=slide.dtype,
         chunks=normalized,
         meta=np.empty((0, 0, 0), slide.dtype),
         name=array_name(slide, level, normalized, device),
-        slide=handle,
+        recipe=recipe,
         level=level,
     )
 

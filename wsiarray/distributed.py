@@ -6,12 +6,15 @@ and reopens lazily in the worker), never open handles. What a cluster does want 
 a tile cache on every worker, and with ``cache="shared_memory"`` one cache segment
 shared by all the workers of a host, so a tile decoded by one worker is a hit for
 the others. :func:`setup` installs :class:`CachePlugin` with
-``Client.register_plugin``; it runs on every current and future worker.
+``Client.register_plugin``; it runs on every current and future worker and calls
+:func:`wsiarray.cache` there. For ``shared_memory`` it names the segment after the
+scheduler (``/wsiarray-dask-UID-HASH``), so every worker process of one host attaches
+to the same segment (each host has its own ``/dev/shm``), and two clusters on one
+host do not share.
 
-The tile cache is the native ``wsiarray.cache(type, memory_capacity=MiB,
-capacity=None, record_stat=None)``; while this build of wsiarray has none,
-:func:`setup` raises :class:`~wsiarray.UnsupportedError` (and so does the plugin
-on a worker whose wsiarray lacks it).
+Where wsiarray has no ``wsiarray.cache`` (a build without the tile cache),
+:func:`setup` raises :class:`~wsiarray.UnsupportedError`, and so does the plugin on
+such a worker.
 
 Example:
     >>> from distributed import Client, LocalCluster
@@ -21,23 +24,29 @@ Example:
     >>> level0 = wsiarray.open("slide.svs").to_dask(level=0)
     >>> level0.mean(axis=(0, 1)).compute()  # doctest: +SKIP
     >>> wsiarray.distributed.cache_stats(client)  # doctest: +SKIP
-    {'tcp://127.0.0.1:40123': {'hit_count': 0, 'miss_count': 812, ...}, ...}
+    {'tcp://127.0.0.1:40123': {'type': 'shared_memory', 'name': '/wsiarray-dask-0-3f2a9c0d51be',
+                               'hit_count': 0, 'miss_count': 8112, 'attached_processes': 2, ...}, ...}
+
+Counters of a shared-memory cache are the segment's (all its processes together).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any
 
 from distributed import Client, WorkerPlugin
 
 from .errors import UnsupportedError
 
-__all__ = ["PLUGIN_NAME", "CachePlugin", "cache_stats", "have_cache", "setup"]
+__all__ = ["PLUGIN_NAME", "CachePlugin", "cache_stats", "have_cache", "segment_name", "setup"]
 
 #: Name under which :func:`setup` registers the plugin (re-registering replaces it).
 PLUGIN_NAME = "wsiarray-cache"
 
-_STAT_NAMES = ("hit_count", "miss_count", "size", "memory_size", "capacity", "memory_capacity")
+_STAT_NAMES = ("name", "hit_count", "miss_count", "size", "memory_size", "capacity", "memory_capacity",
+               "attached_processes")
 
 
 def have_cache() -> bool:
@@ -50,6 +59,21 @@ def have_cache() -> bool:
     import wsiarray
 
     return callable(getattr(wsiarray, "cache", None))
+
+
+def segment_name(client: Client) -> str:
+    """The shared-memory segment name :func:`setup` gives the workers of ``client``'s cluster.
+
+    One name per scheduler (and user), so the workers of a host share one segment.
+
+    Example:
+        >>> segment_name(client)  # doctest: +SKIP
+        '/wsiarray-dask-1000-3f2a9c0d51be'
+    """
+    scheduler_id = str(client.scheduler_info().get("id") or client.scheduler.address)
+    digest = hashlib.sha1(scheduler_id.encode(), usedforsecurity=False).hexdigest()[:12]
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return f"/wsiarray-dask-{uid}-{digest}"
 
 
 def _require_cache() -> Any:
@@ -66,12 +90,13 @@ def _require_cache() -> Any:
 
 
 class CachePlugin(WorkerPlugin):
-    """Worker plugin calling ``wsiarray.cache(cache, memory_capacity, capacity, record_stat, **options)``.
+    """Worker plugin calling ``wsiarray.cache(cache, memory_capacity=, capacity=, record_stat=, **options)``.
 
-    With ``cache="shared_memory"`` the workers of one host attach to one segment;
-    ``"per_process"`` gives each worker its own; ``"nocache"`` turns caching off.
-    ``memory_capacity`` is in MiB, as in cuCIM. Extra ``options`` go to
-    ``wsiarray.cache`` unchanged.
+    With ``cache="shared_memory"`` the workers that use the same ``name=`` option
+    attach to one segment (:func:`setup` passes one per cluster); ``"per_process"``
+    gives each worker its own; ``"nocache"`` turns caching off. ``memory_capacity`` is
+    in MiB, as in cuCIM; the first process to create a segment sets its budgets.
+    Extra ``options`` go to ``wsiarray.cache`` unchanged.
 
     Example:
         >>> client.register_plugin(CachePlugin("per_process", memory_capacity=1024))  # doctest: +SKIP
@@ -96,7 +121,11 @@ class CachePlugin(WorkerPlugin):
         self.cache: Any = None
 
     def setup(self, worker: Any) -> None:
-        """Create (or attach to) this worker's cache."""
+        """Create (or attach to) this worker's cache; distributed calls it on each worker.
+
+        Example:
+            >>> CachePlugin("per_process", memory_capacity=512).setup(worker)  # doctest: +SKIP
+        """
         factory = _require_cache()
         kwargs: dict[str, Any] = dict(self.options)
         if self.memory_capacity is not None:
@@ -108,7 +137,11 @@ class CachePlugin(WorkerPlugin):
         self.cache = factory(self.cache_type, **kwargs)
 
     def teardown(self, worker: Any) -> None:
-        """Forget the cache object (the process's cache setting itself stays)."""
+        """Forget the cache object (the process's cache setting itself stays).
+
+        Example:
+            >>> plugin.teardown(worker)  # doctest: +SKIP
+        """
         self.cache = None
 
     def stats(self) -> dict[str, Any]:
@@ -146,19 +179,26 @@ def setup(
     memory_capacity: int | None = None,
     capacity: int | None = None,
     record_stat: bool | None = True,
+    name: str | None = None,
     **options: Any,
 ) -> CachePlugin:
     """Set the tile cache of every worker of ``client`` (now and those that join later).
 
     Registers a :class:`CachePlugin` with ``client.register_plugin`` under
-    :data:`PLUGIN_NAME`; calling it again replaces the settings. Raises
-    :class:`~wsiarray.UnsupportedError` when wsiarray has no tile cache.
+    :data:`PLUGIN_NAME`; calling it again replaces the settings. With
+    ``cache="shared_memory"`` the segment is ``name``, default
+    :func:`segment_name` (one per cluster, so the workers of a host share it).
+    Raises :class:`~wsiarray.UnsupportedError` when wsiarray has no tile cache.
 
     Example:
         >>> wsiarray.distributed.setup(client, cache="shared_memory", memory_capacity=4096)
         <wsiarray.distributed.CachePlugin object at ...>
     """
     _require_cache()
+    if cache == "shared_memory":
+        options["name"] = name or segment_name(client)
+    elif name is not None:
+        options["name"] = name
     plugin = CachePlugin(cache, memory_capacity, capacity, record_stat, **options)
     client.register_plugin(plugin, name=PLUGIN_NAME)
     return plugin

@@ -500,7 +500,8 @@ class Slide:
             raise ArgumentError(problem) from exc
         if self.dtype.kind in "iu":
             info = np.iinfo(self.dtype)
-            if not (np.all(np.isfinite(values)) and np.all(values >= info.min) and np.all(values <= info.max)):
+            fits = np.isfinite(values) & (values >= info.min) & (values <= info.max)
+            if not fits.all():
                 raise ArgumentError(problem)
         pixel = values.astype(self.dtype)
         return pixel.tobytes()

@@ -68,8 +68,8 @@ DIMS = ("y", "x", "c")
 class WsiarrayBackendArray(BackendArray):
     """One pyramid level as an xarray ``BackendArray`` (BASIC indexing, reads only what it needs).
 
-    Holds a :class:`~wsiarray.Slide`, which pickles as a recipe, so the array
-    travels to dask workers.
+    Holds a :class:`~wsiarray.dask.SlideRecipe`, so the array travels to dask
+    workers (and through a scheduler) without an open handle.
 
     Example:
         >>> array = WsiarrayBackendArray(slide, level=0)
@@ -78,7 +78,7 @@ class WsiarrayBackendArray(BackendArray):
     """
 
     def __init__(self, slide: Slide, level: int) -> None:
-        self.slide = slide
+        self.recipe = wdask.SlideRecipe(slide)  # pickles without opening the file
         self.level = level
         width, height = slide.level_dimensions[level]
         self.shape = (height, width, slide.channels)
@@ -118,7 +118,7 @@ class WsiarrayBackendArray(BackendArray):
         if empty:
             region = np.empty((y1 - y0, x1 - x0, self.shape[2]), self.dtype)
         else:
-            region = wdask._read_level(self.slide, self.level, x0, y0, x1 - x0, y1 - y0)
+            region = wdask._read_level(self.recipe.open(), self.level, x0, y0, x1 - x0, y1 - y0)
         return region[tuple(cuts)]
 
 

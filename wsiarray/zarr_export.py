@@ -79,8 +79,9 @@ def multiscales_metadata(slide: Slide, levels: Iterable[int] | None = None, name
 
     Example:
         >>> meta = multiscales_metadata(slide)
-        >>> meta["multiscales"][0]["datasets"][1]["coordinateTransformations"]
-        [{'type': 'scale', 'scale': [1.0, 1.0, 1.0]}, {'type': 'translation', 'translation': [0.0, 0.375, 0.375]}]
+        >>> meta["multiscales"][0]["datasets"][1]["coordinateTransformations"]  # mpp 0.25, 4x
+        [{'type': 'scale', 'scale': [1.0, 1.0, 1.0]},
+         {'type': 'translation', 'translation': [0.0, 0.375, 0.375]}]
     """
     chosen = _levels(slide, levels)
     w0, h0 = slide.level_dimensions[0]
