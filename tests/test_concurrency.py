@@ -226,6 +226,7 @@ def test_pickling_a_closed_slide_is_a_clear_error(synthetic: SyntheticFactory) -
 def test_unpickling_after_the_file_changed_is_a_clear_error(
     tmp_path: Path, synthetic: SyntheticFactory
 ) -> None:
+    """Unpickling opens nothing (a recipe); the first use of a changed file is refused."""
     path = tmp_path / "changing.tif"
     path.write_bytes(Path(synthetic(SPECS[1])).read_bytes())
     with wsiarray.open(path) as slide:
@@ -233,12 +234,13 @@ def test_unpickling_after_the_file_changed_is_a_clear_error(
         stat = os.stat(path)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
         with pytest.raises(wsiarray.WSIError, match="changed") as info:
-            pickle.loads(blob)
+            pickle.loads(blob).read_region((0, 0), (8, 8))
         assert str(path) in str(info.value)
         # rewritten with other content: also refused
         path.write_bytes(Path(synthetic(SPECS[0])).read_bytes())
         with pytest.raises(wsiarray.WSIError, match="changed"):
-            pickle.loads(blob)
+            pickle.loads(blob).level_count
         os.remove(path)
+        lazy = pickle.loads(blob)  # a missing file is no obstacle to unpickling
         with pytest.raises(wsiarray.OpenError):
-            pickle.loads(blob)
+            lazy.read_region((0, 0), (8, 8))

@@ -199,20 +199,34 @@ class Slide:
         (256, 256, 3)
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, fill: float | Sequence[float] | None = None,
-                 _identity: FileIdentity | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, fill: float | Sequence[float] | None = None) -> None:
         self._path = os.path.abspath(os.fspath(path))
         self._fill = fill
-        reader = _shared_reader(self._path, _identity)
+        reader = _shared_reader(self._path)
         self._reader: _Reader | None = reader
-        self._identity = reader.identity
+        self._identity: FileIdentity = reader.identity
+        self._closed = False
         self._default_fill: bytes | None = None  # the fill pixel's bytes, made on first use
+
+    @classmethod
+    def _from_recipe(cls, path: str, identity: FileIdentity, fill: Any) -> Slide:
+        # Opens nothing: the reader is found (or opened) on first use, so a
+        # process that only passes the handle along never touches the file.
+        slide = cls.__new__(cls)
+        slide._path = path
+        slide._fill = fill
+        slide._reader = None
+        slide._identity = tuple(identity)  # type: ignore[assignment]
+        slide._closed = False
+        slide._default_fill = None
+        return slide
 
     # -- lifecycle -----------------------------------------------------------------
 
     def close(self) -> None:
         """Release this handle; the file closes once no handle in the process uses it."""
         self._reader = None
+        self._closed = True
 
     def __enter__(self) -> Slide:
         return self
@@ -222,19 +236,24 @@ class Slide:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A recipe, not a handle: reopened (and shared) where it is unpickled.
-        if self._reader is None:
+        if self._closed:
             raise ClosedError(f"{self._path}: a closed slide cannot be pickled")
-        return (_reopen, (self._path, self._identity, self._fill))
+        return (Slide._from_recipe, (self._path, self._identity, self._fill))
 
     def __repr__(self) -> str:
-        state = "closed" if self._reader is None else f"{self.level_count} levels"
-        return f"<wsiarray.Slide {self._path!r} {self.vendor if self._reader else ''} {state}>"
+        if self._closed:
+            return f"<wsiarray.Slide {self._path!r} closed>"
+        if self._reader is None:
+            return f"<wsiarray.Slide {self._path!r} not opened yet>"
+        return f"<wsiarray.Slide {self._path!r} {self.vendor} {self.level_count} levels>"
 
     @property
     def _open(self) -> _Reader:
         reader = self._reader
         if reader is None:
-            raise ClosedError(f"{self._path}: slide is closed")
+            if self._closed:
+                raise ClosedError(f"{self._path}: slide is closed")
+            reader = self._reader = _shared_reader(self._path, self._identity)
         return reader
 
     # -- description ---------------------------------------------------------------
@@ -479,6 +498,50 @@ class Slide:
                                        num_workers=os.cpu_count() or 1)
         return _box_resize(image, target)
 
+    # -- arrays (dask, xarray, OME-Zarr); imported on use so `import wsiarray` stays light --
+
+    def to_dask(self, level: int = 0, chunks: Any = None, device: str = "cpu") -> Any:
+        """Level ``level`` as a lazy, tile-aligned ``dask.array.Array`` of shape ``(h, w, c)``.
+
+        See :func:`wsiarray.dask.to_dask` for ``chunks`` (default about 2048 px).
+
+        Example:
+            >>> slide.to_dask(0).mean(axis=(0, 1)).compute()  # doctest: +SKIP
+        """
+        from .dask import to_dask
+
+        return to_dask(self, level=level, chunks=chunks, device=device)
+
+    def to_dask_pyramid(self, chunks: Any = None, device: str = "cpu") -> list[Any]:
+        """Every level as a dask array, largest first (napari's ``multiscale=True`` input).
+
+        Example:
+            >>> viewer.add_image(slide.to_dask_pyramid(), multiscale=True)  # doctest: +SKIP
+        """
+        from .dask import to_dask_pyramid
+
+        return to_dask_pyramid(self, chunks=chunks, device=device)
+
+    def to_xarray(self, level: int | None = None, device: str = "cpu", chunks: Any = None) -> Any:
+        """One level as an ``xarray.Dataset`` (or, with ``level=None``, every level as a ``DataTree``).
+
+        Example:
+            >>> slide.to_xarray(0)["image"].sel(x=slice(0, 100)).shape  # doctest: +SKIP
+        """
+        from .xarray_backend import to_xarray
+
+        return to_xarray(self, level=level, device=device, chunks=chunks)
+
+    def to_zarr(self, store: Any, levels: Sequence[int] | None = None, **options: Any) -> Any:
+        """Write the slide as an OME-Zarr pyramid (NGFF 0.5, Zarr v3); see ``zarr_export.to_zarr``.
+
+        Example:
+            >>> slide.to_zarr("slide.ome.zarr")  # doctest: +SKIP
+        """
+        from .zarr_export import to_zarr
+
+        return to_zarr(self, store, levels=levels, **options)
+
     # -- helpers -------------------------------------------------------------------
 
     def _level_index(self, level: int) -> int:
@@ -505,10 +568,6 @@ class Slide:
                 raise ArgumentError(problem)
         pixel = values.astype(self.dtype)
         return pixel.tobytes()
-
-
-def _reopen(path: str, identity: FileIdentity, fill: Any) -> Slide:
-    return Slide(path, fill=fill, _identity=identity)
 
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
