@@ -269,8 +269,12 @@ def level_from_pages(pages: Sequence[tifffile.TiffPage], what: str) -> LevelSpec
 
 
 def _file_path(tif: tifffile.TiffFile) -> str:
-    """Full path of an open TiffFile, for messages (``tif.filename`` is only the base name)."""
-    return str(getattr(tif.filehandle, "path", None) or tif.filename)
+    """The path the caller opened, for messages.
+
+    ``tif.filename`` is only the base name and tifffile's own path has symbolic
+    links resolved: users should see the path they gave.
+    """
+    return str(getattr(tif, "_wsiarray_path", None) or getattr(tif.filehandle, "path", None) or tif.filename)
 
 
 @contextlib.contextmanager
@@ -317,6 +321,7 @@ def open_tiff(path: str) -> tifffile.TiffFile:
         raise OpenError(f"{path}: not a TIFF file (header {magic!r})")
     with wrap_errors(path, "opening"):
         tif = tifffile.TiffFile(path)
+    tif._wsiarray_path = path  # type: ignore[attr-defined]
     try:
         tif.pages.first  # noqa: B018 -- tifffile only logs a corrupt first IFD and opens with no pages
     except IndexError:
