@@ -18,10 +18,11 @@ export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1"
 # Run from a folder without the sources, so that every Python process the tests
 # start (they spawn some) imports the ASan build, not the source tree.
 args=()
+paths=0
 for arg in "$@"; do
-  if [ -e "$repo/$arg" ]; then args+=("$repo/$arg"); else args+=("$arg"); fi
+  if [ -e "$repo/$arg" ]; then args+=("$repo/$arg"); paths=1; else args+=("$arg"); fi
 done
-[ ${#args[@]} -gt 0 ] || args=("$repo/tests")
+[ $paths -eq 1 ] || args+=("$repo/tests")
 cd "$work"
 python -c "import wsiarray, sys; sys.exit('site-packages' not in wsiarray.__file__)"
 pytest -p no:cacheprovider --rootdir "$repo" -c "$repo/pyproject.toml" "${args[@]}"
