@@ -13,6 +13,7 @@ from __future__ import annotations
 from ._native import pool_size, set_pool_size
 from .batch import BatchIterator, read_regions
 from .cache import TileCache, cache, configure_from_environment, preferred_memory_capacity
+from .compat import CuImage
 from .errors import (
     ArgumentError,
     ClosedError,
@@ -34,6 +35,7 @@ __all__ = [
     "ArgumentError",
     "BatchIterator",
     "ClosedError",
+    "CuImage",
     "FormatError",
     "Level",
     "OpenError",

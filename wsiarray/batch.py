@@ -114,6 +114,11 @@ class BatchIterator(Iterator[np.ndarray]):
     ) -> None:
         if batch_size < 1:
             raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ArgumentError(f"num_workers must be >= 0, got {num_workers}")
+        width, height = size
+        if width < 0 or height < 0:
+            raise ArgumentError(f"size must not be negative, got {size!r}")
         if prefetch_factor < 0:
             raise ArgumentError(f"prefetch_factor must be >= 0, got {prefetch_factor}")
         count = len(locations)
@@ -134,6 +139,9 @@ class BatchIterator(Iterator[np.ndarray]):
         self._queued = 0  # next batch to submit
         self._pending: collections.deque[concurrent.futures.Future[np.ndarray]] = collections.deque()
         self._finalizer = weakref.finalize(self, _cancel, self._pending)
+        # One native call at a time: batches read ahead, but never on more than
+        # num_workers threads in all.
+        self._serial = threading.Lock()
 
     def __len__(self) -> int:
         return self._batches
@@ -146,10 +154,11 @@ class BatchIterator(Iterator[np.ndarray]):
         width, height = self._size
         out = np.empty((len(where), height, width, self._channels), self._dtype)
         if out.size:
-            _native.read_batch(
-                self._readers, where, out.view(np.uint8).reshape(len(where), height, width, -1),
-                self._fill, self._workers,
-            )
+            with self._serial:
+                _native.read_batch(
+                    self._readers, where, out.view(np.uint8).reshape(len(where), height, width, -1),
+                    self._fill, self._workers,
+                )
         return out
 
     def __next__(self) -> np.ndarray:
@@ -197,7 +206,7 @@ def read_regions(
         ...     print(batch.shape)
         (2, 224, 224, 3)
     """
-    from .slide import Slide
+    from .slide import Slide, _pair
     from .slide import open as open_slide
 
     slides: list[Slide] = []
@@ -210,8 +219,7 @@ def read_regions(
             index_of[key] = len(slides)
             slides.append(source if isinstance(source, Slide) else open_slide(source))
         which.append(index_of[key])
-        x, y = location
-        points.append((int(x), int(y)))
+        points.append(_pair(location, "location"))
     if not slides:
         raise ArgumentError("read_regions needs at least one item")
     first = slides[0]
@@ -230,9 +238,9 @@ def read_regions(
         index = slide._level_index(level)
         levels[mask] = index
         level_xy[mask] = slide._to_level(level0[mask], index)
-    width, height = size
+    width, height = _pair(size, "size")
     return BatchIterator(
-        slides, which_array, levels, level_xy, (int(width), int(height)),
+        slides, which_array, levels, level_xy, (width, height),
         fill=first._fill_pixel(fill), channels=first.channels, dtype=first.dtype,
         num_workers=num_workers, batch_size=batch_size, drop_last=drop_last,
         prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed,
