@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _native
+from ._memory import empty_output
 from .errors import ArgumentError
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ class BatchIterator(Iterator[np.ndarray]):
     def _read(self, index: int) -> np.ndarray:
         where = self._where[index * self._batch_size : (index + 1) * self._batch_size]
         width, height = self._size
-        out = np.empty((len(where), height, width, self._channels), self._dtype)
+        out = empty_output((len(where), height, width, self._channels), self._dtype)
         if out.size:
             with self._serial:
                 _native.read_batch(

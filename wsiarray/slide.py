@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
+from ._memory import empty_output
 from .batch import BatchIterator, as_locations
 from .errors import ArgumentError, ClosedError, OpenError, WSIError
 from .formats import read_slide_info
@@ -456,7 +457,7 @@ class Slide:
             raise ArgumentError(f"size must not be negative, got {size!r}")
         if num_workers < 0:
             raise ArgumentError(f"num_workers must be >= 0, got {num_workers}")
-        out = np.empty((height, width, reader.channels), reader.dtype)
+        out = empty_output((height, width, reader.channels), reader.dtype)
         if out.size:
             reader.native.read_region(
                 level, x, y, out.view(np.uint8).reshape(height, width, -1),

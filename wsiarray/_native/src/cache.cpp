@@ -15,6 +15,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <vector>
 
 #include "error.hpp"
 
@@ -397,6 +398,15 @@ struct TileCache::Impl {
     return i;
   }
 
+  // Calls use() with the entry's pages (under the caller's shard lock).
+  void view(const Shard& s, const Entry& e, const TileCache::Use& use) const {
+    static thread_local std::vector<const uint8_t*> pages;
+    pages.clear();
+    const int32_t* next = page_next(s);
+    for (int32_t p = e.first_page; p != kNil && pages.size() < e.pages; p = next[p]) pages.push_back(page(s, p));
+    use(TileCache::View{pages.data(), kPageSize, e.size});
+  }
+
   void copy_out(const Shard& s, const Entry& e, uint8_t* dst) const {
     const int32_t* next = page_next(s);
     uint64_t done = 0;
@@ -546,7 +556,7 @@ TileCache::~TileCache() {
   if (impl_ && impl_->base) ::munmap(impl_->base, impl_->bytes);
 }
 
-bool TileCache::find(const TileKey& key, uint8_t* dst, size_t size) {
+bool TileCache::find(const TileKey& key, size_t size, const Use& use) {
   Impl& m = *impl_;
   Header& h = m.header();
   const uint64_t hash = hash_key(key);
@@ -556,7 +566,7 @@ bool TileCache::find(const TileKey& key, uint8_t* dst, size_t size) {
   if (i == kNil) return false;
   Entry& e = m.entries(s)[i];
   if (e.state != kReady || e.size != size) return false;
-  m.copy_out(s, e, dst);
+  m.view(s, e, use);
   m.lru_unlink(s, i);
   m.lru_push_front(s, i);
   if (h.record.load(std::memory_order_relaxed)) ++s.hits;

@@ -50,6 +50,14 @@ class TileCache {
  public:
   // Decodes the tile into `dst` (its full size); may throw.
   using Decode = std::function<void(uint8_t* dst)>;
+  // A cached tile as its pages, in order: valid only inside a Use callback,
+  // which runs under the shard lock and should copy just what it needs.
+  struct View {
+    const uint8_t* const* pages;
+    size_t page_size;
+    size_t size;
+  };
+  using Use = std::function<void(const View& tile)>;
 
   // Creates a per-process cache, or creates or attaches to a shared segment.
   static std::shared_ptr<TileCache> create(const CacheConfig& config);
@@ -59,8 +67,8 @@ class TileCache {
 
   const CacheConfig& config() const { return config_; }
 
-  // Copies the cached tile into `dst` and returns true, or returns false.
-  bool find(const TileKey& key, uint8_t* dst, size_t size);
+  // Calls use() with the cached tile and returns true, or returns false.
+  bool find(const TileKey& key, size_t size, const Use& use);
   // Copies the tile into `dst`, decoding it with `decode` when it is not
   // cached. When several threads or processes want the same missing tile,
   // one decodes it and the others wait for it.

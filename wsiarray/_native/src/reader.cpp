@@ -166,9 +166,9 @@ class RegionRead {
       last = 0;
       for (size_t k = 0; k < run.count; ++k) {
         const TileJob& job = jobs_[run.first + k];
-        uint8_t* tile = grow(scratch.tile, layout_.bytes());
-        if (job.size > 0 && cache_->find(key(job), tile, layout_.bytes())) {
-          place_decoded(job, tile);
+        // A hit copies only the covered part, straight from the cache's pages.
+        if (job.size > 0 &&
+            cache_->find(key(job), layout_.bytes(), [&](const TileCache::View& v) { place_from(job, v); })) {
           served[k] = 1;
         } else {
           first = std::min(first, k);
@@ -277,22 +277,35 @@ class RegionRead {
     place_decoded(job, tile);
   }
 
-  // Copies the covered part of a decoded tile (contiguous rows) to the output.
   void place_decoded(const TileJob& job, const uint8_t* tile) const {
+    const uint8_t* pages[1] = {tile};
+    place_from(job, TileCache::View{pages, layout_.bytes(), layout_.bytes()});
+  }
+
+  // Copies the covered part of a decoded tile to the output. The tile may be
+  // split into equal pages (a cache entry); a row may straddle two pages.
+  void place_from(const TileJob& job, const TileCache::View& tile) const {
     const Cover c = cover(job);
     const size_t row_bytes = layout_.row_bytes();
     const size_t px = level_.pixel_bytes();
     const size_t plane_bytes = size_t(layout_.samples) * layout_.bytes_per_sample;
-    const size_t cols = size_t(c.x1 - c.x0);
+    const size_t span = size_t(c.x1 - c.x0) * plane_bytes;
     uint8_t* origin = out_at(c, job.plane);
+    static thread_local std::vector<uint8_t> row;
+    if (level_.planes > 1 && row.size() < span) row.resize(span);
     for (int64_t y = c.y0; y < c.y1; ++y) {
-      const uint8_t* from = tile + size_t(y - c.tile_y) * row_bytes + size_t(c.x0 - c.tile_x) * plane_bytes;
       uint8_t* to = origin + size_t(y - c.y0) * pitch_;
-      if (level_.planes == 1) {
-        std::memcpy(to, from, cols * px);
-      } else {
-        scatter_samples(to, px, from, plane_bytes, cols);
+      // Planes scatter to every pixel_bytes-th byte: gather the row first.
+      uint8_t* target = level_.planes == 1 ? to : row.data();
+      size_t offset = size_t(y - c.tile_y) * row_bytes + size_t(c.x0 - c.tile_x) * plane_bytes;
+      for (size_t done = 0; done < span;) {
+        const size_t page = offset / tile.page_size, within = offset % tile.page_size;
+        const size_t n = std::min(span - done, tile.page_size - within);
+        std::memcpy(target + done, tile.pages[page] + within, n);
+        done += n;
+        offset += n;
       }
+      if (level_.planes > 1) scatter_samples(to, px, row.data(), plane_bytes, size_t(c.x1 - c.x0));
     }
   }
 
