@@ -328,3 +328,30 @@ def test_associated_image_names(name: str, expected: set[str], data_file: DataFi
         for image_name in expected:
             image = slide.associated_images[image_name]
             assert image.ndim == 3 and image.shape[2] == slide.channels
+
+
+def test_read_level_region_into_a_given_array(pyramid: str) -> None:
+    """``out=`` receives the pixels (reused buffers), and a wrong array is refused."""
+    with wsiarray.open(pyramid) as slide:
+        w, h = slide.level_dimensions[1]
+        expected = slide.read_level_region(1, (-3, 5), (w, h))
+        out = np.full((h, w, slide.channels), 7, slide.dtype)
+        assert slide.read_level_region(1, (-3, 5), (w, h), out=out) is out
+        assert_pixels_equal(out, expected, "out=")
+        for bad in (np.empty((h, w + 1, slide.channels), slide.dtype),
+                    np.empty((h, w, slide.channels), np.float32),
+                    np.empty((w, h, slide.channels), slide.dtype).transpose(1, 0, 2)):
+            with pytest.raises(wsiarray.ArgumentError):
+                slide.read_level_region(1, (-3, 5), (w, h), out=bad)
+
+
+def test_large_outputs_are_ordinary_writable_arrays(pyramid: str) -> None:
+    """Outputs above the mapped-allocation threshold behave like np.empty's."""
+    from wsiarray._memory import MAPPED_OUTPUT_BYTES
+
+    with wsiarray.open(pyramid) as slide:
+        side = math.isqrt(MAPPED_OUTPUT_BYTES // (slide.channels * slide.dtype.itemsize)) + 1
+        big = slide.read_region((0, 0), (side, side))
+        assert big.flags.writeable and big.flags.c_contiguous and big.nbytes >= MAPPED_OUTPUT_BYTES
+        small = slide.read_region((0, 0), (slide.level_dimensions[0][0], 16))
+        assert_pixels_equal(big[:16, : small.shape[1]], small[:, :side], "mapped output")

@@ -438,11 +438,14 @@ class Slide:
         *,
         fill: float | Sequence[float] | None = None,
         num_workers: int = 0,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Like :meth:`read_region`, but ``location`` is in the level's own pixels.
 
         This is what tile-aligned consumers (dask chunks, xarray indexing) use:
-        no rounding through level-0 coordinates.
+        no rounding through level-0 coordinates. ``out``, a C-contiguous writable
+        ``(h, w, c)`` array of the slide's dtype, receives the pixels instead of a
+        new array (reusing one saves the page faults of fresh memory).
 
         Example:
             >>> slide.read_level_region(1, (256, 0), (256, 256)).shape
@@ -457,7 +460,12 @@ class Slide:
             raise ArgumentError(f"size must not be negative, got {size!r}")
         if num_workers < 0:
             raise ArgumentError(f"num_workers must be >= 0, got {num_workers}")
-        out = empty_output((height, width, reader.channels), reader.dtype)
+        shape = (height, width, reader.channels)
+        if out is None:
+            out = empty_output(shape, reader.dtype)
+        elif not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == reader.dtype
+                  and out.flags.c_contiguous and out.flags.writeable):
+            raise ArgumentError(f"out must be a writable C-contiguous {shape} {reader.dtype} array")
         if out.size:
             reader.native.read_region(
                 level, x, y, out.view(np.uint8).reshape(height, width, -1),
