@@ -20,9 +20,6 @@ patches of level 0, wholly inside the image, in batches of ``--batch-size`` (32)
 training loop keeps its handle); one timed run reads every batch.
 
 - ``wsiarray``: ``slide.read_region(locations, (224, 224), batch_size=32, num_workers=n)``
-- ``wsiarray pf=0``: the same with ``prefetch_factor=0``. With the default prefetch,
-  wsiarray decodes 2 batches at once, each on ``n`` threads, so "1 worker" keeps two
-  cores busy; with one batch in flight it decodes on exactly ``n`` threads, as cuCIM does
 - ``wsiarray.CuImage``: the same call on ``wsiarray.compat.CuImage``
 - ``cucim``: cuCIM's batch API, the same call on ``cucim.CuImage``, ``np.asarray`` per batch
 - ``openslide``: ``read_region`` per patch (RGBA -> RGB) on an ``n``-thread pool, stacked
@@ -189,19 +186,6 @@ def wsiarray_patches(path: Path, locations: Locations, size: int, batch_size: in
     return batches
 
 
-def wsiarray_serial_patches(path: Path, locations: Locations, size: int, batch_size: int) -> PatchReader:
-    import wsiarray
-
-    slide = wsiarray.open(path)
-    array = np.asarray(locations, np.int64)
-
-    def batches(threads: int) -> Iterator[np.ndarray]:
-        yield from slide.read_region(array, (size, size), 0, batch_size=batch_size, num_workers=threads,
-                                     prefetch_factor=0)
-
-    return batches
-
-
 def compat_patches(path: Path, locations: Locations, size: int, batch_size: int) -> PatchReader:
     from wsiarray.compat import CuImage
 
@@ -257,9 +241,6 @@ def tiffslide_patches(path: Path, locations: Locations, size: int, batch_size: i
 
 PATCH_FACTORIES: dict[str, tuple[Callable[..., PatchReader], str]] = {
     "wsiarray": (wsiarray_patches, "read_region(locations, batch_size, num_workers=n)"),
-    "wsiarray pf=0": (wsiarray_serial_patches, "the same with prefetch_factor=0: one batch in flight, so "
-                      "exactly n decoding threads (the default prefetch runs 2 batches at once, each on "
-                      "n threads)"),
     "wsiarray.CuImage": (compat_patches, "CuImage.read_region(locations, batch_size, num_workers=n)"),
     "cucim": (cucim_patches, "CuImage.read_region(locations, batch_size, num_workers=n), CPU"),
     "openslide": (openslide_patches, "read_region per patch on n threads, OpenSlideCache(0)"),

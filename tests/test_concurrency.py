@@ -239,7 +239,7 @@ def test_unpickling_after_the_file_changed_is_a_clear_error(
         # rewritten with other content: also refused
         path.write_bytes(Path(synthetic(SPECS[0])).read_bytes())
         with pytest.raises(wsiarray.WSIError, match="changed"):
-            pickle.loads(blob).level_count
+            _ = pickle.loads(blob).level_count
         os.remove(path)
         lazy = pickle.loads(blob)  # a missing file is no obstacle to unpickling
         with pytest.raises(wsiarray.OpenError):
