@@ -58,7 +58,6 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -563,23 +562,11 @@ def render(results: list[dict[str, Any]], configs: list[Config], contenders: lis
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .bench_read_level import _version, cpu_model
 
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
+    cpu = cpu_model()
     dists = ("wsiarray", "openslide-python", "openslide-bin", "cucim-cu12")
-    libs = ", ".join(f"{d} {version(d)}" for d in dists)
+    libs = ", ".join(f"{d} {_version(d)}" for d in dists)
     return f"- CPU: {cpu}; {os.cpu_count()} logical CPUs\n- Python {platform.python_version()}; {libs}"
 
 

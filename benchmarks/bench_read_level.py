@@ -441,16 +441,20 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def machine_info() -> str:
-    """CPU, cores, memory and library versions, as Markdown bullet points."""
-    cpu = platform.processor() or "unknown"
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> str:
+    """CPU, cores, memory and library versions, as Markdown bullet points."""
+    cpu = cpu_model()
     mem = "unknown"
     try:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -11,9 +11,11 @@ folder is absent.  Synthetic slides are written once per session with
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import settings
 from wsitest import SyntheticSpec, write_synthetic
@@ -162,3 +164,22 @@ def pyramid_slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                   compression="jpeg", mpp=0.5)
     write_pyramid(paths["deflate"], [gray, gray[::2, ::2]], tile=(64, 96), compression="zlib")
     return {name: str(path) for name, path in paths.items()}
+
+
+@pytest.fixture
+def read_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int, int, int]]:
+    """Every level-space read the dask and xarray layers make, as (level, x, y, w, h)."""
+    import wsiarray
+    import wsiarray.dask as wdask
+
+    calls: list[tuple[int, int, int, int, int]] = []
+    lock = threading.Lock()
+    real = wdask._read_level
+
+    def spy(slide: wsiarray.Slide, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        with lock:
+            calls.append((level, x, y, w, h))
+        return real(slide, level, x, y, w, h)
+
+    monkeypatch.setattr(wdask, "_read_level", spy)
+    return calls

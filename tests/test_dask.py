@@ -6,7 +6,6 @@ import math
 import pickle
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -71,17 +70,8 @@ def test_random_slices_equal_read_region(pyramid_slides: dict[str, str], name: s
 
 
 def test_each_task_reads_exactly_its_block_once(pyramid_slides: dict[str, str],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[int, int, int, int, int]] = []
-    lock = threading.Lock()
-    real = wdask._read_level
-
-    def spy(slide: wsiarray.Slide, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        with lock:
-            calls.append((level, x, y, w, h))
-        return real(slide, level, x, y, w, h)
-
-    monkeypatch.setattr(wdask, "_read_level", spy)
+                                                read_log: list[tuple[int, int, int, int, int]]) -> None:
+    calls = read_log
     with wsiarray.open(pyramid_slides["jpeg"]) as slide:
         array = to_dask(slide, 1, chunks=(128, 256))
         array.compute()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import pickle
-import threading
 
 import numpy as np
 import pytest
@@ -21,22 +20,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::xarray.SerializationWarning")
 
 def whole_level(slide: wsiarray.Slide, level: int) -> np.ndarray:
     return slide.read_region((0, 0), slide.level_dimensions[level], level)
-
-
-@pytest.fixture
-def read_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int, int, int]]:
-    """Every level-space read the dask and xarray layers make, as (level, x, y, w, h)."""
-    calls: list[tuple[int, int, int, int, int]] = []
-    lock = threading.Lock()
-    real = wdask._read_level
-
-    def spy(slide: wsiarray.Slide, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        with lock:
-            calls.append((level, x, y, w, h))
-        return real(slide, level, x, y, w, h)
-
-    monkeypatch.setattr(wdask, "_read_level", spy)
-    return calls
 
 
 def test_engine_is_registered() -> None:
