@@ -42,7 +42,6 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import dask.array as da
@@ -52,6 +51,7 @@ import tifffile
 import wsiarray
 from wsiarray.dask import to_dask
 
+from .bench_read_level import _version
 from .synthetic import DEFAULT_HEIGHT, DEFAULT_WIDTH, benchmark_slide_path
 
 BASELINE = "native read"
@@ -197,13 +197,6 @@ def table(contenders: list[Contender], threads: int) -> str:
         rows.append(f"wsiarray dask is {speedup:.2f}x faster than the tifffile-zarr route; "
                     f"{statistics.median(by_name['wsiarray dask'].times) / base:.2f}x the native read.")
     return "\n".join(rows)
-
-
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "-"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

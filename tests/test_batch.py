@@ -25,6 +25,7 @@ from wsitest import (
     SyntheticFactory,
     SyntheticSpec,
     assert_pixels_equal,
+    preserved_cache,
     reference_region,
     synthetic_reference,
 )
@@ -64,18 +65,9 @@ SIZE = (40, 30)
 @pytest.fixture(autouse=True, scope="module")
 def no_cache() -> Iterator[None]:
     """These tests read with no tile cache (where partial decoding applies); restore afterwards."""
-    previous = wsiarray.cache().config
-    env = os.environ.get("WSIARRAY_CACHE")
-    wsiarray.cache("nocache")
-    try:
+    with preserved_cache():
+        wsiarray.cache("nocache")
         yield
-    finally:
-        if previous["type"] != "nocache":
-            wsiarray.cache(**previous)
-        if env is None:
-            os.environ.pop("WSIARRAY_CACHE", None)
-        else:
-            os.environ["WSIARRAY_CACHE"] = env
 
 
 @pytest.fixture(scope="module")

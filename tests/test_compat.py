@@ -27,7 +27,7 @@ import pytest
 import tifffile
 from compat_script import run_script
 from conftest import DATA
-from wsitest import texture
+from wsitest import preserved_cache, texture
 
 import wsiarray
 from wsiarray.compat import (
@@ -76,19 +76,8 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 @pytest.fixture
 def restore_cache() -> Iterator[None]:
     """Put the process's tile cache (and its environment variable) back as it was."""
-    previous = wsiarray.cache().config
-    env = os.environ.get("WSIARRAY_CACHE")
-    try:
+    with preserved_cache():
         yield
-    finally:
-        if previous["type"] == "nocache":
-            wsiarray.cache("nocache")
-        else:
-            wsiarray.cache(**previous)
-        if env is None:
-            os.environ.pop("WSIARRAY_CACHE", None)
-        else:
-            os.environ["WSIARRAY_CACHE"] = env
 
 
 @pytest.fixture(scope="module")

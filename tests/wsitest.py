@@ -8,8 +8,10 @@ padded with the fill value.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -478,3 +480,23 @@ def xor_bytes(path: str | Path, start: int, count: int, mask: int = 0xFF) -> Non
         data = bytearray(fh.read(count))
         fh.seek(start)
         fh.write(bytes(b ^ mask for b in data))
+
+
+@contextlib.contextmanager
+def preserved_cache() -> Iterator[None]:
+    """Put the process's tile cache (and ``WSIARRAY_CACHE``) back as they were afterwards."""
+    import wsiarray
+
+    previous = wsiarray.cache().config
+    env = os.environ.get("WSIARRAY_CACHE")
+    try:
+        yield
+    finally:
+        if previous["type"] == "nocache":
+            wsiarray.cache("nocache")
+        else:
+            wsiarray.cache(**previous)
+        if env is None:
+            os.environ.pop("WSIARRAY_CACHE", None)
+        else:
+            os.environ["WSIARRAY_CACHE"] = env
