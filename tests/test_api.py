@@ -346,12 +346,12 @@ def test_read_level_region_into_a_given_array(pyramid: str) -> None:
 
 
 def test_large_outputs_are_ordinary_writable_arrays(pyramid: str) -> None:
-    """Outputs above the mapped-allocation threshold behave like np.empty's."""
-    from wsiarray._memory import MAPPED_OUTPUT_BYTES
+    """Outputs from the output-memory pool behave like np.empty's."""
+    from wsiarray._memory import POOLED_OUTPUT_BYTES
 
     with wsiarray.open(pyramid) as slide:
-        side = math.isqrt(MAPPED_OUTPUT_BYTES // (slide.channels * slide.dtype.itemsize)) + 1
+        side = math.isqrt(POOLED_OUTPUT_BYTES // (slide.channels * slide.dtype.itemsize)) + 1
         big = slide.read_region((0, 0), (side, side))
-        assert big.flags.writeable and big.flags.c_contiguous and big.nbytes >= MAPPED_OUTPUT_BYTES
+        assert big.flags.writeable and big.flags.c_contiguous and big.nbytes >= POOLED_OUTPUT_BYTES
         small = slide.read_region((0, 0), (slide.level_dimensions[0][0], 16))
-        assert_pixels_equal(big[:16, : small.shape[1]], small[:, :side], "mapped output")
+        assert_pixels_equal(big[:16, : small.shape[1]], small[:, :side], "pooled output")

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from ._memory import OutputMemory, output_memory
 from ._native import pool_size, set_pool_size
 from .batch import BatchIterator, read_regions
 from .cache import TileCache, cache, configure_from_environment, preferred_memory_capacity
@@ -39,6 +40,7 @@ __all__ = [
     "FormatError",
     "Level",
     "OpenError",
+    "OutputMemory",
     "Slide",
     "TileCache",
     "TileDecodeError",
@@ -48,6 +50,7 @@ __all__ = [
     "__version__",
     "cache",
     "open",
+    "output_memory",
     "pool_size",
     "preferred_memory_capacity",
     "read_regions",

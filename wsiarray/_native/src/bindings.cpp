@@ -10,6 +10,7 @@
 
 #include "cache.hpp"
 #include "error.hpp"
+#include "output_memory.hpp"
 #include "reader.hpp"
 #include "thread_pool.hpp"
 
@@ -236,6 +237,47 @@ NB_MODULE(_engine, m) {
     // Called at exit: a shared segment is unlinked by the last process attached.
     if (auto cache = wsi::current_cache()) cache->detach();
   });
+
+  m.def(
+      "empty_output",
+      [](size_t nbytes) {
+        struct Lease {
+          void* data;
+          size_t capacity;
+        };
+        size_t capacity = 0;
+        void* data = wsi::acquire_output(nbytes, &capacity);
+        // The capsule is the array's base: views keep the memory leased.
+        nb::capsule owner(new Lease{data, capacity}, [](void* p) noexcept {
+          auto* lease = static_cast<Lease*>(p);
+          wsi::release_output(lease->data, lease->capacity);
+          delete lease;
+        });
+        size_t shape[1] = {nbytes};
+        return nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>(data, 1, shape, owner);
+      },
+      "nbytes"_a, "An uninitialised uint8 array of nbytes from the output-memory pool.");
+  m.def(
+      "output_memory",
+      [](nb::object max_bytes, nb::object max_idle_seconds) {
+        wsi::OutputMemoryStats st = wsi::output_memory_stats();
+        if (!max_bytes.is_none() || !max_idle_seconds.is_none()) {
+          wsi::set_output_retention(max_bytes.is_none() ? st.max_bytes : nb::cast<uint64_t>(max_bytes),
+                                    max_idle_seconds.is_none() ? st.max_idle_seconds
+                                                               : nb::cast<double>(max_idle_seconds));
+          st = wsi::output_memory_stats();
+        }
+        nb::dict d;
+        d["retained_bytes"] = st.retained_bytes;
+        d["retained_buffers"] = st.retained_buffers;
+        d["reused"] = st.reused;
+        d["mapped"] = st.mapped;
+        d["max_bytes"] = st.max_bytes;
+        d["max_idle_seconds"] = st.max_idle_seconds;
+        return d;
+      },
+      "max_bytes"_a = nb::none(), "max_idle_seconds"_a = nb::none(),
+      "Set (when given) and report the output-memory pool's limits and counters.");
 
   m.def("pool_size", &wsi::pool_size, "Threads in the process-wide decode pool.");
   m.def("set_pool_size", &wsi::set_pool_size, "threads"_a,
