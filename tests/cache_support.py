@@ -137,6 +137,49 @@ class LruModel:
         return sum(self.entries.values())
 
 
+def tile_cells(x: int, y: int, w: int, h: int, tile: tuple[int, int], image: tuple[int, int]) -> int:
+    """The engine's coverage mask: bits (row * 8 + column) of the tile's 8 x 8 cells the region touches.
+
+    ``tile`` is (column, row) of a 256-px tile; the region is clipped to ``image``.
+    """
+    cell = 32
+    tx, ty = tile
+    x0, x1 = max(x, tx * 256), min(x + w, tx * 256 + 256, image[0])
+    y0, y1 = max(y, ty * 256), min(y + h, ty * 256 + 256, image[1])
+    mask = 0
+    for cy in range((y0 - ty * 256) // cell, (y1 - 1 - ty * 256) // cell + 1):
+        for cx in range((x0 - tx * 256) // cell, (x1 - 1 - tx * 256) // cell + 1):
+            mask |= 1 << (cy * 8 + cx)
+    return mask
+
+
+class CoverageLruModel:
+    """The engine's eviction policy: tiles read in full go first, least recently used first.
+
+    Ready tiles sit in two LRU lists: *done* (every cell inside the image has been asked
+    for) and *open* (the rest). Eviction takes the oldest *done* tile, else the oldest
+    *open* one. ``access`` takes the cells the request touches and those inside the image.
+    """
+
+    def __init__(self, items: int) -> None:
+        self.items = items
+        self.open: OrderedDict[Any, int] = OrderedDict()
+        self.done: OrderedDict[Any, int] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def access(self, key: Any, cells: int, valid: int) -> bool:
+        hit = key in self.open or key in self.done
+        if hit:
+            self.hits += 1
+            cells |= (self.open if key in self.open else self.done).pop(key)
+        else:
+            self.misses += 1
+            while len(self.open) + len(self.done) >= self.items:
+                (self.done if self.done else self.open).popitem(last=False)
+        (self.done if cells & valid == valid else self.open)[key] = cells
+        return hit
+
+
 def shm_exists(name: str) -> bool:
     """Whether the POSIX shared-memory object ``name`` ("/...") exists (Linux: under /dev/shm)."""
     return Path("/dev/shm" + name).exists()

@@ -22,12 +22,13 @@
 namespace wsi {
 namespace {
 
-constexpr char kMagic[16] = "wsiarray-cache1";
+constexpr char kMagic[16] = "wsiarray-cache2";
 constexpr uint64_t kPageSize = 16 << 10;
 constexpr uint32_t kMaxShards = 16;
 constexpr uint32_t kMaxPids = 256;
 constexpr int32_t kNil = -1;
 constexpr int32_t kFree = 0, kPending = 1, kReady = 2;
+constexpr uint32_t kOpen = 0, kDone = 1;
 
 struct Entry {
   TileKey key;
@@ -42,7 +43,9 @@ struct Entry {
   int32_t lru_next;
   int32_t first_page;
   uint32_t pages;
-  uint32_t unused;
+  uint32_t list;     // ready tiles: kOpen or kDone
+  uint64_t covered;  // cells of the tile that requests have asked for (see Coverage)
+  uint64_t valid;    // cells inside the image
 };
 
 struct Shard {
@@ -52,15 +55,19 @@ struct Shard {
   uint64_t pages_used;
   uint64_t items_used;
   uint64_t generation;
-  int32_t lru_head;  // most recently used
-  int32_t lru_tail;
+  // Ready tiles in two LRU lists, most recently used at the head: kOpen
+  // holds tiles some of whose pixels no request has asked for yet, kDone
+  // tiles delivered whole. Eviction takes kDone's tail first: a scan never
+  // comes back to a tile it has read all of, while it is about to read the
+  // rest of a half-read one.
+  int32_t lru_head[2];
+  int32_t lru_tail[2];
   int32_t pending_head;  // tiles being decoded, linked through lru_prev/lru_next
   int32_t free_entry;
   int32_t free_page;
   uint32_t entries;
   uint32_t buckets;
   uint32_t pages;
-  uint32_t unused;
   uint64_t entries_off;
   uint64_t buckets_off;
   uint64_t page_next_off;
@@ -179,6 +186,17 @@ Layout plan_layout(uint64_t memory_capacity, uint64_t capacity) {
   return l;
 }
 
+// The cache's memory is faulted in when it is created, not tile by tile
+// while requests wait (on the benchmark VM, faults cost several µs per 4 KiB
+// and serialise across CPUs) -- unless it is larger than half the free
+// memory: then pages come on demand, so an oversized budget costs nothing.
+int populate_flag(uint64_t bytes) {
+  const long pages = sysconf(_SC_AVPHYS_PAGES);
+  const long page = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return 0;
+  return bytes <= uint64_t(pages) * uint64_t(page) / 2 ? MAP_POPULATE : 0;
+}
+
 }  // namespace
 
 struct TileCache::Impl {
@@ -219,7 +237,8 @@ struct TileCache::Impl {
     for (uint32_t i = 0; i < s.pages; ++i) next[i] = i + 1 < s.pages ? int32_t(i + 1) : kNil;
     s.free_entry = s.entries ? 0 : kNil;
     s.free_page = s.pages ? 0 : kNil;
-    s.lru_head = s.lru_tail = s.pending_head = kNil;
+    s.lru_head[kOpen] = s.lru_tail[kOpen] = s.lru_head[kDone] = s.lru_tail[kDone] = kNil;
+    s.pending_head = kNil;
     s.pages_used = s.items_used = 0;
     ++s.generation;
   }
@@ -280,8 +299,9 @@ struct TileCache::Impl {
 
   void lru_unlink(Shard& s, int32_t i) const {
     Entry* e = entries(s);
-    if (e[i].lru_prev != kNil) e[e[i].lru_prev].lru_next = e[i].lru_next; else s.lru_head = e[i].lru_next;
-    if (e[i].lru_next != kNil) e[e[i].lru_next].lru_prev = e[i].lru_prev; else s.lru_tail = e[i].lru_prev;
+    const uint32_t l = e[i].list;
+    if (e[i].lru_prev != kNil) e[e[i].lru_prev].lru_next = e[i].lru_next; else s.lru_head[l] = e[i].lru_next;
+    if (e[i].lru_next != kNil) e[e[i].lru_next].lru_prev = e[i].lru_prev; else s.lru_tail[l] = e[i].lru_prev;
     e[i].lru_prev = e[i].lru_next = kNil;
   }
 
@@ -300,20 +320,32 @@ struct TileCache::Impl {
     e[i].lru_prev = e[i].lru_next = kNil;
   }
 
-  // A pending tile becomes ready: from the pending list to the LRU front.
-  void mark_ready(Shard& s, int32_t i) const {
+  // A pending tile becomes ready: from the pending list to an LRU front.
+  void mark_ready(Shard& s, int32_t i, const Coverage& cover) const {
     pending_unlink(s, i);
-    entries(s)[i].state = kReady;
+    Entry& e = entries(s)[i];
+    e.state = kReady;
+    e.covered = cover.cells;
+    e.valid = cover.valid;
+    lru_push_front(s, i);
+  }
+
+  // A ready tile was used: note what was asked for, move it to its list's front.
+  void touch(Shard& s, int32_t i, const Coverage& cover) const {
+    lru_unlink(s, i);
+    entries(s)[i].covered |= cover.cells;
     lru_push_front(s, i);
   }
 
   void lru_push_front(Shard& s, int32_t i) const {
     Entry* e = entries(s);
+    const uint32_t l = (e[i].covered & e[i].valid) == e[i].valid ? kDone : kOpen;
+    e[i].list = l;
     e[i].lru_prev = kNil;
-    e[i].lru_next = s.lru_head;
-    if (s.lru_head != kNil) e[s.lru_head].lru_prev = i;
-    s.lru_head = i;
-    if (s.lru_tail == kNil) s.lru_tail = i;
+    e[i].lru_next = s.lru_head[l];
+    if (s.lru_head[l] != kNil) e[s.lru_head[l]].lru_prev = i;
+    s.lru_head[l] = i;
+    if (s.lru_tail[l] == kNil) s.lru_tail[l] = i;
   }
 
   void remove(Shard& s, int32_t i) const {
@@ -367,8 +399,9 @@ struct TileCache::Impl {
     // Tiles orphaned by a killed decoder go first, then the least recently used.
     if (s.items_used >= s.entries || s.pages - s.pages_used < pages) reclaim_orphans(s);
     while (s.items_used >= s.entries || s.pages - s.pages_used < pages) {
-      if (s.lru_tail == kNil) return kNil;  // everything left is being decoded
-      remove(s, s.lru_tail);
+      const int32_t victim = s.lru_tail[kDone] != kNil ? s.lru_tail[kDone] : s.lru_tail[kOpen];
+      if (victim == kNil) return kNil;  // everything left is being decoded
+      remove(s, victim);
     }
     Entry* e = entries(s);
     const int32_t i = s.free_entry;
@@ -407,23 +440,27 @@ struct TileCache::Impl {
     use(TileCache::View{pages.data(), kPageSize, e.size});
   }
 
-  void copy_out(const Shard& s, const Entry& e, uint8_t* dst) const {
-    const int32_t* next = page_next(s);
-    uint64_t done = 0;
-    for (int32_t p = e.first_page; p != kNil && done < e.size; p = next[p]) {
-      const uint64_t n = std::min<uint64_t>(kPageSize, e.size - done);
-      std::memcpy(dst + done, page(s, p), n);
-      done += n;
+  // Copies decoded rows into the entry's pages; a row may straddle two pages.
+  void copy_in(const Shard& s, const Entry& e, const TileCache::Rows& rows) const {
+    if (uint64_t(rows.count) * rows.row_bytes != e.size) {
+      throw Error(ErrorKind::Decode, "tile cache: decoded tile has the wrong size");
     }
-  }
-
-  void copy_in(const Shard& s, const Entry& e, const uint8_t* src) const {
     const int32_t* next = page_next(s);
-    uint64_t done = 0;
-    for (int32_t p = e.first_page; p != kNil && done < e.size; p = next[p]) {
-      const uint64_t n = std::min<uint64_t>(kPageSize, e.size - done);
-      std::memcpy(page(s, p), src + done, n);
-      done += n;
+    int32_t p = e.first_page;
+    size_t within = 0;
+    for (size_t r = 0; r < rows.count; ++r) {
+      const uint8_t* src = rows.data + r * rows.pitch;
+      for (size_t left = rows.row_bytes; left > 0;) {
+        const size_t n = std::min<size_t>(left, kPageSize - within);
+        std::memcpy(page(s, p) + within, src, n);
+        src += n;
+        left -= n;
+        within += n;
+        if (within == kPageSize) {
+          p = next[p];
+          within = 0;
+        }
+      }
     }
   }
 };
@@ -478,7 +515,8 @@ std::shared_ptr<TileCache> TileCache::create(const CacheConfig& config) {
   Impl& impl = *cache->impl_;
   const Layout layout = plan_layout(config.memory_capacity, config.capacity);
   if (config.type == CacheType::PerProcess) {
-    void* p = ::mmap(nullptr, layout.total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* p = ::mmap(nullptr, layout.total, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | populate_flag(layout.total), -1, 0);
     if (p == MAP_FAILED) throw Error(ErrorKind::Open, std::string("tile cache: ") + std::strerror(errno));
     impl.base = static_cast<uint8_t*>(p);
     impl.bytes = layout.total;
@@ -521,7 +559,7 @@ std::shared_ptr<TileCache> TileCache::create(const CacheConfig& config) {
     struct stat st {};
     if (::fstat(fd, &st) == 0) impl.inode = uint64_t(st.st_ino);
   }
-  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | populate_flag(size), fd, 0);
   ::close(fd);
   if (p == MAP_FAILED) throw Error(ErrorKind::Open, "tile cache: mmap " + name + ": " + std::strerror(errno));
   impl.base = static_cast<uint8_t*>(p);
@@ -556,7 +594,7 @@ TileCache::~TileCache() {
   if (impl_ && impl_->base) ::munmap(impl_->base, impl_->bytes);
 }
 
-bool TileCache::find(const TileKey& key, size_t size, const Use& use) {
+bool TileCache::find(const TileKey& key, size_t size, const Coverage& cover, const Use& use) {
   Impl& m = *impl_;
   Header& h = m.header();
   const uint64_t hash = hash_key(key);
@@ -567,13 +605,13 @@ bool TileCache::find(const TileKey& key, size_t size, const Use& use) {
   Entry& e = m.entries(s)[i];
   if (e.state != kReady || e.size != size) return false;
   m.view(s, e, use);
-  m.lru_unlink(s, i);
-  m.lru_push_front(s, i);
+  m.touch(s, i, cover);
   if (h.record.load(std::memory_order_relaxed)) ++s.hits;
   return true;
 }
 
-void TileCache::get(const TileKey& key, uint8_t* dst, size_t size, const Decode& decode) {
+void TileCache::get(const TileKey& key, size_t size, const Coverage& cover, const Use& use,
+                    const Decode& decode) {
   Impl& m = *impl_;
   Header& h = m.header();
   const uint64_t hash = hash_key(key);
@@ -587,14 +625,20 @@ void TileCache::get(const TileKey& key, uint8_t* dst, size_t size, const Decode&
     if (i != kNil) {
       Entry& e = m.entries(s)[i];
       if (e.state == kReady && e.size == size) {
-        m.copy_out(s, e, dst);
-        m.lru_unlink(s, i);
-        m.lru_push_front(s, i);
+        m.view(s, e, use);
+        m.touch(s, i, cover);
         if (h.record.load(std::memory_order_relaxed)) ++s.hits;
         return;
       }
-      const bool orphaned = e.owner_pid != self && !process_alive(e.owner_pid);
-      if (e.state == kPending && !orphaned) continue;  // someone is decoding it: wait
+      // Someone is decoding it: wait, looking at a decoder in another
+      // process at most every 50 ms (it costs system calls, under the lock).
+      if (e.state == kPending) {
+        if (e.owner_pid == self) continue;
+        const int64_t now = monotonic_ns();
+        if (now - e.checked_ns < 50000000) continue;
+        e.checked_ns = now;
+        if (process_alive(e.owner_pid)) continue;
+      }
       m.remove(s, i);  // its decoder died, or a stale entry of another size
     }
     if (h.record.load(std::memory_order_relaxed)) ++s.misses;
@@ -604,11 +648,12 @@ void TileCache::get(const TileKey& key, uint8_t* dst, size_t size, const Decode&
   }
   if (slot == kNil) {
     // Larger than the cache, or all of it is being decoded: decode uncached.
-    decode(dst);
+    decode();
     return;
   }
+  TileCache::Rows rows{};
   try {
-    decode(dst);
+    rows = decode();
   } catch (...) {
     Impl::Lock lock(m, s);
     Entry& e = m.entries(s)[slot];
@@ -619,8 +664,13 @@ void TileCache::get(const TileKey& key, uint8_t* dst, size_t size, const Decode&
   Entry& e = m.entries(s)[slot];
   // The shard may have been reset (a dead lock owner) while we decoded.
   if (e.state == kPending && e.generation == generation) {
-    m.copy_in(s, e, dst);
-    m.mark_ready(s, slot);
+    try {
+      m.copy_in(s, e, rows);
+    } catch (...) {
+      m.remove(s, slot);
+      throw;
+    }
+    m.mark_ready(s, slot, cover);
   }
 }
 

@@ -4,7 +4,7 @@
 // region addressed by offsets, never pointers: a private anonymous mapping
 // for "per_process", a named POSIX shared-memory segment for
 // "shared_memory", which any process can attach to by name. The region is
-// split into shards, each with a robust mutex, a hash table, an LRU list and
+// split into shards, each with a robust mutex, a hash table, two LRU lists and
 // a pool of fixed-size pages; a tile occupies a chain of pages, so there is
 // no fragmentation and no malloc per tile.
 #pragma once
@@ -24,6 +24,14 @@ struct TileKey {
   uint32_t level = 0;
   uint32_t plane = 0;
   uint64_t tile = 0;
+};
+
+// Which parts of a tile a request wants, for eviction: the tile is split
+// into 8 x 8 cells and bit (row * 8 + column) stands for a cell. `cells`
+// are those the request touches, `valid` those inside the image.
+struct Coverage {
+  uint64_t cells = ~uint64_t(0);
+  uint64_t valid = ~uint64_t(0);
 };
 
 enum class CacheType { None, PerProcess, SharedMemory };
@@ -48,8 +56,15 @@ struct CacheStats {
 
 class TileCache {
  public:
-  // Decodes the tile into `dst` (its full size); may throw.
-  using Decode = std::function<void(uint8_t* dst)>;
+  // Where a decoder left a tile: `count` rows of `row_bytes`, `pitch` apart.
+  struct Rows {
+    const uint8_t* data;
+    size_t pitch;
+    size_t row_bytes;
+    size_t count;
+  };
+  // Decodes the tile (and places it where the caller wants it); may throw.
+  using Decode = std::function<Rows()>;
   // A cached tile as its pages, in order: valid only inside a Use callback,
   // which runs under the shard lock and should copy just what it needs.
   struct View {
@@ -68,11 +83,12 @@ class TileCache {
   const CacheConfig& config() const { return config_; }
 
   // Calls use() with the cached tile and returns true, or returns false.
-  bool find(const TileKey& key, size_t size, const Use& use);
-  // Copies the tile into `dst`, decoding it with `decode` when it is not
-  // cached. When several threads or processes want the same missing tile,
-  // one decodes it and the others wait for it.
-  void get(const TileKey& key, uint8_t* dst, size_t size, const Decode& decode);
+  bool find(const TileKey& key, size_t size, const Coverage& cover, const Use& use);
+  // Calls use() with the cached tile or, when it is not cached, decode() and
+  // then keeps a copy of the rows it returns. When several threads or
+  // processes want the same missing tile, one decodes it and the others wait
+  // for it.
+  void get(const TileKey& key, size_t size, const Coverage& cover, const Use& use, const Decode& decode);
 
   CacheStats stats() const;
   void clear();

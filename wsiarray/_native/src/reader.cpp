@@ -168,7 +168,8 @@ class RegionRead {
         const TileJob& job = jobs_[run.first + k];
         // A hit copies only the covered part, straight from the cache's pages.
         if (job.size > 0 &&
-            cache_->find(key(job), layout_.bytes(), [&](const TileCache::View& v) { place_from(job, v); })) {
+            cache_->find(key(job), layout_.bytes(), coverage(job),
+                         [&](const TileCache::View& v) { place_from(job, v); })) {
           served[k] = 1;
         } else {
           first = std::min(first, k);
@@ -245,36 +246,58 @@ class RegionRead {
     return c;
   }
 
+  // The 8 x 8 cells of the tile this request touches, and those inside the image.
+  Coverage coverage(const TileJob& job) const {
+    const Cover c = cover(job);
+    const int64_t cw = (layout_.width + 7) / 8, ch = (layout_.height + 7) / 8;
+    auto cells = [&](int64_t x0, int64_t y0, int64_t x1, int64_t y1) {
+      uint64_t mask = 0;
+      for (int64_t cy = (y0 - c.tile_y) / ch; cy <= (y1 - 1 - c.tile_y) / ch; ++cy) {
+        for (int64_t cx = (x0 - c.tile_x) / cw; cx <= (x1 - 1 - c.tile_x) / cw; ++cx) {
+          mask |= uint64_t(1) << (cy * 8 + cx);
+        }
+      }
+      return mask;
+    };
+    const int64_t right = std::min<int64_t>(c.tile_x + layout_.width, level_.width);
+    const int64_t bottom = std::min<int64_t>(c.tile_y + layout_.height, level_.height);
+    return Coverage{cells(c.x0, c.y0, c.x1, c.y1), cells(c.tile_x, c.tile_y, right, bottom)};
+  }
+
   uint8_t* out_at(const Cover& c, uint32_t plane) const {
     const size_t plane_bytes = size_t(layout_.samples) * layout_.bytes_per_sample;
     return out_ + size_t(c.y0 - region_.y) * pitch_ + size_t(c.x0 - region_.x) * level_.pixel_bytes() +
            size_t(plane) * plane_bytes;
   }
 
-  // Decodes a tile to its place in the output: directly when the whole tile
-  // is wanted and no cache needs a copy, else through a scratch tile.
+  // Decodes a tile to its place in the output: whole tiles straight into
+  // it, others through a scratch tile (or, for JPEG without a cache, only
+  // the covered window). With a cache, the cache keeps a copy of the rows.
   void place_tile(const TileJob& job, const uint8_t* src, Scratch& scratch) const {
     const Cover c = cover(job);
-    if (c.whole && !cache_) {
-      decode_tile(job, src, out_at(c, job.plane), pitch_, scratch);
-      return;
-    }
-    if (!cache_ && level_.codec == Codec::Jpeg && level_.planes == 1 && job.size > 0) {
+    const size_t row_bytes = layout_.row_bytes();
+    auto decode = [&]() -> TileCache::Rows {
+      if (c.whole) {
+        uint8_t* dst = out_at(c, job.plane);
+        decode_tile(job, src, dst, pitch_, scratch);
+        return TileCache::Rows{dst, pitch_, row_bytes, layout_.height};
+      }
+      uint8_t* tile = grow(scratch.tile, layout_.bytes());
+      decode_tile(job, src, tile, row_bytes, scratch);
+      place_decoded(job, tile);
+      return TileCache::Rows{tile, row_bytes, row_bytes, layout_.height};
+    };
+    if (cache_ && job.size > 0) {
+      cache_->get(key(job), layout_.bytes(), coverage(job),
+                  [&](const TileCache::View& v) { place_from(job, v); }, decode);
+    } else if (!c.whole && level_.codec == Codec::Jpeg && level_.planes == 1 && job.size > 0) {
       // No cache wants the whole tile: decode only the covered window, in place.
       decode_jpeg_window(src, size_t(job.size), jpeg_params(), layout_, uint32_t(c.x0 - c.tile_x),
                          uint32_t(c.y0 - c.tile_y), uint32_t(c.x1 - c.x0), uint32_t(c.y1 - c.y0),
                          out_at(c, job.plane), pitch_);
-      return;
-    }
-    const size_t row_bytes = layout_.row_bytes();
-    uint8_t* tile = grow(scratch.tile, layout_.bytes());
-    if (cache_ && job.size > 0) {
-      cache_->get(key(job), tile, layout_.bytes(),
-                  [&](uint8_t* dst) { decode_tile(job, src, dst, row_bytes, scratch); });
     } else {
-      decode_tile(job, src, tile, row_bytes, scratch);
+      decode();
     }
-    place_decoded(job, tile);
   }
 
   void place_decoded(const TileJob& job, const uint8_t* tile) const {
