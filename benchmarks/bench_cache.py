@@ -23,8 +23,12 @@ cache. This script repeats it on the synthetic 19920x26420 JPEG slide
   process; site-packages is never touched;
 - ``cucim-shipped``: cuCIM as installed, whose cache never engages (hit 0, miss 0).
 
-Each contender runs in its own runner subprocess (``--runner NAME``), round-robin
-over ``--repeats`` rounds; the table reports medians. The timed part is the scan only:
+Each contender has one runner subprocess (``--runner NAME``) for the whole benchmark,
+which takes configs on stdin and prints one result each. The machine's speed drifts by
+tens of percent within seconds, so measurements that are compared sit next to each
+other in time: each round runs every config for every contender before the next
+config (the contender that starts rotates), with a config's aligned and unaligned scans
+back to back. The tables report medians over ``--repeats`` rounds. The timed part is the scan only:
 caches are configured (empty) before it, and in ``2P`` the two workers are started,
 have imported everything and configured their caches before the clock starts.
 
@@ -37,7 +41,7 @@ segment for wsiarray. cuCIM names its segment after the process (``cucim-shm.PID
 
 Example::
 
-    python -m benchmarks.bench_cache                      # 16 tile rows, 3 rounds
+    python -m benchmarks.bench_cache                      # 16 tile rows, 5 rounds
     python -m benchmarks.bench_cache --rows 0 --repeats 1  # the whole slide (8112 patches)
     python -m benchmarks.bench_cache --only wsiarray cucim-fixed --modes 1T
 """
@@ -393,8 +397,8 @@ def run_config(backend: Backend, contender: str, config: Config, path: str, widt
 _uncached: dict[tuple[int, int], np.ndarray] = {}
 
 
-def runner(contender: str, path: str, configs: list[Config], width: int, band: int) -> None:
-    """Runs in a subprocess: verify, then time each config once; print one RESULT line each."""
+def runner(contender: str, path: str, width: int, band: int) -> None:
+    """Runs in a subprocess: verify, then time each config read from stdin; one RESULT line each."""
     import wsiarray
 
     backend = make_backend(contender, path)
@@ -421,7 +425,8 @@ def runner(contender: str, path: str, configs: list[Config], width: int, band: i
                                "version": version}), flush=True)
     if worst > TOLERANCE:
         return
-    for config in configs:
+    for line in sys.stdin:
+        config = Config(**json.loads(line))
         result = run_config(backend, contender, config, path, width, band, preferred, tile, size)
         print(RESULT + json.dumps(result), flush=True)
 
@@ -462,23 +467,52 @@ def fixed_cucim_dir(root: Path) -> Path:
 # --- orchestration ------------------------------------------------------------------
 
 
-def run_round(contender: str, path: Path, configs: list[Config], width: int, band: int,
-              pythonpath: str | None) -> list[dict[str, Any]]:
-    env = dict(os.environ)
-    env.pop("WSIARRAY_CACHE", None)
-    # The patched cuCIM copy (if any) first, so that it shadows the installed one.
-    paths = ([pythonpath] if pythonpath else []) + [str(REPO)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    args = [sys.executable, "-m", "benchmarks.bench_cache", "--runner", contender, "--slide", str(path),
-            "--band", str(band), "--configs", json.dumps([c.__dict__ for c in configs])]
-    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
-    results = [json.loads(line[len(RESULT):]) for line in proc.stdout.splitlines() if line.startswith(RESULT)]
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        results.append({"contender": contender, "error": " / ".join(tail)[:200]})
-    return results
+class Runner:
+    """One contender's runner subprocess, kept for the whole benchmark."""
+
+    def __init__(self, contender: str, path: Path, band: int, pythonpath: str | None, log: Path) -> None:
+        env = dict(os.environ)
+        env.pop("WSIARRAY_CACHE", None)
+        # The patched cuCIM copy (if any) first, so that it shadows the installed one.
+        paths = ([pythonpath] if pythonpath else []) + [str(REPO)]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        args = [sys.executable, "-m", "benchmarks.bench_cache", "--runner", contender, "--slide", str(path),
+                "--band", str(band)]
+        self.contender = contender
+        self.log = log.open("w+")
+        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True, bufsize=1)
+        self.verified = self._result()
+
+    def _result(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(RESULT):
+                return json.loads(line[len(RESULT):])
+        self.log.flush()
+        self.log.seek(0)
+        tail = self.log.read().strip().splitlines()[-3:] or [f"runner exited with {self.proc.wait()}"]
+        return {"contender": self.contender, "error": " / ".join(tail)[:200]}
+
+    def run(self, config: Config) -> dict[str, Any]:
+        """Time one config in the runner; a dict with ``error`` if the runner is gone."""
+        assert self.proc.stdin is not None
+        if self.proc.poll() is not None:
+            return {"contender": self.contender, "error": f"runner exited with {self.proc.returncode}"}
+        self.proc.stdin.write(json.dumps(config.__dict__) + "\n")
+        self.proc.stdin.flush()
+        return self._result()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
 
 
 def median(values: list[float]) -> float | None:
@@ -575,7 +609,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--rows", type=int, default=16,
                    help="scan a band of this many 256-px tile rows from the top (0: the whole slide)")
-    p.add_argument("--repeats", type=int, default=3, help="rounds (each contender once per round)")
+    p.add_argument("--repeats", type=int, default=5, help="rounds: each config once per contender")
     p.add_argument("--only", nargs="+", choices=CONTENDERS, default=list(CONTENDERS), metavar="NAME")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--caches", nargs="+", choices=CACHES, default=list(CACHES))
@@ -585,7 +619,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     p.add_argument("--runner", choices=CONTENDERS, help=argparse.SUPPRESS)
     p.add_argument("--band", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--configs", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -596,8 +629,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         with tifffile.TiffFile(args.slide) as tif:
             width = tif.pages[0].imagewidth
-        configs = [Config(**c) for c in json.loads(args.configs)]
-        runner(args.runner, str(args.slide), configs, width, args.band)
+        runner(args.runner, str(args.slide), width, args.band)
         return
     path = args.slide or benchmark_slide_path(args.width, args.height)
     import wsiarray
@@ -621,27 +653,37 @@ def main(argv: Sequence[str] | None = None) -> None:
             except (RuntimeError, OSError) as e:
                 print(f"cucim-fixed: n/a ({e})")
                 args.only = [c for c in args.only if c != "cucim-fixed"]
+        runners = {c: Runner(c, path, band, pythonpath.get(c), Path(tmp) / f"{c}.log") for c in args.only}
+        for contender, run in runners.items():
+            g = run.verified
+            if "error" in g:
+                print(f"  {contender}: ERROR {g['error']}")
+            else:
+                extra = f", {g['version']}" if g["version"] else ""
+                print(f"  {contender}: max |diff| vs wsiarray {g['verify_diff']}{extra}")
+        # Run order: a config's aligned and unaligned scans back to back.
+        schedule = sorted(configs, key=lambda c: (MODES.index(c.mode), CACHES.index(c.cache), c.align))
         order = list(args.only)
-        for r in range(args.repeats):
-            shift = r % len(order)
-            for contender in order[shift:] + order[:shift]:
+        try:
+            for r in range(args.repeats):
                 t0 = time.perf_counter()
-                got = run_round(contender, path, configs, width, band, pythonpath.get(contender))
-                for g in got:
-                    if "verify_diff" in g:
-                        extra = f", {g['version']}" if g["version"] else ""
-                        diff = g["verify_diff"]
-                        print(f"  round {r + 1} {contender}: max |diff| vs wsiarray {diff}{extra}")
-                    elif "error" in g:
-                        print(f"  round {r + 1} {contender}: ERROR {g['error']}")
-                    else:
+                for i, config in enumerate(schedule):
+                    shift = (r + i // len(args.aligns)) % len(order)
+                    for contender in order[shift:] + order[:shift]:
+                        g = runners[contender].run(config)
+                        results.append(g)
+                        if "error" in g:
+                            print(f"  round {r + 1} {contender}: ERROR {g['error']}")
+                            continue
                         hm = "" if g["hits"] is None else f"  hits {g['hits']} misses {g['misses']}"
                         cd = f"  cached diff {g['cached_diff']}" if "cached_diff" in g else ""
                         print(f"  round {r + 1} {contender:13s} {g['align']:9s} {g['mode']} {g['cache']:13s} "
                               f"{g['seconds']:7.2f} s (cpu {g['cpu']:6.2f})  {g['budget_mib']} MiB{hm}{cd}",
                               flush=True)
-                results += got
-                print(f"  round {r + 1} {contender} took {time.perf_counter() - t0:.0f} s", flush=True)
+                print(f"  round {r + 1} took {time.perf_counter() - t0:.0f} s", flush=True)
+        finally:
+            for run in runners.values():
+                run.close()
     print()
     print(render(results, configs, [c for c in CONTENDERS if c in args.only]))
     print()
