@@ -51,7 +51,7 @@ import tifffile
 import wsiarray
 from wsiarray.dask import to_dask
 
-from .bench_read_level import _version
+from .bench_read_level import _version, output_memory_line
 from .synthetic import DEFAULT_HEIGHT, DEFAULT_WIDTH, benchmark_slide_path
 
 BASELINE = "native read"
@@ -224,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(contenders, args.threads, args.repeats)
     print()
     print(table(contenders, args.threads))
+    print()
+    print(output_memory_line())
 
 
 if __name__ == "__main__":

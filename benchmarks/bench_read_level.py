@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
+import wsiarray
+
 from .jpeg_baseline import JpegBaseline, baseline_version
 from .synthetic import DEFAULT_HEIGHT, DEFAULT_WIDTH, benchmark_slide_path
 
@@ -488,8 +490,17 @@ def machine_info() -> str:
         f"- {platform.system()} {platform.release()}, Python {platform.python_version()}",
         f"- baseline: {baseline_version()}",
         "- " + ", ".join(f"{k} {v}" for k, v in libs.items()),
+        output_memory_line(),
     ]
     return "\n".join(rows)
+
+
+def output_memory_line() -> str:
+    """How many of this process's large wsiarray outputs reused freed memory (see _memory.py)."""
+    om = wsiarray.output_memory()
+    return (f"- wsiarray outputs of 8 MiB or more in this process: {om.reused} reused memory freed by an "
+            f"earlier one, {om.mapped} were freshly mapped (freed outputs are kept {om.idle_seconds:g} s, "
+            f"at most {om.max_mib:.0f} MiB)")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
