@@ -45,8 +45,6 @@ from typing import Any
 import numpy as np
 import tifffile
 
-import wsiarray
-
 from .jpeg_baseline import JpegBaseline, baseline_version
 from .synthetic import DEFAULT_HEIGHT, DEFAULT_WIDTH, benchmark_slide_path
 
@@ -497,6 +495,8 @@ def machine_info() -> str:
 
 def output_memory_line() -> str:
     """How many of this process's large wsiarray outputs reused freed memory (see _memory.py)."""
+    import wsiarray
+
     om = wsiarray.output_memory()
     return (f"- wsiarray outputs of 8 MiB or more in this process: {om.reused} reused memory freed by an "
             f"earlier one, {om.mapped} were freshly mapped (freed outputs are kept {om.idle_seconds:g} s, "
