@@ -212,6 +212,7 @@ NB_MODULE(_engine, m) {
         d["name"] = c.name;
         d["hits"] = st.hits;
         d["misses"] = st.misses;
+        d["repairs"] = st.repairs;
         d["items"] = st.items;
         d["memory_size"] = st.memory_size;
         d["memory_capacity"] = st.memory_capacity;

@@ -52,6 +52,7 @@ struct Shard {
   pthread_mutex_t mutex;
   uint64_t hits;
   uint64_t misses;
+  uint64_t repairs;  // times a dead lock owner left the shard to be reset
   uint64_t pages_used;
   uint64_t items_used;
   uint64_t generation;
@@ -276,6 +277,7 @@ struct TileCache::Impl {
       if (rc == EOWNERDEAD) {
         // Its owner died mid-update: the shard's lists cannot be trusted.
         impl.reset_shard(s);
+        ++s.repairs;
         pthread_mutex_consistent(&s.mutex);
       } else if (rc != 0) {
         throw Error(ErrorKind::Read, std::string("tile cache lock failed: ") + std::strerror(rc));
@@ -432,12 +434,29 @@ struct TileCache::Impl {
   }
 
   // Calls use() with the entry's pages (under the caller's shard lock).
-  void view(const Shard& s, const Entry& e, const TileCache::Use& use) const {
-    static thread_local std::vector<const uint8_t*> pages;
+  // A hit copies outside the lock: copying is most of a hit's time, and the
+  // other threads and processes wait for the lock. begin_hit (under the
+  // lock) counts the hit and lists the tile's pages; after the copy, end_hit
+  // (under the lock again) checks that the entry still holds the same tile.
+  // Pages are rewritten only after an eviction, which gives the entry a new
+  // generation, so an unchanged generation means the copy was of that tile.
+  uint64_t begin_hit(Shard& s, int32_t i, const Coverage& cover, std::vector<const uint8_t*>& pages,
+                     bool record) const {
+    const Entry& e = entries(s)[i];
     pages.clear();
     const int32_t* next = page_next(s);
     for (int32_t p = e.first_page; p != kNil && pages.size() < e.pages; p = next[p]) pages.push_back(page(s, p));
-    use(TileCache::View{pages.data(), kPageSize, e.size});
+    touch(s, i, cover);
+    if (record) ++s.hits;
+    return e.generation;
+  }
+
+  // False (and the hit taken back) if the tile was evicted during the copy.
+  bool end_hit(Shard& s, int32_t i, uint64_t generation, bool record) const {
+    const Entry& e = entries(s)[i];
+    if (e.state == kReady && e.generation == generation) return true;
+    if (record && s.hits > 0) --s.hits;
+    return false;
   }
 
   // Copies decoded rows into the entry's pages; a row may straddle two pages.
@@ -594,20 +613,35 @@ TileCache::~TileCache() {
   if (impl_ && impl_->base) ::munmap(impl_->base, impl_->bytes);
 }
 
+namespace {
+
+std::vector<const uint8_t*>& thread_pages() {
+  static thread_local std::vector<const uint8_t*> pages;
+  return pages;
+}
+
+}  // namespace
+
 bool TileCache::find(const TileKey& key, size_t size, const Coverage& cover, const Use& use) {
   Impl& m = *impl_;
   Header& h = m.header();
   const uint64_t hash = hash_key(key);
   Shard& s = m.shard(uint32_t((hash >> 40) % h.shards));
+  const bool record = h.record.load(std::memory_order_relaxed);
+  std::vector<const uint8_t*>& pages = thread_pages();
+  int32_t i = kNil;
+  uint64_t generation = 0;
+  {
+    Impl::Lock lock(m, s);
+    i = m.lookup(s, key, hash);
+    if (i == kNil) return false;
+    const Entry& e = m.entries(s)[i];
+    if (e.state != kReady || e.size != size) return false;
+    generation = m.begin_hit(s, i, cover, pages, record);
+  }
+  use(View{pages.data(), kPageSize, size});
   Impl::Lock lock(m, s);
-  const int32_t i = m.lookup(s, key, hash);
-  if (i == kNil) return false;
-  Entry& e = m.entries(s)[i];
-  if (e.state != kReady || e.size != size) return false;
-  m.view(s, e, use);
-  m.touch(s, i, cover);
-  if (h.record.load(std::memory_order_relaxed)) ++s.hits;
-  return true;
+  return m.end_hit(s, i, generation, record);  // if not, the caller decodes the tile again
 }
 
 void TileCache::get(const TileKey& key, size_t size, const Coverage& cover, const Use& use,
@@ -617,34 +651,44 @@ void TileCache::get(const TileKey& key, size_t size, const Coverage& cover, cons
   const uint64_t hash = hash_key(key);
   Shard& s = m.shard(uint32_t((hash >> 40) % h.shards));
   const int32_t self = int32_t(::getpid());
+  const bool record = h.record.load(std::memory_order_relaxed);
+  std::vector<const uint8_t*>& pages = thread_pages();
   int32_t slot = kNil;
   uint64_t generation = 0;
   for (unsigned round = 0;; backoff(round)) {
-    Impl::Lock lock(m, s);
-    const int32_t i = m.lookup(s, key, hash);
-    if (i != kNil) {
-      Entry& e = m.entries(s)[i];
-      if (e.state == kReady && e.size == size) {
-        m.view(s, e, use);
-        m.touch(s, i, cover);
-        if (h.record.load(std::memory_order_relaxed)) ++s.hits;
-        return;
+    int32_t hit = kNil;
+    {
+      Impl::Lock lock(m, s);
+      const int32_t i = m.lookup(s, key, hash);
+      if (i != kNil) {
+        Entry& e = m.entries(s)[i];
+        if (e.state == kReady && e.size == size) {
+          generation = m.begin_hit(s, i, cover, pages, record);
+          hit = i;
+        } else {
+          // Someone is decoding it: wait, looking at a decoder in another
+          // process at most every 50 ms (it costs system calls, under the lock).
+          if (e.state == kPending) {
+            if (e.owner_pid == self) continue;
+            const int64_t now = monotonic_ns();
+            if (now - e.checked_ns < 50000000) continue;
+            e.checked_ns = now;
+            if (process_alive(e.owner_pid)) continue;
+          }
+          m.remove(s, i);  // its decoder died, or a stale entry of another size
+        }
       }
-      // Someone is decoding it: wait, looking at a decoder in another
-      // process at most every 50 ms (it costs system calls, under the lock).
-      if (e.state == kPending) {
-        if (e.owner_pid == self) continue;
-        const int64_t now = monotonic_ns();
-        if (now - e.checked_ns < 50000000) continue;
-        e.checked_ns = now;
-        if (process_alive(e.owner_pid)) continue;
+      if (hit == kNil) {
+        if (record) ++s.misses;
+        slot = m.allocate(s, key, hash, size);
+        if (slot != kNil) generation = m.entries(s)[slot].generation;
+        break;
       }
-      m.remove(s, i);  // its decoder died, or a stale entry of another size
     }
-    if (h.record.load(std::memory_order_relaxed)) ++s.misses;
-    slot = m.allocate(s, key, hash, size);
-    if (slot != kNil) generation = m.entries(s)[slot].generation;
-    break;
+    use(View{pages.data(), kPageSize, size});
+    Impl::Lock lock(m, s);
+    if (m.end_hit(s, hit, generation, record)) return;
+    // Evicted while we copied: look again.
   }
   if (slot == kNil) {
     // Larger than the cache, or all of it is being decoded: decode uncached.
@@ -685,6 +729,7 @@ CacheStats TileCache::stats() const {
     Impl::Lock lock(m, s);
     st.hits += s.hits;
     st.misses += s.misses;
+    st.repairs += s.repairs;
     st.items += s.items_used;
     st.memory_size += s.pages_used * kPageSize;
   }

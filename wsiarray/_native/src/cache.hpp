@@ -47,6 +47,7 @@ struct CacheConfig {
 struct CacheStats {
   uint64_t hits = 0;
   uint64_t misses = 0;
+  uint64_t repairs = 0;  // shards reset after a process died holding their lock
   uint64_t items = 0;
   uint64_t memory_size = 0;  // bytes of pages in use
   uint64_t memory_capacity = 0;
