@@ -22,6 +22,11 @@ class OutputMemory:
 
     ``retained_mib`` is memory held for reuse right now; ``reused`` and
     ``mapped`` count outputs served from it and from fresh mappings.
+
+    Example:
+        >>> stats = wsiarray.output_memory()
+        >>> stats.reused + stats.mapped   # large outputs so far in this process
+        0
     """
 
     max_mib: float

@@ -433,7 +433,6 @@ struct TileCache::Impl {
     return i;
   }
 
-  // Calls use() with the entry's pages (under the caller's shard lock).
   // A hit copies outside the lock: copying is most of a hit's time, and the
   // other threads and processes wait for the lock. begin_hit (under the
   // lock) counts the hit and lists the tile's pages; after the copy, end_hit

@@ -67,7 +67,10 @@ class TileCache {
   // Decodes the tile (and places it where the caller wants it); may throw.
   using Decode = std::function<Rows()>;
   // A cached tile as its pages, in order: valid only inside a Use callback,
-  // which runs under the shard lock and should copy just what it needs.
+  // which should copy just what it needs. The callback runs outside the
+  // shard lock; if the tile was evicted meanwhile, what it copied may be
+  // torn, and find() then returns false (the caller decodes the tile over
+  // it) and get() looks again.
   struct View {
     const uint8_t* const* pages;
     size_t page_size;
@@ -83,7 +86,8 @@ class TileCache {
 
   const CacheConfig& config() const { return config_; }
 
-  // Calls use() with the cached tile and returns true, or returns false.
+  // Calls use() with the cached tile and returns true, or returns false
+  // (not cached, or evicted while use() ran).
   bool find(const TileKey& key, size_t size, const Coverage& cover, const Use& use);
   // Calls use() with the cached tile or, when it is not cached, decode() and
   // then keeps a copy of the rows it returns. When several threads or
