@@ -43,7 +43,7 @@ struct Entry {
   int32_t lru_next;
   int32_t first_page;
   uint32_t pages;
-  uint32_t list;     // ready tiles: kOpen or kDone
+  uint32_t unused;
   uint64_t covered;  // cells of the tile that requests have asked for (see Coverage)
   uint64_t valid;    // cells inside the image
 };
@@ -299,9 +299,12 @@ struct TileCache::Impl {
     return kNil;
   }
 
+  // Which LRU list a ready tile is on; `covered` changes only while the tile is off its list.
+  static uint32_t list_of(const Entry& e) { return (e.covered & e.valid) == e.valid ? kDone : kOpen; }
+
   void lru_unlink(Shard& s, int32_t i) const {
     Entry* e = entries(s);
-    const uint32_t l = e[i].list;
+    const uint32_t l = list_of(e[i]);
     if (e[i].lru_prev != kNil) e[e[i].lru_prev].lru_next = e[i].lru_next; else s.lru_head[l] = e[i].lru_next;
     if (e[i].lru_next != kNil) e[e[i].lru_next].lru_prev = e[i].lru_prev; else s.lru_tail[l] = e[i].lru_prev;
     e[i].lru_prev = e[i].lru_next = kNil;
@@ -341,8 +344,7 @@ struct TileCache::Impl {
 
   void lru_push_front(Shard& s, int32_t i) const {
     Entry* e = entries(s);
-    const uint32_t l = (e[i].covered & e[i].valid) == e[i].valid ? kDone : kOpen;
-    e[i].list = l;
+    const uint32_t l = list_of(e[i]);
     e[i].lru_prev = kNil;
     e[i].lru_next = s.lru_head[l];
     if (s.lru_head[l] != kNil) e[s.lru_head[l]].lru_prev = i;

@@ -278,12 +278,10 @@ class RegionRead {
     const Cover c = cover(job);
     const int64_t cw = (layout_.width + 7) / 8, ch = (layout_.height + 7) / 8;
     auto cells = [&](int64_t x0, int64_t y0, int64_t x1, int64_t y1) {
+      const int64_t cx0 = (x0 - c.tile_x) / cw, cx1 = (x1 - 1 - c.tile_x) / cw;
+      const uint64_t row = ((uint64_t(1) << (cx1 - cx0 + 1)) - 1) << cx0;  // at most 8 bits
       uint64_t mask = 0;
-      for (int64_t cy = (y0 - c.tile_y) / ch; cy <= (y1 - 1 - c.tile_y) / ch; ++cy) {
-        for (int64_t cx = (x0 - c.tile_x) / cw; cx <= (x1 - 1 - c.tile_x) / cw; ++cx) {
-          mask |= uint64_t(1) << (cy * 8 + cx);
-        }
-      }
+      for (int64_t cy = (y0 - c.tile_y) / ch; cy <= (y1 - 1 - c.tile_y) / ch; ++cy) mask |= row << (cy * 8);
       return mask;
     };
     const int64_t right = std::min<int64_t>(c.tile_x + layout_.width, level_.width);
