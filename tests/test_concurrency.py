@@ -184,7 +184,16 @@ FORK_SCRIPT = textwrap.dedent(
 )
 
 
+#: tools/asan.sh preloads GCC's AddressSanitizer runtime, whose allocator (libasan 8,
+#: GCC 12) takes no locks around fork(): a child forked while another thread is inside
+#: malloc can wait forever on that thread's allocator lock. gdb on such a child showed
+#: ``__sanitizer::SizeClassAllocator64::GetFromAllocator`` under libwebp's malloc, about
+#: once in 60 runs. glibc's malloc, which every other run uses, is fork-safe.
+UNDER_LIBASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+@pytest.mark.xfail(UNDER_LIBASAN, strict=False, reason="libasan: allocator not fork-safe (UNDER_LIBASAN)")
 def test_pickled_slide_reads_the_same_in_forked_processes(process_slide_path: str) -> None:
     """Fork while native pool threads and Python threads are busy reading: children must not deadlock."""
     try:
