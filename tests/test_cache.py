@@ -784,6 +784,43 @@ def test_reconfiguring_while_threads_read(kind: str, slides, shm_name) -> None:
     assert not errors, errors[:3]
 
 
+@pytest.mark.parametrize("kind", CACHED)
+def test_clear_while_threads_read(kind: str, slides, shm_name) -> None:
+    """clear() while tiles are being decoded: tiles in flight finish, pixels and budgets stay right."""
+    path = jpeg_slide(slides)
+    ref = reference(path)
+    c = configure(kind, shm_name, memory_capacity=8)
+    slide = wsiarray.open(path)
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            x, y = rng.randrange(-50, 1900), rng.randrange(-50, 1400)
+            w, h = rng.randrange(1, 700), rng.randrange(1, 700)
+            if not np.array_equal(slide.read_region((x, y), (w, h), num_workers=2), crop(ref, x, y, w, h)):
+                errors.append(f"wrong pixels at {(x, y, w, h)}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(300):
+            c.clear()
+            assert c.memory_size <= c.memory_capacity
+            time.sleep(0.001)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(TIMEOUT)
+    assert not errors, errors[:3]
+    c.clear()
+    assert (c.size, c.memory_size, c.hit_count, c.miss_count) == (0, 0, 0, 0)
+    assert np.array_equal(slide.read_region((0, 0), (2048, 1536)), ref)
+    assert c.miss_count == 48 and c.size == min(48, c.memory_capacity // (256 * 256 * 3))
+
+
 # -- processes ----------------------------------------------------------------------------
 
 

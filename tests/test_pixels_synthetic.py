@@ -8,11 +8,13 @@ oracle.
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import tifffile
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wsitest import (
     SyntheticFactory,
@@ -48,6 +50,9 @@ SPECS: list[SyntheticSpec] = [
       tile=(32, 128)),
     S("jpeg-gray-strips", samples=1, photometric="minisblack", compression="jpeg", tile=None,
       rowsperstrip=64),
+    # rows of 16,896 bytes: wider than a tile-cache page (16 KiB)
+    S("jpeg-ycbcr420-wide-5632x16", width=6000, height=70, compression="jpeg", photometric="ycbcr",
+      subsampling=(2, 2), tile=(16, 5632)),
     # -- deflate ----------------------------------------------------------------------
     S("deflate-u8-rgb-subifd", compression="zlib", pyramid="subifd", steps=(2, 2)),
     S("deflate-u8-rgb-predictor-240", compression="zlib", predictor=True, tile=(240, 240), width=257,
@@ -154,6 +159,42 @@ def test_random_regions_match_tifffile(
     got = slide.read_region(region.location, region.size, region.level, fill=region.fill)
     want = expected_region(synthetic_reference(path, spec, region.level), slide, region)
     assert_pixels_equal(got, want, f"{spec} {region}")
+
+
+#: Specs read through a tile cache too: every JPEG layout (partly covered JPEG tiles
+#: decode straight into a private cache's pages), and one of each other decoder path.
+CACHED_SPECS = [*JPEG_SPECS, *(s for s in SPECS if s.name in {
+    "deflate-u16-gray-predictor-128x32-chain", "deflate-u8-rgb-separate-subifd", "lzw-u8-rgb",
+    "zstd-u16-rgb", "webp-rgba-chain", "raw-u8-rgb-strips"})]
+
+
+@pytest.fixture(params=["per_process", "shared_memory"])
+def tile_cache(request: pytest.FixtureRequest) -> Iterator[wsiarray.TileCache]:
+    """A small cache (so tiles are evicted and decoded again) for the test, then ``nocache``."""
+    kwargs = {"name": f"/wsiarray-test-{os.getpid()}-pixels"} if request.param == "shared_memory" else {}
+    cache = wsiarray.cache(request.param, memory_capacity=2, **kwargs)
+    try:
+        yield cache
+    finally:
+        if request.param == "shared_memory":
+            cache.unlink()
+        wsiarray.cache("nocache")
+
+
+@pytest.mark.parametrize("spec", CACHED_SPECS, ids=[s.name for s in CACHED_SPECS])
+@given(data=st.data())
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_random_regions_through_a_cache_match_tifffile(
+    spec: SyntheticSpec, synthetic: SyntheticFactory, tile_cache: wsiarray.TileCache, data: st.DataObject
+) -> None:
+    """Cached tiles, hits and misses alike, give tifffile's pixels (the cache lives across examples)."""
+    path = synthetic(spec)
+    slide = open_slide(path)
+    region = data.draw(regions(slide), label="region")
+    for attempt in ("miss or hit", "hit"):
+        got = slide.read_region(region.location, region.size, region.level, fill=region.fill)
+        want = expected_region(synthetic_reference(path, spec, region.level), slide, region)
+        assert_pixels_equal(got, want, f"{spec} {region} through {tile_cache.type} ({attempt})")
 
 
 def _tile_bytes(page: tifffile.TiffPage, index: int = 0) -> bytes:

@@ -29,6 +29,10 @@ struct JpegParams {
 
 void decode_jpeg(const uint8_t* src, size_t size, const JpegParams& params,
                  const TileLayout& layout, uint8_t* dst, size_t pitch);
+// The same, row r of the tile to rows[r]: rows may lie anywhere (in the
+// pages of a cache entry, say).
+void decode_jpeg_rows(const uint8_t* src, size_t size, const JpegParams& params,
+                      const TileLayout& layout, uint8_t* const* rows);
 // Decodes only the window [x, x + width) x [y, y + height) of the tile into
 // dst (`width` pixels per row), skipping rows above it and iMCU columns
 // outside it.

@@ -59,13 +59,22 @@ struct Window {
   uint32_t x, y, width, height;  // in tile pixels
 };
 
-// Decodes `win` of the tile into dst (rows `pitch` bytes apart). A window
-// smaller than the tile skips the rows above it and crops the columns to
-// whole iMCUs around it, so only what is needed is decoded. Returns false
-// with d.err.message set on failure. No object with a destructor lives in
-// this frame, so longjmp out of libjpeg is safe.
+// Where the window's rows go: row r at rows[r] when rows is set, else at
+// dst + r * pitch.
+struct Target {
+  uint8_t* dst;
+  size_t pitch;
+  uint8_t* const* rows;
+  uint8_t* row(uint32_t r) const { return rows != nullptr ? rows[r] : dst + size_t(r) * pitch; }
+};
+
+// Decodes `win` of the tile to `out`. A window smaller than the tile skips
+// the rows above it and crops the columns to whole iMCUs around it, so only
+// what is needed is decoded. Returns false with d.err.message set on
+// failure. No object with a destructor lives in this frame, so longjmp out
+// of libjpeg is safe.
 bool decode(Decompressor& d, const uint8_t* src, size_t size, const JpegParams& p,
-            const TileLayout& layout, const Window& win, uint8_t* dst, size_t pitch) {
+            const TileLayout& layout, const Window& win, const Target& out) {
   jpeg_decompress_struct* cinfo = &d.cinfo;
   if (setjmp(d.err.jump)) {
     jpeg_abort_decompress(cinfo);
@@ -101,7 +110,7 @@ bool decode(Decompressor& d, const uint8_t* src, size_t size, const JpegParams& 
     while (cinfo->output_scanline < layout.height) {
       uint32_t n = layout.height - cinfo->output_scanline;
       if (n > 16) n = 16;
-      for (uint32_t k = 0; k < n; ++k) pointers[k] = dst + size_t(cinfo->output_scanline + k) * pitch;
+      for (uint32_t k = 0; k < n; ++k) pointers[k] = out.row(cinfo->output_scanline + k);
       jpeg_read_scanlines(cinfo, pointers, n);
     }
     jpeg_abort_decompress(cinfo);
@@ -126,9 +135,9 @@ bool decode(Decompressor& d, const uint8_t* src, size_t size, const JpegParams& 
   const uint32_t frame_w = cinfo->output_width, frame_h = cinfo->output_height;
   const size_t out_row = size_t(win.width) * comps;
   for (uint32_t r = 0; r < win.height; ++r) {
-    uint8_t* out = dst + size_t(r) * pitch;
+    uint8_t* row = out.row(r);
     const uint32_t y = win.y + r;
-    std::memset(out, 0, out_row);
+    std::memset(row, 0, out_row);
     if (y >= frame_h) continue;
     while (cinfo->output_scanline <= y) {
       JSAMPROW pointer = d.row;
@@ -138,7 +147,7 @@ bool decode(Decompressor& d, const uint8_t* src, size_t size, const JpegParams& 
     if (win.x < first_col + frame_w) {
       const uint32_t avail = first_col + frame_w - win.x;
       const size_t n = size_t(avail < win.width ? avail : win.width) * comps;
-      std::memcpy(out, d.row + size_t(from) * comps, n);
+      std::memcpy(row, d.row + size_t(from) * comps, n);
     }
   }
   // abort, not finish: rows below the window are never decoded.
@@ -146,23 +155,33 @@ bool decode(Decompressor& d, const uint8_t* src, size_t size, const JpegParams& 
   return true;
 }
 
+void decode_checked(const uint8_t* src, size_t size, const JpegParams& params, const TileLayout& layout,
+                    const Window& win, const Target& out) {
+  if (layout.bytes_per_sample != 1) throw Error(ErrorKind::Unsupported, "JPEG with more than 8 bits");
+  if (win.x + win.width > layout.width || win.y + win.height > layout.height) {
+    throw Error(ErrorKind::Decode, "JPEG window outside the tile");
+  }
+  Decompressor& d = thread_decompressor();
+  if (!decode(d, src, size, params, layout, win, out)) {
+    throw Error(ErrorKind::Decode, std::string("JPEG: ") + d.err.message);
+  }
+}
+
 }  // namespace
 
 void decode_jpeg(const uint8_t* src, size_t size, const JpegParams& params, const TileLayout& layout,
                  uint8_t* dst, size_t pitch) {
-  decode_jpeg_window(src, size, params, layout, 0, 0, layout.width, layout.height, dst, pitch);
+  decode_checked(src, size, params, layout, Window{0, 0, layout.width, layout.height}, Target{dst, pitch, nullptr});
+}
+
+void decode_jpeg_rows(const uint8_t* src, size_t size, const JpegParams& params, const TileLayout& layout,
+                      uint8_t* const* rows) {
+  decode_checked(src, size, params, layout, Window{0, 0, layout.width, layout.height}, Target{nullptr, 0, rows});
 }
 
 void decode_jpeg_window(const uint8_t* src, size_t size, const JpegParams& params, const TileLayout& layout,
                         uint32_t x, uint32_t y, uint32_t width, uint32_t height, uint8_t* dst, size_t pitch) {
-  if (layout.bytes_per_sample != 1) throw Error(ErrorKind::Unsupported, "JPEG with more than 8 bits");
-  if (x + width > layout.width || y + height > layout.height) {
-    throw Error(ErrorKind::Decode, "JPEG window outside the tile");
-  }
-  Decompressor& d = thread_decompressor();
-  if (!decode(d, src, size, params, layout, Window{x, y, width, height}, dst, pitch)) {
-    throw Error(ErrorKind::Decode, std::string("JPEG: ") + d.err.message);
-  }
+  decode_checked(src, size, params, layout, Window{x, y, width, height}, Target{dst, pitch, nullptr});
 }
 
 }  // namespace wsi

@@ -441,15 +441,26 @@ struct TileCache::Impl {
   // (under the lock again) checks that the entry still holds the same tile.
   // Pages are rewritten only after an eviction, which gives the entry a new
   // generation, so an unchanged generation means the copy was of that tile.
-  uint64_t begin_hit(Shard& s, int32_t i, const Coverage& cover, std::vector<const uint8_t*>& pages,
+  uint64_t begin_hit(Shard& s, int32_t i, const Coverage& cover, std::vector<uint8_t*>& pages,
                      bool record) const {
+    list_pages(s, i, pages);
+    touch(s, i, cover);
+    if (record) ++s.hits;
+    return entries(s)[i].generation;
+  }
+
+  void list_pages(const Shard& s, int32_t i, std::vector<uint8_t*>& pages) const {
     const Entry& e = entries(s)[i];
     pages.clear();
     const int32_t* next = page_next(s);
     for (int32_t p = e.first_page; p != kNil && pages.size() < e.pages; p = next[p]) pages.push_back(page(s, p));
-    touch(s, i, cover);
-    if (record) ++s.hits;
-    return e.generation;
+  }
+
+  // Removes every ready tile; pending ones stay with their decoders.
+  void drop_ready(Shard& s) const {
+    for (uint32_t l : {kDone, kOpen}) {
+      while (s.lru_tail[l] != kNil) remove(s, s.lru_tail[l]);
+    }
   }
 
   // False (and the hit taken back) if the tile was evicted during the copy.
@@ -616,8 +627,8 @@ TileCache::~TileCache() {
 
 namespace {
 
-std::vector<const uint8_t*>& thread_pages() {
-  static thread_local std::vector<const uint8_t*> pages;
+std::vector<uint8_t*>& thread_pages() {
+  static thread_local std::vector<uint8_t*> pages;
   return pages;
 }
 
@@ -629,7 +640,7 @@ bool TileCache::find(const TileKey& key, size_t size, const Coverage& cover, con
   const uint64_t hash = hash_key(key);
   Shard& s = m.shard(uint32_t((hash >> 40) % h.shards));
   const bool record = h.record.load(std::memory_order_relaxed);
-  std::vector<const uint8_t*>& pages = thread_pages();
+  std::vector<uint8_t*>& pages = thread_pages();
   int32_t i = kNil;
   uint64_t generation = 0;
   {
@@ -653,7 +664,7 @@ void TileCache::get(const TileKey& key, size_t size, const Coverage& cover, cons
   Shard& s = m.shard(uint32_t((hash >> 40) % h.shards));
   const int32_t self = int32_t(::getpid());
   const bool record = h.record.load(std::memory_order_relaxed);
-  std::vector<const uint8_t*>& pages = thread_pages();
+  std::vector<uint8_t*>& pages = thread_pages();
   int32_t slot = kNil;
   uint64_t generation = 0;
   for (unsigned round = 0;; backoff(round)) {
@@ -682,7 +693,10 @@ void TileCache::get(const TileKey& key, size_t size, const Coverage& cover, cons
       if (hit == kNil) {
         if (record) ++s.misses;
         slot = m.allocate(s, key, hash, size);
-        if (slot != kNil) generation = m.entries(s)[slot].generation;
+        if (slot != kNil) {
+          generation = m.entries(s)[slot].generation;
+          m.list_pages(s, slot, pages);
+        }
         break;
       }
     }
@@ -693,12 +707,17 @@ void TileCache::get(const TileKey& key, size_t size, const Coverage& cover, cons
   }
   if (slot == kNil) {
     // Larger than the cache, or all of it is being decoded: decode uncached.
-    decode();
+    decode(nullptr);
     return;
   }
+  // In a private cache only this thread touches a pending entry's pages
+  // (eviction and clear() leave pending entries alone), so the decoder may
+  // write them without the lock, saving a copy of the tile.
+  const Pages direct{pages.data(), kPageSize, size};
+  const Pages* entry = m.shared ? nullptr : &direct;
   TileCache::Rows rows{};
   try {
-    rows = decode();
+    rows = decode(entry);
   } catch (...) {
     Impl::Lock lock(m, s);
     Entry& e = m.entries(s)[slot];
@@ -710,7 +729,7 @@ void TileCache::get(const TileKey& key, size_t size, const Coverage& cover, cons
   // The shard may have been reset (a dead lock owner) while we decoded.
   if (e.state == kPending && e.generation == generation) {
     try {
-      m.copy_in(s, e, rows);
+      if (rows.count > 0 || entry == nullptr) m.copy_in(s, e, rows);
     } catch (...) {
       m.remove(s, slot);
       throw;
@@ -749,7 +768,8 @@ void TileCache::clear() {
   for (uint32_t i = 0; i < m.header().shards; ++i) {
     Shard& s = m.shard(i);
     Impl::Lock lock(m, s);
-    m.reset_shard(s);
+    m.drop_ready(s);
+    m.reclaim_orphans(s);
     s.hits = s.misses = 0;
   }
 }

@@ -64,8 +64,19 @@ class TileCache {
     size_t row_bytes;
     size_t count;
   };
+  // A new entry's pages, in order, for a decoder to write the tile into.
+  struct Pages {
+    uint8_t* const* pages;
+    size_t page_size;
+    size_t size;
+  };
   // Decodes the tile (and places it where the caller wants it); may throw.
-  using Decode = std::function<Rows()>;
+  // Returns where it left the rows, for the cache to copy; or, if it wrote
+  // the tile into `entry` itself, Rows{} (count 0). `entry` is given only
+  // where nothing can take the pages while the decoder writes: in a
+  // per_process cache, not in a segment that another process's death may
+  // reset.
+  using Decode = std::function<Rows(const Pages* entry)>;
   // A cached tile as its pages, in order: valid only inside a Use callback,
   // which should copy just what it needs. The callback runs outside the
   // shard lock; if the tile was evicted meanwhile, what it copied may be
@@ -90,12 +101,13 @@ class TileCache {
   // (not cached, or evicted while use() ran).
   bool find(const TileKey& key, size_t size, const Coverage& cover, const Use& use);
   // Calls use() with the cached tile or, when it is not cached, decode() and
-  // then keeps a copy of the rows it returns. When several threads or
+  // then keeps the tile it decoded. When several threads or
   // processes want the same missing tile, one decodes it and the others wait
   // for it.
   void get(const TileKey& key, size_t size, const Coverage& cover, const Use& use, const Decode& decode);
 
   CacheStats stats() const;
+  // Drops every cached tile; tiles being decoded are kept when they finish.
   void clear();
   void set_record(bool record);
   // Shared memory: removes the segment's name now (attached processes keep it).

@@ -42,6 +42,7 @@ struct Scratch {
   std::vector<uint8_t> bytes;   // a run's compressed bytes
   std::vector<uint8_t> tile;    // one decoded tile, when it cannot go straight to the output
   std::vector<uint8_t> served;  // per job of a run: already placed from the cache
+  std::vector<uint8_t*> rows;   // row addresses of a tile decoded into cache pages
 };
 
 Scratch& thread_scratch() {
@@ -296,16 +297,22 @@ class RegionRead {
   }
 
   // Decodes a tile to its place in the output: whole tiles straight into
-  // it, others through a scratch tile (or, for JPEG without a cache, only
-  // the covered window). With a cache, the cache keeps a copy of the rows.
+  // it, others through a scratch tile or, for JPEG, through the cache entry
+  // (without a cache: only the covered window). With a cache, the cache
+  // keeps the whole tile.
   void place_tile(const TileJob& job, const uint8_t* src, Scratch& scratch) const {
     const Cover c = cover(job);
     const size_t row_bytes = layout_.row_bytes();
-    auto decode = [&]() -> TileCache::Rows {
+    auto decode = [&](const TileCache::Pages* entry) -> TileCache::Rows {
       if (c.whole) {
         uint8_t* dst = out_at(c, job.plane);
         decode_tile(job, src, dst, pitch_, scratch);
         return TileCache::Rows{dst, pitch_, row_bytes, layout_.height};
+      }
+      if (entry != nullptr && level_.codec == Codec::Jpeg) {
+        decode_jpeg_to_pages(job, src, *entry, scratch);
+        place_from(job, TileCache::View{entry->pages, entry->page_size, entry->size});
+        return TileCache::Rows{};
       }
       uint8_t* tile = grow(scratch.tile, layout_.bytes());
       decode_tile(job, src, tile, row_bytes, scratch);
@@ -321,7 +328,34 @@ class RegionRead {
                          uint32_t(c.y0 - c.tile_y), uint32_t(c.x1 - c.x0), uint32_t(c.y1 - c.y0),
                          out_at(c, job.plane), pitch_);
     } else {
-      decode();
+      decode(nullptr);
+    }
+  }
+
+  // Decodes a JPEG tile into a cache entry's pages. A row that straddles two
+  // pages is decoded into a spare row and split afterwards.
+  void decode_jpeg_to_pages(const TileJob& job, const uint8_t* src, const TileCache::Pages& entry,
+                            Scratch& scratch) const {
+    const size_t row_bytes = layout_.row_bytes();
+    uint8_t* spare = grow(scratch.tile, layout_.bytes());
+    scratch.rows.resize(layout_.height);
+    auto straddles = [&](size_t offset) { return offset % entry.page_size + row_bytes > entry.page_size; };
+    for (uint32_t r = 0; r < layout_.height; ++r) {
+      const size_t offset = size_t(r) * row_bytes;
+      scratch.rows[r] = straddles(offset) ? spare + offset
+                                          : entry.pages[offset / entry.page_size] + offset % entry.page_size;
+    }
+    decode_jpeg_rows(src, size_t(job.size), jpeg_params(), layout_, scratch.rows.data());
+    for (uint32_t r = 0; r < layout_.height; ++r) {
+      size_t offset = size_t(r) * row_bytes;
+      if (!straddles(offset)) continue;
+      for (size_t done = 0; done < row_bytes;) {
+        const size_t within = offset % entry.page_size;
+        const size_t n = std::min(row_bytes - done, entry.page_size - within);
+        std::memcpy(entry.pages[offset / entry.page_size] + within, spare + size_t(r) * row_bytes + done, n);
+        done += n;
+        offset += n;
+      }
     }
   }
 
