@@ -32,12 +32,20 @@ back to back. The tables report medians over ``--repeats`` rounds. The timed par
 caches are configured (empty) before it, and in ``2P`` the two workers are started,
 have imported everything and configured their caches before the clock starts.
 
-Cache budget, the same for every contender: ``wsiarray.preferred_memory_capacity``
-(cuCIM's formula: the tiles a row-by-row 256-px patch scan keeps live) times the number
-of scanners sharing one cache: 1T -> 1x; 2T -> 2x (two threads scan two bands through
-one cache); 2P ``per_process`` -> 1x in each process; 2P ``shared_memory`` -> one 2x
-segment for wsiarray. cuCIM names its segment after the process (``cucim-shm.PID``), so
-``spawn`` workers cannot share one: each gets a 1x cache of its own.
+Cache budget, the same for every contender, one of (``--budget``):
+
+- ``experiment`` (default): cuCIM's, ``available memory // 20`` MiB per cache, as its
+  ``benchmark.py`` sets it: 1T and 2T -> 1x (the threads share it); 2P ``per_process`` ->
+  1x in each process; 2P ``shared_memory`` -> one 2x segment for wsiarray. Everything a
+  band scan touches fits.
+- ``preferred``: the tightest sensible one, ``wsiarray.preferred_memory_capacity``
+  (cuCIM's formula: the tiles a row-by-row 256-px patch scan keeps live) times the number
+  of scanners sharing one cache: 1T -> 1x; 2T -> 2x (two threads scan two bands); 2P as
+  above. Eviction matters here: two bands both need the tile row between them, at
+  different times, so 2T and 2P decode it twice (1,404 misses instead of 1,326).
+
+cuCIM names its segment after the process (``cucim-shm.PID``), so ``spawn`` workers
+cannot share one: each gets a 1x cache of its own.
 
 Example::
 
@@ -120,14 +128,27 @@ def split(items: Sequence[Any], n: int) -> list[list[Any]]:
     return out
 
 
-def budget(config: Config, preferred: int, contender: str) -> int:
-    """MiB for one cache instance: ``preferred`` x scanners sharing it (see the module doc)."""
-    if config.mode == "1T":
-        return preferred
+def budget(config: Config, unit: int, contender: str, policy: str) -> int:
+    """MiB for one cache instance of ``config`` (see the module doc).
+
+    Example::
+
+        >>> budget(Config("unaligned", "2T", "per_process"), 30, "wsiarray", "preferred")
+        60
+    """
     if config.mode == "2T":
-        return 2 * preferred
-    shared = config.cache == "shared_memory" and contender == "wsiarray"
-    return 2 * preferred if shared else preferred
+        return 2 * unit if policy == "preferred" else unit
+    if config.mode == "2P" and config.cache == "shared_memory" and contender == "wsiarray":
+        return 2 * unit
+    return unit
+
+
+def unit_budget(policy: str, preferred: int) -> int:
+    """One scanner's cache budget in MiB under ``policy`` (``experiment`` or ``preferred``)."""
+    if policy == "preferred":
+        return preferred
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(preferred, available // 2**20 // 20)
 
 
 # --- backends (used inside runner and worker processes) ---------------------------
@@ -334,9 +355,9 @@ def distinct_tiles(locs: Sequence[tuple[int, int]], tile: tuple[int, int],
 
 
 def run_config(backend: Backend, contender: str, config: Config, path: str, width: int, band: int,
-               preferred: int, tile: tuple[int, int], size: tuple[int, int]) -> dict[str, Any]:
+               unit: int, policy: str, tile: tuple[int, int], size: tuple[int, int]) -> dict[str, Any]:
     locs = patch_locations(width, band, ALIGNS[config.align])
-    mib = budget(config, preferred, contender)
+    mib = budget(config, unit, contender, policy)
     chunks = split(locs, config.workers)
     counts: tuple[int, int] | None = None
     if config.mode != "2P":
@@ -397,7 +418,7 @@ def run_config(backend: Backend, contender: str, config: Config, path: str, widt
 _uncached: dict[tuple[int, int], np.ndarray] = {}
 
 
-def runner(contender: str, path: str, width: int, band: int) -> None:
+def runner(contender: str, path: str, width: int, band: int, unit: int, policy: str) -> None:
     """Runs in a subprocess: verify, then time each config read from stdin; one RESULT line each."""
     import wsiarray
 
@@ -427,7 +448,7 @@ def runner(contender: str, path: str, width: int, band: int) -> None:
         return
     for line in sys.stdin:
         config = Config(**json.loads(line))
-        result = run_config(backend, contender, config, path, width, band, preferred, tile, size)
+        result = run_config(backend, contender, config, path, width, band, unit, policy, tile, size)
         print(RESULT + json.dumps(result), flush=True)
 
 
@@ -470,7 +491,8 @@ def fixed_cucim_dir(root: Path) -> Path:
 class Runner:
     """One contender's runner subprocess, kept for the whole benchmark."""
 
-    def __init__(self, contender: str, path: Path, band: int, pythonpath: str | None, log: Path) -> None:
+    def __init__(self, contender: str, path: Path, band: int, unit: int, policy: str, pythonpath: str | None,
+                 log: Path) -> None:
         env = dict(os.environ)
         env.pop("WSIARRAY_CACHE", None)
         # The patched cuCIM copy (if any) first, so that it shadows the installed one.
@@ -479,7 +501,7 @@ class Runner:
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
         args = [sys.executable, "-m", "benchmarks.bench_cache", "--runner", contender, "--slide", str(path),
-                "--band", str(band)]
+                "--band", str(band), "--unit", str(unit), "--budget", policy]
         self.contender = contender
         self.log = log.open("w+")
         self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -633,7 +655,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--slide", type=Path, help="a tiled slide instead of the synthetic one")
     p.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     p.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
+    p.add_argument("--budget", choices=("experiment", "preferred"), default="experiment",
+                   help="cache budget: cuCIM's experiment's (available memory / 20) or the preferred one")
     p.add_argument("--runner", choices=CONTENDERS, help=argparse.SUPPRESS)
+    p.add_argument("--unit", type=int, help=argparse.SUPPRESS)
     p.add_argument("--band", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -645,7 +670,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         with tifffile.TiffFile(args.slide) as tif:
             width = tif.pages[0].imagewidth
-        runner(args.runner, str(args.slide), width, args.band)
+        runner(args.runner, str(args.slide), width, args.band, args.unit, args.budget)
         return
     path = args.slide or benchmark_slide_path(args.width, args.height)
     import wsiarray
@@ -660,6 +685,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"band: y < {band} ({'whole slide' if band == height else f'{band // tile_h} tile rows'}), "
           f"{len(patch_locations(width, band, 0))} patches per scan; "
           f"preferred_memory_capacity = {preferred} MiB per scanner")
+    unit = unit_budget(args.budget, preferred)
+    print(f"cache budget: {args.budget}, {unit} MiB per cache (x2 where the module doc says)")
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cucim-fixed-") as tmp:
         pythonpath: dict[str, str | None] = {c: None for c in args.only}
@@ -669,7 +696,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             except (RuntimeError, OSError) as e:
                 print(f"cucim-fixed: n/a ({e})")
                 args.only = [c for c in args.only if c != "cucim-fixed"]
-        runners = {c: Runner(c, path, band, pythonpath.get(c), Path(tmp) / f"{c}.log") for c in args.only}
+        runners = {c: Runner(c, path, band, unit, args.budget, pythonpath.get(c), Path(tmp) / f"{c}.log")
+                   for c in args.only}
         for contender, run in runners.items():
             g = run.verified
             if "error" in g:
