@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -752,35 +753,46 @@ def test_racing_threads_decode_a_missing_tile_once(kind: str, tmp_path: Path, sh
     assert (c.hit_count, c.miss_count) == (16 * 12 - 12, 12)
 
 
+@contextmanager
+def readers_checking(slide: wsiarray.Slide, ref: np.ndarray, threads: int = 3) -> Iterator[list[str]]:
+    """Threads read random regions of ``slide`` (some past its edges) until the block ends.
+
+    Yields the list of regions whose pixels differed from ``ref``, complete after the block.
+    """
+    stop = threading.Event()
+    errors: list[str] = []
+    height, width = ref.shape[:2]
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            x, y = rng.randrange(-50, width - 100), rng.randrange(-50, height - 100)
+            w, h = rng.randrange(1, 700), rng.randrange(1, 700)
+            if not np.array_equal(slide.read_region((x, y), (w, h), num_workers=2), crop(ref, x, y, w, h)):
+                errors.append(f"wrong pixels at {(x, y, w, h)}")
+
+    readers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in readers:
+        t.start()
+    try:
+        yield errors
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(TIMEOUT)
+        assert not any(t.is_alive() for t in readers), "reader threads deadlocked"
+
+
 @pytest.mark.parametrize("kind", CACHED)
 def test_reconfiguring_while_threads_read(kind: str, slides, shm_name) -> None:
     """Requests in flight keep the cache they started with; pixels stay right throughout."""
     path = jpeg_slide(slides)
     ref = reference(path)
-    slide = wsiarray.open(path)
-    stop = threading.Event()
-    errors: list[str] = []
-
-    def work(seed: int) -> None:
-        rng = random.Random(seed)
-        while not stop.is_set():
-            x, y = rng.randrange(0, 1900), rng.randrange(0, 1400)
-            w, h = rng.randrange(1, 600), rng.randrange(1, 600)
-            if not np.array_equal(slide.read_region((x, y), (w, h), num_workers=2), crop(ref, x, y, w, h)):
-                errors.append(f"wrong pixels at {(x, y, w, h)}")
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    try:
+    with readers_checking(wsiarray.open(path), ref) as errors:
         for i in range(12):
             choice = (kind, "nocache", "per_process")[i % 3]
             configure(choice, shm_name, memory_capacity=4 + i)
             time.sleep(0.05)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(TIMEOUT)
     assert not errors, errors[:3]
 
 
@@ -791,29 +803,11 @@ def test_clear_while_threads_read(kind: str, slides, shm_name) -> None:
     ref = reference(path)
     c = configure(kind, shm_name, memory_capacity=8)
     slide = wsiarray.open(path)
-    stop = threading.Event()
-    errors: list[str] = []
-
-    def work(seed: int) -> None:
-        rng = random.Random(seed)
-        while not stop.is_set():
-            x, y = rng.randrange(-50, 1900), rng.randrange(-50, 1400)
-            w, h = rng.randrange(1, 700), rng.randrange(1, 700)
-            if not np.array_equal(slide.read_region((x, y), (w, h), num_workers=2), crop(ref, x, y, w, h)):
-                errors.append(f"wrong pixels at {(x, y, w, h)}")
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    try:
+    with readers_checking(slide, ref) as errors:
         for _ in range(300):
             c.clear()
             assert c.memory_size <= c.memory_capacity
             time.sleep(0.001)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(TIMEOUT)
     assert not errors, errors[:3]
     c.clear()
     assert (c.size, c.memory_size, c.hit_count, c.miss_count) == (0, 0, 0, 0)
