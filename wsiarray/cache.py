@@ -156,7 +156,10 @@ class TileCache:
         _configure(self._type, memory_capacity, capacity, self._record_stat, self._name or None)
 
     def clear(self) -> None:
-        """Drop every tile and reset the counters."""
+        """Drop every cached tile and reset the counters.
+
+        Tiles other threads are decoding at that moment are still added when they finish.
+        """
         _native.cache_clear()
 
     def unlink(self) -> None:
