@@ -50,6 +50,20 @@ Scratch& thread_scratch() {
   return scratch;
 }
 
+// Splits bytes [offset, offset + length) of a tile stored in pages of
+// page_size bytes into the pieces that lie in one page each:
+// piece(page index, offset within it, bytes done before it, length).
+template <class Piece>
+void for_each_piece(size_t page_size, size_t offset, size_t length, Piece&& piece) {
+  for (size_t done = 0; done < length;) {
+    const size_t within = offset % page_size;
+    const size_t n = std::min(length - done, page_size - within);
+    piece(offset / page_size, within, done, n);
+    done += n;
+    offset += n;
+  }
+}
+
 uint8_t* grow(std::vector<uint8_t>& buffer, size_t size) {
   if (buffer.size() < size) buffer.resize(size);
   return buffer.data();
@@ -347,15 +361,11 @@ class RegionRead {
     }
     decode_jpeg_rows(src, size_t(job.size), jpeg_params(), layout_, scratch.rows.data());
     for (uint32_t r = 0; r < layout_.height; ++r) {
-      size_t offset = size_t(r) * row_bytes;
+      const size_t offset = size_t(r) * row_bytes;
       if (!straddles(offset)) continue;
-      for (size_t done = 0; done < row_bytes;) {
-        const size_t within = offset % entry.page_size;
-        const size_t n = std::min(row_bytes - done, entry.page_size - within);
-        std::memcpy(entry.pages[offset / entry.page_size] + within, spare + size_t(r) * row_bytes + done, n);
-        done += n;
-        offset += n;
-      }
+      for_each_piece(entry.page_size, offset, row_bytes, [&](size_t page, size_t within, size_t done, size_t n) {
+        std::memcpy(entry.pages[page] + within, spare + offset + done, n);
+      });
     }
   }
 
@@ -379,14 +389,10 @@ class RegionRead {
       uint8_t* to = origin + size_t(y - c.y0) * pitch_;
       // Planes scatter to every pixel_bytes-th byte: gather the row first.
       uint8_t* target = level_.planes == 1 ? to : row.data();
-      size_t offset = size_t(y - c.tile_y) * row_bytes + size_t(c.x0 - c.tile_x) * plane_bytes;
-      for (size_t done = 0; done < span;) {
-        const size_t page = offset / tile.page_size, within = offset % tile.page_size;
-        const size_t n = std::min(span - done, tile.page_size - within);
+      const size_t offset = size_t(y - c.tile_y) * row_bytes + size_t(c.x0 - c.tile_x) * plane_bytes;
+      for_each_piece(tile.page_size, offset, span, [&](size_t page, size_t within, size_t done, size_t n) {
         std::memcpy(target + done, tile.pages[page] + within, n);
-        done += n;
-        offset += n;
-      }
+      });
       if (level_.planes > 1) scatter_samples(to, px, row.data(), plane_bytes, size_t(c.x1 - c.x0));
     }
   }
