@@ -390,13 +390,32 @@ def test_scripted_hits_and_misses(kind: str, slides, shm_name) -> None:
     assert c.size == 12 and c.memory_size == 12 * TILE_PAGES * PAGE
 
 
+Step = tuple[tuple[int, int, int, int], bool]
+"""``((x, y, w, h), hit)``: read a region that touches one tile; ``hit``: that tile is cached."""
+
+
+def three_tile_cache(kind: str, slides, shm_name) -> tuple[wsiarray.Slide, np.ndarray, wsiarray.TileCache]:
+    """The 4 x 3-tile deflate slide, its pixels, and a one-shard cache that holds 3 tiles."""
+    path = deflate_slide(slides)
+    c = configure(kind, shm_name, memory_capacity=64, capacity=3)
+    assert c.capacity == 3
+    return wsiarray.open(path), tifffile_level(path), c
+
+
+def replay(slide: wsiarray.Slide, ref: np.ndarray, steps: list[Step],
+           after: Callable[[int], None] = lambda misses: None) -> None:
+    """Read every step's region, compare it with ``ref`` and check the running hit/miss counts."""
+    hits = misses = 0
+    for step, ((x, y, w, h), hit) in enumerate(steps):
+        np.testing.assert_array_equal(slide.read_region((x, y), (w, h)), crop(ref, x, y, w, h))
+        hits, misses = hits + hit, misses + (not hit)
+        assert_counts(hits, misses, f"at step {step} {(x, y, w, h)}")
+        after(misses)
+
+
 @pytest.mark.parametrize("kind", CACHED)
 def test_eviction_order_is_least_recently_used(kind: str, slides, shm_name) -> None:
-    path = deflate_slide(slides)
-    ref = tifffile_level(path)
-    slide = wsiarray.open(path)
-    c = configure(kind, shm_name, memory_capacity=64, capacity=3)  # one shard, 3 tiles
-    assert c.capacity == 3
+    slide, ref, c = three_tile_cache(kind, slides, shm_name)
     # LRU order after each step (oldest first):
     # A:[A] B:[A,B] C:[A,B,C] A:[B,C,A] D evicts B:[C,A,D] C:[A,D,C] A:[D,C,A] B evicts D:[C,A,B]
     # D evicts C:[A,B,D] A:[B,D,A] C evicts B:[D,A,C] D:[A,C,D] B evicts A:[C,D,B] A evicts C:[D,B,A]
@@ -404,21 +423,16 @@ def test_eviction_order_is_least_recently_used(kind: str, slides, shm_name) -> N
               ("A", True), ("B", False), ("D", False), ("A", True), ("C", False), ("D", True),
               ("B", False), ("A", False), ("B", True), ("D", True)]
     column = {"A": 0, "B": 1, "C": 2, "D": 3}
-    hits = misses = 0
-    for step, (name, hit) in enumerate(script):
-        got = read_tile(slide, column[name], 0)
-        np.testing.assert_array_equal(got, ref[:256, column[name] * 256 : column[name] * 256 + 256])
-        hits, misses = hits + hit, misses + (not hit)
-        assert_counts(hits, misses, f"at step {step} ({name})")
+
+    def size_is_capped(misses: int) -> None:
         assert c.size == min(3, misses)
+
+    replay(slide, ref, [((column[name] * 256, 0, 256, 256), hit) for name, hit in script], size_is_capped)
 
 
 @pytest.mark.parametrize("kind", CACHED)
 def test_tiles_read_in_part_outlive_tiles_read_in_full(kind: str, slides, shm_name) -> None:
-    path = deflate_slide(slides)
-    ref = tifffile_level(path)
-    slide = wsiarray.open(path)
-    c = configure(kind, shm_name, memory_capacity=64, capacity=3)  # one shard, 3 tiles
+    slide, ref, c = three_tile_cache(kind, slides, shm_name)
     script = [  # (tile column, left/right/whole, hit) -- A is oldest but only half read
         (0, "left", False), (1, "whole", False), (2, "whole", False),
         (3, "whole", False),   # evicts B (oldest read in full), not A
@@ -427,12 +441,9 @@ def test_tiles_read_in_part_outlive_tiles_read_in_full(kind: str, slides, shm_na
         (2, "whole", False),   # C again: evicts D
         (0, "whole", True),
     ]
-    hits = misses = 0
-    for step, (column, part, hit) in enumerate(script):
-        x, w = column * 256 + (128 if part == "right" else 0), 256 if part == "whole" else 128
-        np.testing.assert_array_equal(slide.read_region((x, 0), (w, 256)), crop(ref, x, 0, w, 256))
-        hits, misses = hits + hit, misses + (not hit)
-        assert_counts(hits, misses, f"at step {step} (tile {column}, {part})")
+    half = {"left": (0, 128), "right": (128, 128), "whole": (0, 256)}
+    replay(slide, ref, [((column * 256 + half[part][0], 0, half[part][1], 256), hit)
+                        for column, part, hit in script])
     assert c.size == 3
 
 
