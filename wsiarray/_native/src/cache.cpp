@@ -471,27 +471,17 @@ struct TileCache::Impl {
     return false;
   }
 
-  // Copies decoded rows into the entry's pages; a row may straddle two pages.
-  void copy_in(const Shard& s, const Entry& e, const TileCache::Rows& rows) const {
+  // Copies decoded rows into the entry's pages (as listed by list_pages).
+  static void copy_in(const Entry& e, const std::vector<uint8_t*>& pages, const TileCache::Rows& rows) {
     if (uint64_t(rows.count) * rows.row_bytes != e.size) {
       throw Error(ErrorKind::Decode, "tile cache: decoded tile has the wrong size");
     }
-    const int32_t* next = page_next(s);
-    int32_t p = e.first_page;
-    size_t within = 0;
     for (size_t r = 0; r < rows.count; ++r) {
       const uint8_t* src = rows.data + r * rows.pitch;
-      for (size_t left = rows.row_bytes; left > 0;) {
-        const size_t n = std::min<size_t>(left, kPageSize - within);
-        std::memcpy(page(s, p) + within, src, n);
-        src += n;
-        left -= n;
-        within += n;
-        if (within == kPageSize) {
-          p = next[p];
-          within = 0;
-        }
-      }
+      for_each_page_piece(kPageSize, r * rows.row_bytes, rows.row_bytes,
+                          [&](size_t page, size_t within, size_t done, size_t n) {
+                            std::memcpy(pages[page] + within, src + done, n);
+                          });
     }
   }
 };
@@ -729,7 +719,8 @@ void TileCache::get(const TileKey& key, size_t size, const Coverage& cover, cons
   // The shard may have been reset (a dead lock owner) while we decoded.
   if (e.state == kPending && e.generation == generation) {
     try {
-      if (rows.count > 0 || entry == nullptr) m.copy_in(s, e, rows);
+      // An unchanged generation means the entry still owns the pages listed at allocation.
+      if (rows.count > 0 || entry == nullptr) Impl::copy_in(e, pages, rows);
     } catch (...) {
       m.remove(s, slot);
       throw;

@@ -9,6 +9,7 @@
 // no fragmentation and no malloc per tile.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -33,6 +34,21 @@ struct Coverage {
   uint64_t cells = ~uint64_t(0);
   uint64_t valid = ~uint64_t(0);
 };
+
+// A cached tile is stored in equal pages, so a row may straddle two. This
+// splits bytes [offset, offset + length) of such a tile into the pieces that
+// lie in one page each: piece(page index, offset within it, bytes done
+// before it, length).
+template <class Piece>
+void for_each_page_piece(size_t page_size, size_t offset, size_t length, Piece&& piece) {
+  for (size_t done = 0; done < length;) {
+    const size_t within = offset % page_size;
+    const size_t n = std::min(length - done, page_size - within);
+    piece(offset / page_size, within, done, n);
+    done += n;
+    offset += n;
+  }
+}
 
 enum class CacheType { None, PerProcess, SharedMemory };
 

@@ -50,20 +50,6 @@ Scratch& thread_scratch() {
   return scratch;
 }
 
-// Splits bytes [offset, offset + length) of a tile stored in pages of
-// page_size bytes into the pieces that lie in one page each:
-// piece(page index, offset within it, bytes done before it, length).
-template <class Piece>
-void for_each_piece(size_t page_size, size_t offset, size_t length, Piece&& piece) {
-  for (size_t done = 0; done < length;) {
-    const size_t within = offset % page_size;
-    const size_t n = std::min(length - done, page_size - within);
-    piece(offset / page_size, within, done, n);
-    done += n;
-    offset += n;
-  }
-}
-
 uint8_t* grow(std::vector<uint8_t>& buffer, size_t size) {
   if (buffer.size() < size) buffer.resize(size);
   return buffer.data();
@@ -363,7 +349,7 @@ class RegionRead {
     for (uint32_t r = 0; r < layout_.height; ++r) {
       const size_t offset = size_t(r) * row_bytes;
       if (!straddles(offset)) continue;
-      for_each_piece(entry.page_size, offset, row_bytes, [&](size_t page, size_t within, size_t done, size_t n) {
+      for_each_page_piece(entry.page_size, offset, row_bytes, [&](size_t page, size_t within, size_t done, size_t n) {
         std::memcpy(entry.pages[page] + within, spare + offset + done, n);
       });
     }
@@ -390,7 +376,7 @@ class RegionRead {
       // Planes scatter to every pixel_bytes-th byte: gather the row first.
       uint8_t* target = level_.planes == 1 ? to : row.data();
       const size_t offset = size_t(y - c.tile_y) * row_bytes + size_t(c.x0 - c.tile_x) * plane_bytes;
-      for_each_piece(tile.page_size, offset, span, [&](size_t page, size_t within, size_t done, size_t n) {
+      for_each_page_piece(tile.page_size, offset, span, [&](size_t page, size_t within, size_t done, size_t n) {
         std::memcpy(target + done, tile.pages[page] + within, n);
       });
       if (level_.planes > 1) scatter_samples(to, px, row.data(), plane_bytes, size_t(c.x1 - c.x0));
