@@ -346,6 +346,16 @@ class Slide:
         return self._open.info.properties
 
     @property
+    def format_info(self) -> SlideInfo:
+        """What the format layer found: levels' tile tables, properties, associated images.
+
+        Example:
+            >>> slide.format_info.vendor
+            'aperio'
+        """
+        return self._open.info
+
+    @property
     def associated_images(self) -> Mapping[str, np.ndarray]:
         """Associated images by name (``thumbnail``, ``label``, ``macro``), decoded on first access."""
         return self._open.associated
