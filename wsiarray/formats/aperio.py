@@ -31,7 +31,7 @@ from .tiff import (
     same_layout,
 )
 
-__all__ = ["detect", "parse_description"]
+__all__ = ["detect", "parse_description", "split_description"]
 
 #: OpenSlide's test: the first ImageDescription starts with this.
 APERIO_PREFIX = "Aperio"
@@ -40,24 +40,47 @@ MAX_PROPERTIES = 4096
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\Z")
 
 
+def split_description(description: str) -> tuple[str, list[tuple[str, str]]]:
+    """An Aperio ImageDescription as its header and its ``Key = value`` pairs, in order.
+
+    The one Aperio description parser: the header is everything before the
+    first ``|`` (as written); each later item is split at its first ``=``
+    with surrounding whitespace stripped, as OpenSlide splits it; items
+    without ``=`` or with an empty key are skipped. Repeated keys are all
+    kept: :func:`parse_description` keeps the last (OpenSlide's rule for
+    ``aperio.*`` properties), :class:`wsiarray.CuImage` the first (cuCIM's
+    rule for its ``"aperio"`` metadata).
+
+    Example:
+        >>> split_description("Aperio Image Library v10|AppMag = 20|junk|AppMag = 40")
+        ('Aperio Image Library v10', [('AppMag', '20'), ('AppMag', '40')])
+    """
+    header, *items = description.split("|")
+    pairs: list[tuple[str, str]] = []
+    for item in items[:MAX_PROPERTIES]:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if sep and key:
+            pairs.append((key, value.strip()))
+    return header, pairs
+
+
 def parse_description(description: str) -> dict[str, str]:
     """Aperio ImageDescription -> ``aperio.*`` properties.
 
     The header (everything before the first ``|``) is kept as
     ``aperio.Header``; items without ``=`` are skipped, like OpenSlide does,
-    and a repeated key keeps its last value.
+    and a repeated key keeps its last value (OpenSlide's rule, applied on top
+    of :func:`split_description`).
 
     Example:
         >>> parse_description("Aperio Image Library v10|AppMag = 20|MPP = 0.4990|junk")
         {'aperio.Header': 'Aperio Image Library v10', 'aperio.AppMag': '20', 'aperio.MPP': '0.4990'}
     """
-    header, *items = description.split("|")
+    header, pairs = split_description(description)
     props = {"aperio.Header": header.strip()}
-    for item in items[:MAX_PROPERTIES]:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if sep and key:
-            props[f"aperio.{key}"] = value.strip()
+    for key, value in pairs:
+        props[f"aperio.{key}"] = value  # the last value of a repeated key wins
     return props
 
 
@@ -96,6 +119,7 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
 
     candidates: list[list[tifffile.TiffPage]] = []
     associated: dict[str, PageLoader] = {}
+    descriptions: dict[str, str] = {}
     for index, page in enumerate(iter_pages(tif)):
         if page.is_tiled:
             if index == 0 or (same_layout(page, first) and not is_mask(page)):
@@ -109,12 +133,13 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
         except FormatError:
             continue  # a broken label must not make the slide unreadable
         associated[name] = PageLoader(path, name, (index,), int(page.imagewidth), int(page.imagelength))
+        descriptions[name] = page.description or ""
 
     levels = pyramid_levels(path, candidates)
     props = tiff_properties(first)
     props.update(parse_description(description))
     mpp = parse_positive_float(props.get("aperio.MPP"))
-    return make_slide_info(
+    info = make_slide_info(
         "aperio",
         levels,
         props,
@@ -122,3 +147,5 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
         mpp=(mpp, mpp) if mpp is not None else None,
         objective_power=parse_positive_float(props.get("aperio.AppMag")),
     )
+    info.associated_descriptions = descriptions
+    return info

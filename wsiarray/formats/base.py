@@ -109,3 +109,5 @@ class SlideInfo:
     objective_power: float | None = None
     channel_names: tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: name -> ImageDescription of the page holding that associated image ("" when it has none).
+    associated_descriptions: dict[str, str] = field(default_factory=dict)

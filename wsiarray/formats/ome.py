@@ -206,9 +206,10 @@ def _objective(root: ET.Element, image: _Image) -> ET.Element | None:
 
 def _associated(
     images: Sequence[ET.Element], tif: tifffile.TiffFile, path: str, root_uuid: str | None
-) -> dict[str, PageLoader]:
-    """Loaders for other Images named like label, macro or thumbnail."""
+) -> tuple[dict[str, PageLoader], dict[str, str]]:
+    """Loaders for other Images named like label, macro or thumbnail, and their first page's description."""
     result: dict[str, PageLoader] = {}
+    descriptions: dict[str, str] = {}
     start = 0  # first IFD of the image when there are no TiffData elements
     for number, element in enumerate(images[:MAX_PAGES]):
         what = f"{path}: OME Image {number}"
@@ -220,10 +221,11 @@ def _associated(
                 pages = _channel_ifds(image, start, tif, what)
                 indices = tuple(int(page.index) for page in pages)
                 result[name] = PageLoader(path, name, indices, image.size_x, image.size_y)
+                descriptions[name] = pages[0].description or ""
             start += planes * image.size_z * image.size_t
         except WSIError:
             continue  # an unreadable label must not make the slide unreadable
-    return result
+    return result, descriptions
 
 
 def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
@@ -286,14 +288,17 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
     names = None
     if len(image.channels) == samples:
         names = [ch.get("Name") or ch.get("ID") or f"C{i}" for i, ch in enumerate(image.channels)]
-    return make_slide_info(
+    associated, descriptions = _associated(images, tif, path, root_uuid)
+    info = make_slide_info(
         "ome-tiff",
         levels,
         props,
-        associated=_associated(images, tif, path, root_uuid),
+        associated=associated,
         mpp=(mpp_x, mpp_y if mpp_y is not None else mpp_x) if mpp_x is not None else None,
         objective_power=(
             parse_positive_float(objective.get("NominalMagnification")) if objective is not None else None
         ),
         channel_names=names,
     )
+    info.associated_descriptions = descriptions
+    return info
