@@ -74,6 +74,7 @@ class TileCache:
         self._capacity = capacity
         self._record_stat = record_stat
         self._name = name
+        self._counted_before = (0, 0)  # (hits, misses) the counters restart from; see reset_counters
 
     def _stats(self) -> dict[str, Any]:
         stats = _native.cache_stats()
@@ -121,12 +122,12 @@ class TileCache:
     @property
     def hit_count(self) -> int:
         """Tiles served from the cache (while recording)."""
-        return int(self._stats()["hits"])
+        return max(0, int(self._stats()["hits"]) - self._counted_before[0])
 
     @property
     def miss_count(self) -> int:
         """Tiles decoded because the cache did not hold them (while recording)."""
-        return int(self._stats()["misses"])
+        return max(0, int(self._stats()["misses"]) - self._counted_before[1])
 
     @property
     def attached_processes(self) -> int:
@@ -155,12 +156,28 @@ class TileCache:
         """Set new budgets (MiB, items). The cache is rebuilt empty with them."""
         _configure(self._type, memory_capacity, capacity, self._record_stat, self._name or None)
 
+    def reset_counters(self) -> None:
+        """Count hits and misses from zero again; the cached tiles stay (cuCIM's ``record`` does this).
+
+        The counters restart for this process; a shared-memory segment's totals,
+        seen by the other processes attached to it, are not changed.
+
+        Example:
+            >>> c = wsiarray.cache("per_process", memory_capacity=64)
+            >>> slide.read_region((0, 0), (256, 256)); c.reset_counters()
+            >>> c.hit_count, c.miss_count, c.size
+            (0, 0, 1)
+        """
+        stats = self._stats()
+        self._counted_before = (int(stats["hits"]), int(stats["misses"]))
+
     def clear(self) -> None:
         """Drop every cached tile and reset the counters.
 
         Tiles other threads are decoding at that moment are still added when they finish.
         """
         _native.cache_clear()
+        self._counted_before = (0, 0)
 
     def unlink(self) -> None:
         """Remove a shared-memory segment's name now; attached processes keep their mapping."""
