@@ -170,16 +170,16 @@ def pyramid_slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def read_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int, int, int]]:
     """Every level-space read the dask and xarray layers make, as (level, x, y, w, h)."""
     import wsiarray
-    import wsiarray.dask as wdask
 
     calls: list[tuple[int, int, int, int, int]] = []
     lock = threading.Lock()
-    real = wdask._read_level
+    real = wsiarray.Slide.read_level_region
 
-    def spy(slide: wsiarray.Slide, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def spy(slide: wsiarray.Slide, level: int, location: tuple[int, int], size: tuple[int, int],
+            **options: object) -> np.ndarray:
         with lock:
-            calls.append((level, x, y, w, h))
-        return real(slide, level, x, y, w, h)
+            calls.append((level, *location, *size))
+        return real(slide, level, location, size, **options)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(wdask, "_read_level", spy)
+    monkeypatch.setattr(wsiarray.Slide, "read_level_region", spy)
     return calls

@@ -14,7 +14,6 @@ import pytest
 from wsitest import assert_pixels_equal
 
 import wsiarray
-import wsiarray.dask as wdask
 from wsiarray.dask import array_name, level_chunks, to_dask, to_dask_pyramid
 
 SLIDES = ["jpeg", "deflate"]
@@ -88,30 +87,21 @@ def test_each_task_reads_exactly_its_block_once(pyramid_slides: dict[str, str],
 
 
 def test_level_space_reads_match_read_region(pyramid_slides: dict[str, str]) -> None:
-    """The level-space helper lands on exactly the asked pixel on levels with odd downsamples."""
+    """Level-space reads land on exactly the asked pixel on levels with odd downsamples."""
     with wsiarray.open(pyramid_slides["jpeg"]) as slide:
-        # the fallback for a slide without read_level_region: level-0 locations via read_region
-        legacy = SimpleNamespace(level_downsamples=slide.level_downsamples, read_region=slide.read_region)
         for level in range(slide.level_count):
             width, height = slide.level_dimensions[level]
+            downsample = slide.level_downsamples[level]
             reference = whole_level(slide, level)
             for x in (0, 1, 127, 128, 129, width - 1):
                 for y in (0, 1, 63, height - 1):
-                    for which in (slide, legacy):
-                        got = wdask._read_level(which, level, x, y, 2, 1)  # type: ignore[arg-type]
-                        want = reference[y : y + 1, x : x + 2]
-                        if want.shape[1] == 1:  # past the right edge: fill
-                            want = np.concatenate([want, np.zeros_like(want)], axis=1)
-                        assert_pixels_equal(got, want, f"level {level} ({x}, {y}) {type(which).__name__}")
-
-
-def test_level0_coordinate_is_exact() -> None:
-    for downsample in (1.0, 1.9986910994764397, 2.0, 3.9973821989528795, 4.016129032258064, 8.086312118570184,
-                       16.000000000000004, 3.0000000000000004, 2.9999999999999996):
-        for value in range(0, 5000, 7):
-            v0 = wdask._level0_coordinate(value, downsample)
-            assert math.floor(v0 / downsample) == value
-            assert v0 == 0 or math.floor((v0 - 1) / downsample) < value  # the smallest such
+                    got = slide.read_level_region(level, (x, y), (2, 1))
+                    want = reference[y : y + 1, x : x + 2]
+                    if want.shape[1] == 1:  # past the right edge: fill
+                        want = np.concatenate([want, np.zeros_like(want)], axis=1)
+                    assert_pixels_equal(got, want, f"level {level} ({x}, {y})")
+                    via_level0 = slide.read_region(level0_location(x, y, downsample), (2, 1), level)
+                    assert_pixels_equal(via_level0, want, f"level {level} ({x}, {y}) via level 0")
 
 
 def fake_slide(width: int, height: int, tile: tuple[int, int], channels: int = 3, dtype: str = "uint8"
@@ -196,7 +186,8 @@ def test_array_outlives_its_slide_and_pickles_as_a_recipe(pyramid_slides: dict[s
     assert_pixels_equal(pickle.loads(payload).compute(), reference, "unpickled")
 
 
-def test_recipes_open_nothing_until_used(pyramid_slides: dict[str, str], tmp_path: Path) -> None:
+def test_tasks_carry_recipes_that_open_nothing_until_used(pyramid_slides: dict[str, str],
+                                                          tmp_path: Path) -> None:
     import shutil
 
     copy_path = tmp_path / "moving.tif"
@@ -204,12 +195,14 @@ def test_recipes_open_nothing_until_used(pyramid_slides: dict[str, str], tmp_pat
     with wsiarray.open(copy_path) as slide:
         reference = whole_level(slide, 1)
         dimensions = slide.level_dimensions
-        payload = pickle.dumps(to_dask(slide, 1, chunks=128))
-        recipe = wdask.SlideRecipe(slide)
-        assert recipe.open() is slide and recipe.path == str(copy_path)
+        array = to_dask(slide, 1, chunks=128)
+        payload = pickle.dumps(array)
+        blob = pickle.dumps(slide)
+    # closing the slide leaves the array working: its tasks hold a handle of their own
+    assert_pixels_equal(array.compute(), reference, "after closing the slide")
     assert_pixels_equal(pickle.loads(payload).compute(), reference, "reopened from the recipe")
-    assert pickle.loads(pickle.dumps(recipe)).open().level_dimensions == dimensions
-    wdask._recent.clear()
+    assert pickle.loads(blob).level_dimensions == dimensions
+    wsiarray.file_handles().clear()
     copy_path.unlink()
     array = pickle.loads(payload)  # a scheduler unpickling the graph opens nothing
     with pytest.raises(wsiarray.OpenError):
@@ -230,9 +223,9 @@ def test_devices_and_levels(pyramid_slides: dict[str, str]) -> None:
             to_dask(slide, 0, device="cuda")
         with pytest.raises(wsiarray.ArgumentError):
             to_dask(slide, 0, device="tpu")
-        with pytest.raises(wsiarray.ArgumentError):
-            to_dask(slide, 3)
-        assert to_dask(slide, -1).shape == to_dask(slide, 2).shape
+        for level in (3, -1, True, 1.0):  # negative levels are refused, as everywhere
+            with pytest.raises(wsiarray.ArgumentError, match=r"level must be an integer in \[0, 3\)"):
+                to_dask(slide, level)  # type: ignore[arg-type]
 
 
 def test_real_slide(data_file) -> None:  # type: ignore[no-untyped-def]

@@ -93,5 +93,5 @@ def test_local_cluster_channel_means(pyramid_slides: dict[str, str]) -> None:
         assert all(len(workers) == 2 for workers in workers_per_pass), "both workers should read blocks"
         # so in the second pass, which only hit the cache, both workers recorded hits
         # the workers opened the slide from the recipe, in their own processes
-        opened = client.run(lambda: [s.path for s in wsiarray.dask._recent.values()])
+        opened = client.run(lambda: wsiarray.file_handles().paths())
         assert all(path in paths for paths in opened.values())

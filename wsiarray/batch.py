@@ -18,19 +18,18 @@ import concurrent.futures
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import _native
+from ._handles import manager
 from ._memory import empty_output
-from .errors import ArgumentError
+from ._reader import FileIdentity
+from ._request import parse_locations
 
-if TYPE_CHECKING:
-    from .slide import Slide
-
-__all__ = ["BatchIterator", "as_locations", "read_regions"]
+__all__ = ["BatchIterator"]
 
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
@@ -59,31 +58,9 @@ if hasattr(os, "register_at_fork"):
 
 
 def as_locations(location: Any) -> np.ndarray | None:
-    """Many locations as an ``(N, 2)`` int64 array, or None when ``location`` is one ``(x, y)``.
-
-    Accepts a list, tuple, generator or array of pairs, or a flat sequence
-    ``[x0, y0, x1, y1, ...]`` as cuCIM does.
-
-    Example:
-        >>> as_locations([(0, 0), (256, 0)]).shape
-        (2, 2)
-    """
-    if isinstance(location, Iterator):
-        location = list(location)
-    array = np.asarray(location)
-    if array.size == 0:
-        return np.empty((0, 2), np.int64)
-    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
-        raise ArgumentError(f"locations must be integer (x, y) pairs, got {location!r}")
-    if np.issubdtype(array.dtype, np.floating) and not np.all(np.mod(array, 1) == 0):
-        raise ArgumentError("locations must be integers")
-    if array.shape == (2,):
-        return None
-    if array.ndim == 1 and array.size % 2 == 0:
-        return array.astype(np.int64).reshape(-1, 2)
-    if array.ndim == 2 and array.shape[1] == 2:
-        return array.astype(np.int64)
-    raise ArgumentError(f"locations must be (x, y) pairs, got shape {array.shape}")
+    """Deprecated spelling of :func:`wsiarray._request.parse_locations` (None for one location)."""
+    many = parse_locations(location)
+    return None if isinstance(many, tuple) else many
 
 
 class BatchIterator(Iterator[np.ndarray]):
@@ -97,7 +74,7 @@ class BatchIterator(Iterator[np.ndarray]):
 
     def __init__(
         self,
-        slides: Sequence[Slide],
+        sources: Sequence[tuple[str, FileIdentity]],
         which: np.ndarray,
         levels: np.ndarray,
         locations: np.ndarray,
@@ -113,21 +90,15 @@ class BatchIterator(Iterator[np.ndarray]):
         shuffle: bool,
         seed: int,
     ) -> None:
-        if batch_size < 1:
-            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ArgumentError(f"num_workers must be >= 0, got {num_workers}")
-        width, height = size
-        if width < 0 or height < 0:
-            raise ArgumentError(f"size must not be negative, got {size!r}")
-        if prefetch_factor < 0:
-            raise ArgumentError(f"prefetch_factor must be >= 0, got {prefetch_factor}")
+        # Arguments arrive parsed by the request layer (wsiarray._request).
         count = len(locations)
         order = np.random.default_rng(seed).permutation(count) if shuffle else np.arange(count)
-        # (slide index, level, x, y) per patch in level pixels, in reading order.
+        # (source index, level, x, y) per patch in level pixels, in reading order.
         self._where = np.stack([which, levels, locations[:, 0], locations[:, 1]], axis=1)[order]
         self._where = np.ascontiguousarray(self._where, np.int64)
-        self._readers = [slide._open.native for slide in slides]
+        # Files are (re)opened per batch through the handle manager, so a stream
+        # over thousands of slides keeps no more open than the manager allows.
+        self._sources = list(sources)
         self._size = size
         self._fill = fill
         self._channels = channels
@@ -155,9 +126,16 @@ class BatchIterator(Iterator[np.ndarray]):
         width, height = self._size
         out = empty_output((len(where), height, width, self._channels), self._dtype)
         if out.size:
+            if len(self._sources) == 1:
+                readers = [manager.acquire(*self._sources[0]).native]
+            else:
+                used, local = np.unique(where[:, 0], return_inverse=True)
+                readers = [manager.acquire(*self._sources[int(i)]).native for i in used]
+                where = where.copy()
+                where[:, 0] = local
             with self._serial:
                 _native.read_batch(
-                    self._readers, where, out.view(np.uint8).reshape(len(where), height, width, -1),
+                    readers, where, out.view(np.uint8).reshape(len(where), height, width, -1),
                     self._fill, self._workers,
                 )
         return out
@@ -181,68 +159,3 @@ class BatchIterator(Iterator[np.ndarray]):
 def _cancel(pending: collections.deque[concurrent.futures.Future[Any]]) -> None:
     while pending:
         pending.popleft().cancel()
-
-
-def read_regions(
-    items: Iterable[tuple[Slide | str | os.PathLike[str], tuple[int, int]]],
-    size: tuple[int, int],
-    *,
-    level: int = 0,
-    fill: float | Sequence[float] | None = None,
-    num_workers: int = 0,
-    batch_size: int = 1,
-    drop_last: bool = False,
-    prefetch_factor: int = 2,
-    shuffle: bool = False,
-    seed: int = 0,
-) -> BatchIterator:
-    """Patches from many slides in one stream: ``items`` are ``(slide_or_path, (x, y))``.
-
-    Locations are level-0 pixels of each item's slide, ``size`` is in ``level``'s
-    pixels. All slides must share dtype and channel count. Paths are opened once.
-
-    Example:
-        >>> items = [("a.svs", (0, 0)), ("b.svs", (1000, 2000))]
-        >>> for batch in wsiarray.read_regions(items, (224, 224), batch_size=2):
-        ...     print(batch.shape)
-        (2, 224, 224, 3)
-    """
-    from .slide import Slide, _pair
-    from .slide import open as open_slide
-
-    slides: list[Slide] = []
-    index_of: dict[int | str, int] = {}
-    which: list[int] = []
-    points: list[tuple[int, int]] = []
-    for source, location in items:
-        key: int | str = id(source) if isinstance(source, Slide) else os.fspath(source)
-        if key not in index_of:
-            index_of[key] = len(slides)
-            slides.append(source if isinstance(source, Slide) else open_slide(source))
-        which.append(index_of[key])
-        points.append(_pair(location, "location"))
-    if not slides:
-        raise ArgumentError("read_regions needs at least one item")
-    first = slides[0]
-    for slide in slides[1:]:
-        if (slide.dtype, slide.channels) != (first.dtype, first.channels):
-            raise ArgumentError(
-                f"{slide.path} has {slide.channels} x {slide.dtype} pixels, "
-                f"{first.path} has {first.channels} x {first.dtype}: they cannot share a batch"
-            )
-    which_array = np.asarray(which, np.int64)
-    level0 = np.asarray(points, np.int64).reshape(-1, 2)
-    levels = np.empty(len(which_array), np.int64)
-    level_xy = np.empty_like(level0)
-    for i, slide in enumerate(slides):
-        mask = which_array == i
-        index = slide._level_index(level)
-        levels[mask] = index
-        level_xy[mask] = slide._to_level(level0[mask], index)
-    width, height = _pair(size, "size")
-    return BatchIterator(
-        slides, which_array, levels, level_xy, (width, height),
-        fill=first._fill_pixel(fill), channels=first.channels, dtype=first.dtype,
-        num_workers=num_workers, batch_size=batch_size, drop_last=drop_last,
-        prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed,
-    )

@@ -18,8 +18,13 @@ environment variable ``WSIARRAY_CACHE`` (``TYPE[:MEMORY_MIB[:NAME]]``, e.g.
 ``per_process:2048``); the ``"cache"`` object of the JSON file named by
 ``WSIARRAY_CONFIG``, else ``./.wsiarray.json``, else ``~/.wsiarray.json``
 (keys ``type``, ``memory_capacity``, ``capacity``, ``record_stat``, ``name``);
-else ``nocache``. Configuring a cache also sets ``WSIARRAY_CACHE`` in
-``os.environ`` so that processes started later (``spawn``) use the same one.
+else ``nocache``. Nothing is read at import: the environment and the files are
+consulted when the first slide is opened or :func:`cache` is first called.
+Configuring a cache also sets ``WSIARRAY_CACHE`` in ``os.environ`` so that
+processes started later (``spawn``) use the same one; in such a process,
+``cache("shared_memory", ...)`` without a ``name`` joins the segment it inherited
+(cuCIM's users configure the cache in every DataLoader worker) instead of making
+a private one.
 
 Example:
     >>> import wsiarray
@@ -35,6 +40,7 @@ import atexit
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +50,8 @@ from .errors import ArgumentError
 if TYPE_CHECKING:
     from .slide import Slide
 
-__all__ = ["CACHE_TYPES", "TileCache", "cache", "preferred_memory_capacity"]
+__all__ = ["CACHE_TYPES", "TileCache", "cache", "configure_from_environment", "ensure_configured",
+           "preferred_memory_capacity"]
 
 CACHE_TYPES = ("nocache", "per_process", "shared_memory")
 DEFAULT_MEMORY_CAPACITY = 1024  # MiB, as cuCIM
@@ -191,9 +198,26 @@ class TileCache:
 _current = TileCache("nocache", 0, 0, False, "")
 
 
+_config_lock = threading.RLock()
+#: Whether the process's cache has been set up (by a call, the environment or a file).
+_configured = False
+#: ``WSIARRAY_CACHE`` as this process found it before configuring anything itself.
+_inherited_setting: str | None = None
+_inherited_seen = False
+
+
+def _inherited() -> dict[str, Any] | None:
+    """The cache setting this process inherited through ``WSIARRAY_CACHE``, if any."""
+    global _inherited_seen, _inherited_setting
+    if not _inherited_seen:
+        _inherited_seen = True
+        _inherited_setting = os.environ.get(_ENV, "").strip() or None
+    return _parse_setting(_inherited_setting) if _inherited_setting else None
+
+
 def _configure(type: str, memory_capacity: int | None, capacity: int | None, record_stat: bool | None,
                name: str | None) -> TileCache:
-    global _current
+    global _current, _configured
     if type not in CACHE_TYPES:
         raise ArgumentError(f"unknown cache type {type!r}; expected one of {', '.join(CACHE_TYPES)}")
     memory = int(DEFAULT_MEMORY_CAPACITY if memory_capacity is None else memory_capacity)
@@ -203,7 +227,15 @@ def _configure(type: str, memory_capacity: int | None, capacity: int | None, rec
     if items <= 0:
         raise ArgumentError(f"capacity must be a positive number of items, got {capacity!r}")
     record = True if record_stat is None else bool(record_stat)
+    inherited = _inherited()
+    keep_inherited = False
     if type == "shared_memory":
+        if not name and inherited and inherited.get("type") == "shared_memory" and inherited.get("name"):
+            # A worker configuring "its" shared cache, as cuCIM's users do in every
+            # DataLoader worker, joins the segment its parent handed down instead
+            # of making a private one; the segment's creator set its budgets.
+            name = str(inherited["name"])
+            keep_inherited = True
         name = name or f"/wsiarray-{os.getuid()}-{os.getpid()}"
         if not name.startswith("/"):
             name = "/" + name
@@ -211,24 +243,45 @@ def _configure(type: str, memory_capacity: int | None, capacity: int | None, rec
             raise ArgumentError(f"invalid shared-memory name {name!r}")
     else:
         name = ""
-    if _current.type == "shared_memory":
-        same_segment = (type, name) == (_current.type, _current.name)
-        if same_segment and (memory, items) == (_current._memory_capacity, _current._capacity):
-            # Already attached to it: only the recording flag can change.
-            _current.record(record)
-            return _current
-        _native.cache_detach()
-        if same_segment:
-            # New budgets under the same name: a new segment (processes still
-            # attached to the old one keep using it until they reconfigure).
-            _native.cache_unlink()
-    _native.cache_configure(type, memory * _MIB, items, record, name)
-    _current = TileCache(type, memory, items, record, name)
-    if type == "nocache":
-        os.environ[_ENV] = "nocache"
-    else:
-        os.environ[_ENV] = f"{type}:{memory}:{name}" if name else f"{type}:{memory}"
-    return _current
+    with _config_lock:
+        _configured = True
+        if _current.type == "shared_memory":
+            same_segment = (type, name) == (_current.type, _current.name)
+            same_budgets = (memory, items) == (_current._memory_capacity, _current._capacity)
+            if same_segment and (keep_inherited or same_budgets):
+                # Already attached to it: only the recording flag can change.
+                _current.record(record)
+                return _current
+            _native.cache_detach()
+            if same_segment:
+                # New budgets under the same name: a new segment (processes still
+                # attached to the old one keep using it until they reconfigure).
+                _native.cache_unlink()
+        _native.cache_configure(type, memory * _MIB, items, record, name)
+        _current = TileCache(type, memory, items, record, name)
+        # Processes started later (spawn) inherit this setting.
+        if type == "nocache":
+            os.environ[_ENV] = "nocache"
+        else:
+            os.environ[_ENV] = f"{type}:{memory}:{name}" if name else f"{type}:{memory}"
+        return _current
+
+
+def ensure_configured() -> None:
+    """Set up the cache that ``WSIARRAY_CACHE`` or a JSON config file asks for, once, at first use.
+
+    Nothing is read at import; the first slide opened (or the first
+    :func:`cache` call) applies the configuration. A bad file raises
+    :class:`~wsiarray.ArgumentError` then, and again on every use until fixed.
+
+    Example:
+        >>> ensure_configured()   # a no-op once the cache is set up
+    """
+    if _configured:
+        return
+    with _config_lock:
+        if not _configured:
+            configure_from_environment()
 
 
 def cache(
@@ -252,6 +305,7 @@ def cache(
         'shared_memory'
     """
     if type is None and memory_capacity is None and capacity is None and record_stat is None and name is None:
+        ensure_configured()
         return _current
     if type is None:
         type = _current.type if _current.type != "nocache" else "per_process"
@@ -287,16 +341,21 @@ def preferred_memory_capacity(
     return math.ceil(total / _MIB)
 
 
+def _parse_setting(text: str) -> dict[str, Any]:
+    """``TYPE[:MEMORY_MIB[:NAME]]`` as :func:`cache`'s keywords."""
+    parts = text.split(":", 2)
+    settings: dict[str, Any] = {"type": parts[0]}
+    if len(parts) > 1 and parts[1]:
+        settings["memory_capacity"] = int(parts[1])
+    if len(parts) > 2 and parts[2]:
+        settings["name"] = parts[2]
+    return settings
+
+
 def _settings_from_environment() -> dict[str, Any] | None:
     text = os.environ.get(_ENV, "").strip()
     if text:
-        parts = text.split(":", 2)
-        settings: dict[str, Any] = {"type": parts[0]}
-        if len(parts) > 1 and parts[1]:
-            settings["memory_capacity"] = int(parts[1])
-        if len(parts) > 2 and parts[2]:
-            settings["name"] = parts[2]
-        return settings
+        return _parse_setting(text)
     candidates = [os.environ.get("WSIARRAY_CONFIG"), ".wsiarray.json", Path.home() / ".wsiarray.json"]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
@@ -308,11 +367,17 @@ def _settings_from_environment() -> dict[str, Any] | None:
 
 
 def configure_from_environment() -> None:
-    """Apply ``WSIARRAY_CACHE`` or the JSON config file, if either sets a cache (done at import)."""
+    """Apply ``WSIARRAY_CACHE`` or the JSON config file now (:func:`ensure_configured` does it once).
+
+    Example:
+        >>> configure_from_environment()  # doctest: +SKIP
+    """
+    global _configured
     try:
         settings = _settings_from_environment()
     except (OSError, ValueError) as exc:
         raise ArgumentError(f"invalid wsiarray cache configuration: {exc}") from exc
+    _inherited()  # note what was handed down before configuring changes it
     if settings and settings.get("type", "nocache") != "nocache":
         _configure(
             settings["type"],
@@ -321,6 +386,14 @@ def configure_from_environment() -> None:
             settings.get("record_stat"),
             settings.get("name"),
         )
+    _configured = True
 
 
+def _after_fork() -> None:
+    global _config_lock
+    _config_lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 atexit.register(_native.cache_detach)

@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .batch import read_regions
-from .errors import ArgumentError
-from .slide import Slide
+from ._request import parse_location, parse_size, parse_workers
+from .slide import Slide, read_regions
 
 __all__ = ["PatchDataset"]
 
@@ -44,6 +43,8 @@ class PatchDataset:
     passed through ``transform`` when given. Locations are level-0 pixels, as in
     :meth:`wsiarray.Slide.read_region`; pixels outside the image are ``fill``.
     ``num_workers`` threads of the native pool decode each ``__getitems__`` batch.
+    Arguments follow :meth:`wsiarray.Slide.read_region`'s rules; the level and
+    fill are checked against each slide when its first patch is read.
 
     Example:
         >>> ds = PatchDataset([("CMU-1-Small-Region.svs", (0, 0)), ("CMU-1-Small-Region.svs", (224, 0))],
@@ -75,15 +76,13 @@ class PatchDataset:
                 index_of[key] = len(sources)
                 sources.append(source if isinstance(source, Slide) else os.fspath(source))
             which.append(index_of[key])
-            x, y = location
-            points.append((int(x), int(y)))
-        width, height = size
-        if int(width) <= 0 or int(height) <= 0:
-            raise ArgumentError(f"size must be positive, got {size!r}")
+            points.append(parse_location(location))
+        width, height = parse_size(size)
+        parse_workers(num_workers)
         self._sources = sources
         self._which = np.asarray(which, np.int64)
         self._locations = np.asarray(points, np.int64).reshape(-1, 2)
-        self.size = (int(width), int(height))
+        self.size = (width, height)
         self.level = int(level)
         self.fill = fill
         self.transform = transform

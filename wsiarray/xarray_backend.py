@@ -16,8 +16,8 @@ physical area: pixel ``j`` of a level with width ``w`` has
 The variable is a :class:`BackendArray` wrapped in xarray's ``LazilyIndexedArray``:
 slicing reads only the tiles under the slice, with or without dask, and
 ``encoding["preferred_chunks"]`` is the tile-aligned chunking of
-:func:`wsiarray.dask.level_chunks`, so ``chunks={}`` and ``chunks="auto"`` give
-tile-aligned dask chunks.
+:func:`wsiarray.dask.level_chunks` (computed without importing dask), so
+``chunks={}`` and ``chunks="auto"`` give tile-aligned dask chunks.
 
 :func:`to_xarray` builds the same objects from the dask layer
 (:func:`wsiarray.dask.to_dask`), the path that can carry CuPy chunks.
@@ -44,7 +44,8 @@ import xarray as xr
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
-from . import dask as wdask
+from ._chunks import ChunksLike, level_chunks
+from ._request import parse_level
 from .errors import ArgumentError, WSIError
 from .slide import Slide
 
@@ -68,8 +69,9 @@ DIMS = ("y", "x", "c")
 class WsiarrayBackendArray(BackendArray):
     """One pyramid level as an xarray ``BackendArray`` (BASIC indexing, reads only what it needs).
 
-    Holds a :class:`~wsiarray.dask.SlideRecipe`, so the array travels to dask
-    workers (and through a scheduler) without an open handle.
+    Holds a :class:`~wsiarray.Slide` handle of its own, which pickles as its
+    recipe, so the array travels to dask workers (and through a scheduler)
+    without an open file.
 
     Example:
         >>> array = WsiarrayBackendArray(slide, level=0)
@@ -78,7 +80,7 @@ class WsiarrayBackendArray(BackendArray):
     """
 
     def __init__(self, slide: Slide, level: int) -> None:
-        self.recipe = wdask.SlideRecipe(slide)  # pickles without opening the file
+        self.slide = copy.copy(slide)  # pickles as a recipe, without opening the file
         self.level = level
         width, height = slide.level_dimensions[level]
         self.shape = (height, width, slide.channels)
@@ -118,7 +120,7 @@ class WsiarrayBackendArray(BackendArray):
         if empty:
             region = np.empty((y1 - y0, x1 - x0, self.shape[2]), self.dtype)
         else:
-            region = wdask._read_level(self.recipe.open(), self.level, x0, y0, x1 - x0, y1 - y0)
+            region = self.slide.read_level_region(self.level, (x0, y0), (x1 - x0, y1 - y0))
         return region[tuple(cuts)]
 
 
@@ -171,7 +173,7 @@ def _slide_attrs(slide: Slide) -> dict[str, Any]:
 
 
 def _level_dataset(slide: Slide, level: int, data: Any, attrs: dict[str, Any]) -> xr.Dataset:
-    chunks = wdask.level_chunks(slide, level)
+    chunks = level_chunks(slide, level)
     encoding = {"preferred_chunks": {dim: axis[0] for dim, axis in zip(DIMS, chunks, strict=True)}}
     image = xr.Variable(DIMS, data, encoding=encoding)
     return xr.Dataset({VARIABLE: image}, coords=level_coords(slide, level), attrs=attrs)
@@ -223,6 +225,20 @@ def _drop(ds: xr.Dataset, drop_variables: str | Iterable[str] | None) -> xr.Data
         return ds
     names = [drop_variables] if isinstance(drop_variables, str) else list(drop_variables)
     return ds.drop_vars(names, errors="ignore")
+
+
+def _open_groups(filename_or_obj: Any, drop_variables: str | Iterable[str] | None,
+                 fill: Any) -> tuple[dict[str, xr.Dataset], Slide]:
+    """The DataTree's groups and the handle they read through (closed with the root)."""
+    slide = _open_slide(filename_or_obj, fill)
+    try:
+        levels = [(level, _lazy(slide, level)) for level in range(slide.level_count)]
+        groups = {path: _drop(ds, drop_variables) for path, ds in _groups(slide, levels).items()}
+    except BaseException:
+        slide.close()
+        raise
+    groups["/"].set_close(slide.close)
+    return groups, slide
 
 
 class WsiarrayBackendEntrypoint(BackendEntrypoint):
@@ -281,7 +297,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
         """
         slide = _open_slide(filename_or_obj, fill)
         try:
-            level = wdask._level_index(slide, level)
+            level = parse_level(level, slide.level_count)
             attrs = {**_slide_attrs(slide), **_level_attrs(slide, level)}
             ds = _drop(_level_dataset(slide, level, _lazy(slide, level), attrs), drop_variables)
         except BaseException:
@@ -303,14 +319,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
             >>> list(WsiarrayBackendEntrypoint().open_groups_as_dict("slide.svs"))
             ['/', '/0', '/1', '/2', '/associated', '/associated/thumbnail']
         """
-        slide = _open_slide(filename_or_obj, fill)
-        try:
-            levels = [(level, _lazy(slide, level)) for level in range(slide.level_count)]
-            groups = {path: _drop(ds, drop_variables) for path, ds in _groups(slide, levels).items()}
-        except BaseException:
-            slide.close()
-            raise
-        groups["/"].set_close(slide.close)
+        groups, _ = _open_groups(filename_or_obj, drop_variables, fill)
         return groups
 
     def open_datatree(  # type: ignore[override]
@@ -327,14 +336,14 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
             >>> tree["1"].image.shape
             (6605, 4980, 3)
         """
-        groups = self.open_groups_as_dict(filename_or_obj, drop_variables=drop_variables, fill=fill)
+        groups, slide = _open_groups(filename_or_obj, drop_variables, fill)
         tree = xr.DataTree.from_dict(groups)
-        tree.set_close(groups["/"]._close)
+        tree.set_close(slide.close)
         return tree
 
 
 def to_xarray(
-    slide: Slide, level: int | None = None, device: str = "cpu", chunks: wdask.ChunksLike = None
+    slide: Slide, level: int | None = None, device: str = "cpu", chunks: ChunksLike = None
 ) -> xr.Dataset | xr.DataTree:
     """``slide`` as xarray objects built on :func:`wsiarray.dask.to_dask` arrays.
 
@@ -349,9 +358,11 @@ def to_xarray(
         dask.array<wsiarray-read, shape=(26420, 19920, 3), ...>
         >>> to_xarray(slide, level=1).image.mean(["y", "x"]).compute()  # doctest: +SKIP
     """
+    from .dask import to_dask
+
     if level is None:
-        levels = [(i, wdask.to_dask(slide, i, chunks, device)) for i in range(slide.level_count)]
+        levels = [(i, to_dask(slide, i, chunks, device)) for i in range(slide.level_count)]
         return xr.DataTree.from_dict(_groups(slide, levels))
-    level = wdask._level_index(slide, level)
+    level = parse_level(level, slide.level_count)
     attrs = {**_slide_attrs(slide), **_level_attrs(slide, level)}
-    return _level_dataset(slide, level, wdask.to_dask(slide, level, chunks, device), attrs)
+    return _level_dataset(slide, level, to_dask(slide, level, chunks, device), attrs)

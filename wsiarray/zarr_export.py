@@ -36,6 +36,7 @@ import numpy as np
 import zarr
 
 from . import dask as wdask
+from ._request import parse_level
 from .errors import ArgumentError
 from .slide import Slide
 
@@ -52,7 +53,7 @@ _COLOURS = {"R": "FF0000", "G": "00FF00", "B": "0000FF", "Y": "FFFFFF", "A": "FF
 def _levels(slide: Slide, levels: Iterable[int] | None) -> list[int]:
     if levels is None:
         return list(range(slide.level_count))
-    chosen = sorted({wdask._level_index(slide, level) for level in levels})
+    chosen = sorted({parse_level(level, slide.level_count) for level in levels})
     if not chosen:
         raise ArgumentError("levels must name at least one level")
     return chosen

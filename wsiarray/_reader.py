@@ -1,0 +1,175 @@
+"""An opened slide: the format layer's tables loaded into one native reader.
+
+:class:`OpenedSlide` is what the handle manager (:mod:`wsiarray._handles`) keeps
+per file: the :class:`~wsiarray.formats.SlideInfo` the format layer found, the
+native ``Reader`` (one file descriptor, the levels' tile tables), the public
+:class:`Level` descriptions and the associated images, decoded on first use.
+Every handle on the same file in a process shares one.
+
+The format layer (and with it tifffile and imagecodecs) is imported when the
+first slide is opened, not when wsiarray is imported.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import _native
+from .cache import ensure_configured
+from .errors import OpenError, WSIError
+
+if TYPE_CHECKING:
+    from .formats import LevelSpec, SlideInfo
+
+__all__ = ["AssociatedImages", "FileIdentity", "Level", "OpenedSlide"]
+
+#: ``(st_dev, st_ino, st_size, st_mtime_ns)``: what makes a file "the same file".
+FileIdentity = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Level:
+    """Geometry and encoding of one pyramid level.
+
+    Example:
+        >>> slide.levels[0].tile_size
+        (128, 128)
+    """
+
+    index: int
+    width: int
+    height: int
+    downsample: float
+    tile_width: int
+    tile_height: int
+    compression: str
+    #: True when the native engine decodes the tiles; False when imagecodecs does.
+    native_codec: bool
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """``(width, height)``."""
+        return (self.width, self.height)
+
+    @property
+    def tile_size(self) -> tuple[int, int]:
+        """``(tile_width, tile_height)``."""
+        return (self.tile_width, self.tile_height)
+
+
+class AssociatedImages(Mapping[str, np.ndarray]):
+    """Associated images (label, macro, thumbnail), decoded on first access, read-only.
+
+    Example:
+        >>> sorted(AssociatedImages({"label": lambda: np.zeros((2, 2, 3), np.uint8)}))
+        ['label']
+    """
+
+    def __init__(self, loaders: Mapping[str, Callable[[], np.ndarray]]) -> None:
+        self._loaders = dict(loaders)
+        self._images: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        with self._lock:
+            if name not in self._images:
+                loader = self._loaders[name]
+                try:
+                    image = np.asarray(loader())
+                except WSIError:
+                    raise
+                except Exception as exc:
+                    raise WSIError(f"associated image {name!r} cannot be read: {exc}") from exc
+                image.flags.writeable = False
+                self._images[name] = image
+            return self._images[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+    def __repr__(self) -> str:
+        return f"<associated images {sorted(self._loaders)}>"
+
+
+class OpenedSlide:
+    """One file's format tables and native reader, shared by all its handles in a process.
+
+    Example:
+        >>> opened = OpenedSlide.open(path, file_identity(path))  # doctest: +SKIP
+        >>> opened.levels[0].dimensions  # doctest: +SKIP
+        (1000, 763)
+    """
+
+    def __init__(self, path: str, identity: FileIdentity, info: SlideInfo, native: _native.Reader) -> None:
+        self.path = path
+        self.identity = identity
+        self.info = info
+        self.native = native
+        from .formats import Codec
+
+        level0 = info.levels[0]
+        self.levels = tuple(
+            Level(
+                index=i,
+                width=spec.width,
+                height=spec.height,
+                downsample=(level0.width / spec.width + level0.height / spec.height) / 2,
+                tile_width=spec.tile_width,
+                tile_height=spec.tile_height,
+                compression=spec.compression_name,
+                native_codec=spec.codec is not Codec.EXTERNAL,
+            )
+            for i, spec in enumerate(info.levels)
+        )
+        self.associated = AssociatedImages(info.associated)
+        self.channels = level0.samples
+        self.dtype = level0.dtype
+
+    @classmethod
+    def open(cls, path: str, identity: FileIdentity) -> OpenedSlide:
+        """Describe ``path`` with the format layer and load its levels into a native reader.
+
+        Raises :class:`~wsiarray.OpenError` when the file no longer has ``identity``.
+        """
+        from .formats import read_slide_info
+
+        ensure_configured()  # the cache a configuration file or WSIARRAY_CACHE asks for
+        info = read_slide_info(path)
+        if not info.levels:
+            raise OpenError(f"{path}: no image levels found")
+        native = _native.Reader(path)
+        if tuple(native.identity) != identity:
+            native.close()
+            raise OpenError(f"{path}: the file changed while it was being opened")
+        for spec in info.levels:
+            _add_level(native, spec)
+        return cls(path, identity, info, native)
+
+
+def _add_level(native: _native.Reader, spec: LevelSpec) -> None:
+    native.add_level(
+        width=spec.width,
+        height=spec.height,
+        tile_width=spec.tile_width,
+        tile_height=spec.tile_height,
+        samples_per_plane=spec.samples_per_plane,
+        bytes_per_sample=spec.dtype.itemsize,
+        codec=int(spec.codec),
+        byteswap=spec.byteswap,
+        predictor=spec.predictor,
+        jpeg_tables=spec.jpeg_tables,
+        jpeg_in=int(spec.jpeg_colorspace),
+        jpeg_out=int(spec.jpeg_out_colorspace),
+        offsets=np.ascontiguousarray(spec.offsets, np.uint64),
+        bytecounts=np.ascontiguousarray(spec.bytecounts, np.uint64),
+        external=spec.external_decoder,
+        page_index=spec.page_index,
+    )
