@@ -14,8 +14,6 @@ from wsiarray.dask import to_dask
 distributed = pytest.importorskip("distributed")
 import wsiarray.distributed as wdist  # noqa: E402  (needs distributed)
 
-HAVE_CACHE = wdist.have_cache()
-
 
 class FakeCache:
     def __init__(self, kind: str, **kwargs: Any) -> None:
@@ -30,7 +28,7 @@ def test_plugin_sets_the_cache_with_its_settings(monkeypatch: pytest.MonkeyPatch
         made.append(FakeCache(kind, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(wsiarray, "cache", factory, raising=False)
+    monkeypatch.setattr(wdist, "configure_cache", factory)
     plugin = wdist.CachePlugin("shared_memory", memory_capacity=256, record_stat=True)
     plugin.setup(SimpleNamespace())
     assert made[0].kind == "shared_memory"
@@ -46,15 +44,6 @@ def test_plugin_sets_the_cache_with_its_settings(monkeypatch: pytest.MonkeyPatch
     assert (clone.cache_type, clone.memory_capacity, clone.cache) == ("shared_memory", 256, None)
 
 
-def test_without_native_cache_setup_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(wsiarray, "cache", raising=False)
-    assert not wdist.have_cache()
-    with pytest.raises(wsiarray.UnsupportedError, match=r"wsiarray\.cache"):
-        wdist.setup(SimpleNamespace(register_plugin=None))  # type: ignore[arg-type]
-    with pytest.raises(wsiarray.UnsupportedError, match=r"wsiarray\.cache"):
-        wdist.CachePlugin().setup(SimpleNamespace())
-
-
 def test_local_cluster_channel_means(pyramid_slides: dict[str, str]) -> None:
     """Two worker processes compute level-0 channel means; with the cache, both record hits."""
     path = pyramid_slides["jpeg"]
@@ -68,11 +57,7 @@ def test_local_cluster_channel_means(pyramid_slides: dict[str, str]) -> None:
                                  worker_dashboard_address=":0", silence_logs=40) as cluster,
         distributed.Client(cluster) as client,
     ):
-        if HAVE_CACHE:
-            wdist.setup(client, cache="shared_memory", memory_capacity=64)
-        else:
-            with pytest.raises(wsiarray.UnsupportedError):
-                wdist.setup(client, cache="shared_memory", memory_capacity=64)
+        wdist.setup(client, cache="shared_memory", memory_capacity=64)
         workers_per_pass = []
         for _ in range(2):  # the second pass finds every tile in the shared segment
             with distributed.get_task_stream(client) as stream:
@@ -80,16 +65,15 @@ def test_local_cluster_channel_means(pyramid_slides: dict[str, str]) -> None:
             np.testing.assert_allclose(means, expected, rtol=1e-12)
             # the block reads are fused into the mean's chunk tasks
             workers_per_pass.append({t["worker"] for t in stream.data if "mean_chunk" in str(t["key"])})
-            if HAVE_CACHE:
-                stats = wdist.cache_stats(client)
-                assert len(stats) == 2 and all(s is not None for s in stats.values()), stats
-                names = {s["name"] for s in stats.values()}  # type: ignore[index]
-                assert names == {wdist.segment_name(client)}, "one segment for both workers"
-                counters = next(iter(stats.values()))
-                assert counters["attached_processes"] == 2  # type: ignore[index]
-                # segment-wide counters: each tile decoded once, by whichever worker got it
-                assert counters["miss_count"] == tiles  # type: ignore[index]
-                assert counters["hit_count"] == tiles * len(workers_per_pass) - tiles  # type: ignore[index]
+            stats = wdist.cache_stats(client)
+            assert len(stats) == 2 and all(s is not None for s in stats.values()), stats
+            names = {s["name"] for s in stats.values()}  # type: ignore[index]
+            assert names == {wdist.segment_name(client)}, "one segment for both workers"
+            counters = next(iter(stats.values()))
+            assert counters["attached_processes"] == 2  # type: ignore[index]
+            # segment-wide counters: each tile decoded once, by whichever worker got it
+            assert counters["miss_count"] == tiles  # type: ignore[index]
+            assert counters["hit_count"] == tiles * len(workers_per_pass) - tiles  # type: ignore[index]
         assert all(len(workers) == 2 for workers in workers_per_pass), "both workers should read blocks"
         # so in the second pass, which only hit the cache, both workers recorded hits
         # the workers opened the slide from the recipe, in their own processes

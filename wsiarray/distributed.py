@@ -12,10 +12,6 @@ scheduler (``/wsiarray-dask-UID-HASH``), so every worker process of one host att
 to the same segment (each host has its own ``/dev/shm``), and two clusters on one
 host do not share.
 
-Where wsiarray has no ``wsiarray.cache`` (a build without the tile cache),
-:func:`setup` raises :class:`~wsiarray.UnsupportedError`, and so does the plugin on
-such a worker.
-
 Example:
     >>> from distributed import Client, LocalCluster
     >>> import wsiarray, wsiarray.distributed
@@ -38,27 +34,15 @@ from typing import Any
 
 from distributed import Client, WorkerPlugin
 
-from .errors import UnsupportedError
+from .cache import cache as configure_cache
 
-__all__ = ["PLUGIN_NAME", "CachePlugin", "cache_stats", "have_cache", "segment_name", "setup"]
+__all__ = ["PLUGIN_NAME", "CachePlugin", "cache_stats", "segment_name", "setup"]
 
 #: Name under which :func:`setup` registers the plugin (re-registering replaces it).
 PLUGIN_NAME = "wsiarray-cache"
 
 _STAT_NAMES = ("name", "hit_count", "miss_count", "size", "memory_size", "capacity", "memory_capacity",
                "attached_processes")
-
-
-def have_cache() -> bool:
-    """True when this process's wsiarray has the native tile cache (``wsiarray.cache``).
-
-    Example:
-        >>> have_cache()
-        True
-    """
-    import wsiarray
-
-    return callable(getattr(wsiarray, "cache", None))
 
 
 def segment_name(client: Client) -> str:
@@ -74,19 +58,6 @@ def segment_name(client: Client) -> str:
     digest = hashlib.sha1(scheduler_id.encode(), usedforsecurity=False).hexdigest()[:12]
     uid = os.getuid() if hasattr(os, "getuid") else 0
     return f"/wsiarray-dask-{uid}-{digest}"
-
-
-def _require_cache() -> Any:
-    import wsiarray
-
-    factory = getattr(wsiarray, "cache", None)
-    if not callable(factory):
-        raise UnsupportedError(
-            "wsiarray.cache is not available in this build of wsiarray (the native tile cache "
-            "is not built yet), so workers' caches cannot be set; compute without "
-            "wsiarray.distributed.setup() meanwhile"
-        )
-    return factory
 
 
 class CachePlugin(WorkerPlugin):
@@ -126,7 +97,6 @@ class CachePlugin(WorkerPlugin):
         Example:
             >>> CachePlugin("per_process", memory_capacity=512).setup(worker)  # doctest: +SKIP
         """
-        factory = _require_cache()
         kwargs: dict[str, Any] = dict(self.options)
         if self.memory_capacity is not None:
             kwargs["memory_capacity"] = self.memory_capacity
@@ -134,7 +104,7 @@ class CachePlugin(WorkerPlugin):
             kwargs["capacity"] = self.capacity
         if self.record_stat is not None:
             kwargs["record_stat"] = self.record_stat
-        self.cache = factory(self.cache_type, **kwargs)
+        self.cache = configure_cache(self.cache_type, **kwargs)
 
     def teardown(self, worker: Any) -> None:
         """Forget the cache object (the process's cache setting itself stays).
@@ -188,13 +158,11 @@ def setup(
     :data:`PLUGIN_NAME`; calling it again replaces the settings. With
     ``cache="shared_memory"`` the segment is ``name``, default
     :func:`segment_name` (one per cluster, so the workers of a host share it).
-    Raises :class:`~wsiarray.UnsupportedError` when wsiarray has no tile cache.
 
     Example:
         >>> wsiarray.distributed.setup(client, cache="shared_memory", memory_capacity=4096)
         <wsiarray.distributed.CachePlugin object at ...>
     """
-    _require_cache()
     if cache == "shared_memory":
         options["name"] = name or segment_name(client)
     elif name is not None:
