@@ -84,6 +84,33 @@ def _batches(iterator: Any, prefix: str, out: dict[str, Any], *, describe_first:
     out[f"{prefix}/pixels"] = pixels
 
 
+def _message(fn: Callable[[], Any]) -> str:
+    """The message of the error ``fn`` raises (``""``: no error)."""
+    try:
+        fn()
+    except Exception as exc:
+        return str(exc)
+    return ""
+
+
+def _cache_module(cuimage: type) -> Any:
+    """The module holding ``preferred_memory_capacity`` beside ``cuimage``."""
+    if cuimage.__module__.startswith("cucim"):
+        import cucim.clara.cache as module
+    else:
+        import wsiarray.compat as module
+    return module
+
+
+def _clara_module(cuimage: type) -> Any:
+    """The module holding the names exported beside ``cuimage`` (``DLDataTypeCode``, ...)."""
+    if cuimage.__module__.startswith("cucim"):
+        import cucim.clara as module
+    else:
+        import wsiarray.compat as module
+    return module
+
+
 def _digest(array: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
 
@@ -132,6 +159,10 @@ def run_script(cuimage: type, path: str) -> dict[str, Any]:
     out["single in a list type"] = type(img.read_region([(3, 4)], fit(20, 10))).__name__
     out["flat single"] = np.array(img.read_region([3, 4], fit(20, 10)))
     out["numpy int location"] = np.array(img.read_region((np.int64(3), np.int32(4)), fit(20, 10)))
+    # a one-location result iterates over itself, whatever num_workers
+    single = img.read_region([(3, 4)], fit(20, 10), num_workers=2)
+    out["single in a list nw=2 iter"] = [np.array(r) for r in single]
+    out["single in a list nw=2 iter is self"] = [r is single for r in single]
 
     # batches
     rng = np.random.default_rng(1)
@@ -177,6 +208,42 @@ def run_script(cuimage: type, path: str) -> dict[str, Any]:
     out["error size 0"] = _error(lambda: img.read_region((0, 0), (0, 8)))
     out["error size negative"] = _error(lambda: img.read_region((0, 0), (8, -1)))
     out["error open missing"] = _error(lambda: cuimage(path + ".missing"))
+    # messages scripts match on (cuCIM picks a plugin by extension: keep the slide's)
+    stem, ext = path.rsplit(".", 1)
+    out["message open missing"] = _message(lambda: cuimage(f"{stem}-missing.{ext}"))
+    out["message level out of range"] = _message(lambda: img.read_region((0, 0), (8, 8), level=levels))
+    out["message level out of range, no size"] = _message(lambda: img.read_region(level=levels))
+    out["message level out of range, location only"] = _message(
+        lambda: img.read_region((0, 0), level=levels))
+    out["message level out of range, batch"] = _message(
+        lambda: img.read_region(locations, patch, level=levels, num_workers=1))
+    out["message size 0"] = _message(lambda: img.read_region((0, 0), (0, 8)))
+    out["message size 0, batch"] = _message(lambda: img.read_region(locations, (8, 0), num_workers=1))
+    region = img.read_region((0, 0), patch)
+    out["message crop past the width"] = _message(lambda: region.read_region((patch[0] - 2, 0), (4, 2)))
+    out["message crop past the height"] = _message(lambda: region.read_region((0, patch[1] - 1), (2, 2)))
+    out["message crop negative"] = _message(lambda: region.read_region((-1, 0), (2, 2)))
+    out["message crop level 1"] = _message(lambda: region.read_region((0, 0), (2, 2), level=1))
+    out["message crop level 1, no size"] = _message(lambda: region.read_region(level=1))
+    batch = next(iter(img.read_region(locations, patch, batch_size=2, num_workers=1)))
+    out["error crop a batch"] = _error(lambda: batch.read_region((0, 0), (2, 2)))
+    out["message crop a batch"] = _message(lambda: batch.read_region((0, 0), (2, 2)))
+
+    # the names exported beside CuImage
+    clara = _clara_module(cuimage)
+    members = clara.DLDataTypeCode.__members__.items()
+    out["DLDataTypeCode"] = sorted((name, int(value)) for name, value in members)
+    out["str(DLDataTypeCode.DLUInt)"] = str(clara.DLDataTypeCode.DLUInt)
+    out["dtype.code == DLDataTypeCode.DLUInt"] = bool(img.dtype.code == clara.DLDataTypeCode.DLUInt)
+    module = _cache_module(cuimage)
+    out["preferred_memory_capacity(None, image_size, patch_size)"] = module.preferred_memory_capacity(
+        None, (1048576, 1048576), patch_size=(256, 256))
+    preferred = module.preferred_memory_capacity
+    out["preferred_memory_capacity(None, image_size)"] = preferred(None, (50000, 30000))
+    out["preferred_memory_capacity(img, patch_size)"] = preferred(img, patch_size=(512, 512))
+    out["preferred_memory_capacity(img)"] = module.preferred_memory_capacity(img)
+    out["error preferred_memory_capacity()"] = _error(lambda: module.preferred_memory_capacity())
+    out["message preferred_memory_capacity()"] = _message(lambda: module.preferred_memory_capacity())
 
     # cache objects
     cache = cuimage.cache()
@@ -192,10 +259,16 @@ def run_script(cuimage: type, path: str) -> dict[str, Any]:
     out["cache(per_process)/memory_capacity"] = cache.memory_capacity
     out["cache(per_process)/capacity"] = cache.capacity
     out["cache(per_process)/record()"] = cache.record()
+    out["cache(per_process)/int(type)"] = int(cache.type)
     cache.reserve(memory_capacity=128)
     out["cache(per_process)/reserve/config"] = cache.config
+    cache.reserve(memory_capacity=32)  # never shrinks
+    out["cache(per_process)/reserve smaller/config"] = cache.config
+    out["cache(per_process)/record(False)"] = cache.record(False)
+    out["cache(per_process)/record(False)/counts"] = [cache.hit_count, cache.miss_count]
     cache = cuimage.cache("no_cache")
     out["cache(no_cache)/type"] = str(cache.type)
+    out["cache(no_cache)/int(type)"] = int(cache.type)
 
     # context manager
     with cuimage(path) as opened:
@@ -203,6 +276,7 @@ def run_script(cuimage: type, path: str) -> dict[str, Any]:
         out["with/pixels"] = np.array(opened.read_region((0, 0), (8, 8)))
     out["after close/shape"] = list(opened.shape)
     out["after close/read"] = _error(lambda: opened.read_region((0, 0), (8, 8)))
+    out["after close/read message"] = _message(lambda: opened.read_region((0, 0), (8, 8)))
     return out
 
 

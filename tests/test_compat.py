@@ -11,6 +11,7 @@ The rest of the file tests the documented behaviour that needs no cuCIM.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import math
 import os
@@ -66,10 +67,23 @@ def write_jpeg_pyramid(path: Path) -> str:
     return str(path)
 
 
+def write_unitless_pyramid(path: Path) -> str:
+    """A tiled JPEG pyramid whose resolution tags have ResolutionUnit NONE (72 x 36 per unit at level 0)."""
+    base = texture(600, 700, 3, "uint8", seed=5)
+    with tifffile.TiffWriter(path) as tif:
+        for level, factor in enumerate((1, 2)):
+            array = np.ascontiguousarray(base[::factor, ::factor])
+            tif.write(array, tile=(256, 256), compression="jpeg", photometric="rgb",
+                      subfiletype=0 if level == 0 else 1,
+                      resolution=(72 / factor, 36 / factor), resolutionunit="NONE")
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     paths = [str(DATA / name) for name in DATA_SLIDES if (DATA / name).is_file()]
     paths.append(write_jpeg_pyramid(tmp_path_factory.mktemp("compat") / "pyramid-jpeg.tif"))
+    paths.append(write_unitless_pyramid(tmp_path_factory.mktemp("compat") / "pyramid-unitless.tif"))
     return paths
 
 
@@ -126,6 +140,15 @@ def short(value: Any) -> str:
     return repr(value)[:300]
 
 
+def unitless_resolution(slide: wsiarray.Slide) -> tuple[float, float] | None:
+    """X/YResolution when ResolutionUnit is NONE (and both are positive), else None."""
+    props = slide.properties
+    if props.get("tiff.ResolutionUnit") != "none" or "tiff.XResolution" not in props:
+        return None
+    x, y = float(props["tiff.XResolution"]), float(props["tiff.YResolution"])
+    return (x, y) if x > 0 and y > 0 else None
+
+
 def expected_spacing(slide: wsiarray.Slide, key: str, ws: dict[str, Any]) -> tuple[list[float], list[str]]:
     """Documented spacing and units of one output (full ``dims`` order) from the slide's pixel size."""
     prefix = key.split("/spacing")[0].split("/metadata")[0]
@@ -142,6 +165,9 @@ def expected_spacing(slide: wsiarray.Slide, key: str, ws: dict[str, Any]) -> tup
     mpp = slide.mpp
     sx, sy = (mpp[0] * downsample, mpp[1] * downsample) if mpp else (downsample, downsample)
     unit = "micrometer" if mpp else ""
+    if mpp is None and unitless_resolution(slide):  # cuCIM's rule: the raw values, no unit
+        x, y = unitless_resolution(slide)  # type: ignore[misc]
+        sx, sy = x * downsample, y * downsample
     by_axis = {"N": (1.0, "batch"), "Y": (sy, unit), "X": (sx, unit), "C": (1.0, "color")}
     return [by_axis[d][0] for d in dims], [by_axis[d][1] for d in dims]
 
@@ -162,8 +188,8 @@ def check_spacing(slide: wsiarray.Slide, key: str, ws: dict[str, Any], cu: dict[
         else:
             want = [units[dims.index(d)] if d in dims else "" for d in order]
         assert same(ws[key], want), (key, ws[key], want)
-    # where cuCIM knows the pixel size (TIFF resolution tags), level 0 is the same
-    if prefix == "image" and cu["image/spacing_units()"][0] == "micrometer":
+    # where cuCIM knows the pixel size (TIFF resolution tags, unitless ones too), level 0 is the same
+    if prefix == "image" and (cu["image/spacing_units()"][0] == "micrometer" or unitless_resolution(slide)):
         assert same(ws[key], cu[key]), (key, ws[key], cu[key])
 
 
@@ -392,3 +418,182 @@ def test_save_ppm(pyramid: str, tmp_path: Path) -> None:
     data = target.read_bytes()
     assert data.startswith(b"P6\n5 4\n255\n")
     assert np.array_equal(np.frombuffer(data[-60:], np.uint8).reshape(4, 5, 3), np.asarray(region))
+
+
+# -- gaps a cuCIM user's code hit (each checked against cuCIM 26.10 and its sources) ----------
+
+
+def test_a_one_location_result_iterates_over_itself(pyramid: str) -> None:
+    img = CuImage(pyramid)
+    for workers in (0, 2):
+        region = img.read_region([(8, 8)], (16, 16), num_workers=workers)
+        items = list(region)
+        assert len(items) == 1 and items[0] is region
+    assert [r.shape for r in img.read_region((0, 0), (4, 4))] == [[4, 4, 3]]
+    with pytest.raises(TypeError):
+        iter(img)  # the file itself is not a block of pixels
+
+
+def test_cache_type_converts_to_int(restore_cache: None) -> None:
+    c = CuImage.cache("per_process", memory_capacity=16)
+    assert int(c.type) == 1 and int(CacheType.NoCache) == 0 and int(CacheType.SharedMemory) == 2
+    assert str(c.type) == "CacheType.PerProcess" and c.type != 1  # as cuCIM's enum
+    assert int(CuImage.cache("no_cache").type) == 0
+
+
+def test_cache_reserve_never_shrinks(restore_cache: None, pyramid: str) -> None:
+    c = CuImage.cache("per_process", memory_capacity=64, record_stat=True)
+    img = CuImage(pyramid)
+    img.read_region((0, 0), (256, 256))
+    budget, items = c.memory_capacity, c.capacity
+    c.reserve(32)
+    assert c.config["memory_capacity"] == 64 and c.memory_capacity == budget and c.capacity == items
+    assert c.size == 1  # nothing dropped
+    c.reserve(64, capacity=10)
+    assert c.capacity == items and c.size == 1
+    c.reserve(128)
+    assert c.config["memory_capacity"] == 128 and c.memory_capacity > budget
+    assert c.config["capacity"] == 128 * MIB // (256 * 256 * 3)  # cuCIM's default for 128 MiB
+
+
+def test_cache_record_restarts_the_counters(restore_cache: None, pyramid: str) -> None:
+    c = CuImage.cache("per_process", memory_capacity=64, record_stat=True)
+    img = CuImage(pyramid)
+    img.read_region((0, 0), (256, 256))
+    img.read_region((0, 0), (256, 256))
+    assert (c.hit_count, c.miss_count) == (1, 1)
+    assert c.record(False) is False
+    assert (c.hit_count, c.miss_count, c.size) == (0, 0, 1)  # counters zeroed, tiles kept
+    assert c.record(True) is True
+    img.read_region((0, 0), (256, 256))
+    assert (c.hit_count, c.miss_count) == (1, 0)
+    c.record(True)  # every call restarts them, as cuCIM's
+    assert (c.hit_count, c.miss_count) == (0, 0)
+    with pytest.raises(ValueError, match="Only 'NoneType' or 'bool'"):
+        c.record(1)  # type: ignore[arg-type]
+
+
+def test_preferred_memory_capacity_defaults_like_cucim(pyramid: str) -> None:
+    # tile_size and patch_size default to (256, 256); image_size is needed without img
+    assert preferred_memory_capacity(None, (1048576, 1048576), patch_size=(256, 256)) == 1536
+    assert preferred_memory_capacity(None, (1048576, 1048576)) == 1536
+    with pytest.raises(ValueError, match=r"Please specify 'image_size' parameter"):
+        preferred_memory_capacity(None, patch_size=(256, 256))
+    img = CuImage(pyramid)  # 1100 wide, 256 tiles: 5 tiles across, 2 rows of tiles for a 256 patch
+    assert preferred_memory_capacity(img) == math.ceil(5 * 256 * 256 * 3 * 2 / MIB)
+    # with img, its sizes win over the arguments (only patch_size is taken)
+    assert preferred_memory_capacity(img, image_size=(10**6, 10**6), tile_size=(16, 16)) == \
+        preferred_memory_capacity(img)
+
+
+def test_dldatatypecode_is_exported(pyramid: str) -> None:
+    from wsiarray import compat
+
+    assert "DLDataTypeCode" in compat.__all__
+    code = compat.DLDataTypeCode
+    assert {name: int(value) for name, value in code.__members__.items()} == {
+        "DLInt": 0, "DLUInt": 1, "DLFloat": 2, "DLBfloat": 4}
+    assert str(code.DLUInt) == "DLDataTypeCode.DLUInt" and code.DLUInt == 1
+    assert CuImage(pyramid).dtype.code == code.DLUInt
+    assert DLDataType(code.DLFloat, 32) == DLDataType(2, 32, 1)
+
+
+def test_error_messages_like_cucim(pyramid: str, tmp_path: Path, data_file: Any) -> None:
+    img = CuImage(pyramid)
+    invalid = r"^Invalid level \(3\) in the request! \(Should be < 3\)$"
+    for read in (lambda: img.read_region((0, 0), (8, 8), level=3),
+                 lambda: img.read_region([(0, 0)], (8, 8), level=3, num_workers=2),
+                 lambda: img.read_region([(0, 0), (8, 8)], (8, 8), level=3, num_workers=1),
+                 lambda: img.read_region(size=(8, 8), level=3)):
+        with pytest.raises(ValueError, match=invalid):
+            read()
+    for read in (lambda: img.read_region(level=3), lambda: img.read_region((0, 0), level=3)):
+        with pytest.raises(ValueError, match=r"^'level' should be less than 3$"):
+            read()  # without size, cuCIM asks the level for its size first
+    for read in (lambda: img.read_region((0, 0), (0, 8)),
+                 lambda: img.read_region([(0, 0), (8, 8)], (0, 8), num_workers=1)):
+        with pytest.raises(ValueError, match=r"^Invalid size \(0\) in the request! \(Should be > 0\)$"):
+            read()
+    missing = str(tmp_path / "missing.svs")
+    with pytest.raises(CuImageOpenError) as opened:
+        CuImage(missing)
+    assert str(opened.value) == f"Cannot open {missing}!" and opened.value.__cause__ is not None
+    not_tiff = tmp_path / "not-a-slide.tif"
+    not_tiff.write_text("hello")
+    with pytest.raises(CuImageOpenError, match=r"^Cannot load .*not-a-slide\.tif!$"):
+        CuImage(not_tiff)
+    unopenable = data_file("bad/unopenable.tiff")  # wsiarray refuses it at open: the same class
+    with pytest.raises(CuImageOpenError, match=r"^Cannot load "):
+        CuImage(unopenable)
+    region = img.read_region((0, 0), (16, 12))
+    with pytest.raises(ValueError, match=r"^Invalid location/size \(it exceeds the image width 16\)$"):
+        region.read_region((10, 0), (8, 4))
+    with pytest.raises(ValueError, match=r"^Invalid location/size \(it exceeds the image height 12\)$"):
+        region.read_region((0, 10), (4, 4))
+    with pytest.raises(ValueError, match=r"^Invalid location \(-1\) in the request! \(Should be >= 0\)$"):
+        region.read_region((-1, 0), (4, 4))
+    with pytest.raises(ValueError, match=r"^'level' should be less than 1$"):
+        region.read_region(level=1)
+    batch = next(img.read_region([(0, 0), (8, 8)], (8, 8), batch_size=2, num_workers=1))
+    with pytest.raises(RuntimeError, match=r"^\[Error\] The image is not in YXC format! \(NYXC\)$"):
+        batch.read_region((0, 0), (2, 2))
+    img.close()
+    with pytest.raises(RuntimeError, match=r"^\[Error\] The image file is closed!$"):
+        img.read_region((0, 0), (8, 8))
+
+
+def test_unitless_resolution_is_the_spacing(tmp_path: Path) -> None:
+    img = CuImage(write_unitless_pyramid(tmp_path / "unitless.tif"))
+    assert img.spacing() == [36.0, 72.0, 1.0] and img.spacing_units() == ["", "", "color"]
+    assert img.metadata["tiff"]["resolution_unit"] == ""
+    assert (img.metadata["tiff"]["x_resolution"], img.metadata["tiff"]["y_resolution"]) == (72.0, 36.0)
+    # levels: multiplied by the downsample (the documented difference)
+    assert img.read_region((0, 0), (8, 8), level=1).spacing() == [72.0, 144.0, 1.0]
+
+
+# -- the two kinds of CuImage ----------------------------------------------------------------
+
+
+def test_file_and_pixel_kinds(pyramid: str) -> None:
+    from wsiarray.compat import ArrayCuImage, FileCuImage
+
+    img = CuImage(pyramid)
+    region = img.read_region((0, 0), (8, 8))
+    assert type(img) is FileCuImage and isinstance(img, CuImage) and not isinstance(img, ArrayCuImage)
+    assert type(region) is ArrayCuImage and isinstance(region, CuImage)
+    assert type(img).__name__ == type(region).__name__ == "CuImage"  # cuCIM's one class name
+    block = ArrayCuImage(np.arange(24, dtype=np.uint8).reshape(2, 4, 3), path="x")
+    assert block.shape == [2, 4, 3] and block.resolutions["level_dimensions"] == ((4, 2),)
+    assert block.spacing_units() == ["", "", "color"] and block.channel_names == ["R", "G", "B"]
+    assert np.array_equal(np.asarray(block.read_region((1, 0), (2, 2))), np.asarray(block)[:2, 1:3])
+    assert pickle.loads(pickle.dumps(block)).path == "x"
+    with pytest.raises(TypeError):
+        CuImage()  # type: ignore[call-arg]
+
+
+def test_metadata_from_the_format_layer(data_file: Any) -> None:
+    source = Path(wsiarray.compat.__file__).read_text()
+    tree = ast.parse(source)
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert not any("tifffile" in name for name in imported) and "TiffFile(" not in source
+    path = data_file("aperio/CMU-1-Small-Region.svs")
+    slide = wsiarray.open(path)
+    descriptions = slide.format_info.associated_descriptions
+    assert sorted(descriptions) == ["label", "macro", "thumbnail"]
+    assert CuImage(path).associated_image("macro").raw_metadata == descriptions["macro"]
+
+
+def test_one_aperio_parser_two_rules(tmp_path: Path) -> None:
+    from wsiarray.formats.aperio import split_description
+
+    description = "Aperio Image Library v10 |AppMag = 20|MPP = 0.5|AppMag = 40|junk| K=V "
+    assert split_description(description) == (
+        "Aperio Image Library v10 ", [("AppMag", "20"), ("MPP", "0.5"), ("AppMag", "40"), ("K", "V")])
+    path = tmp_path / "repeated.svs"
+    tifffile.imwrite(path, texture(256, 256, 3, "uint8", seed=1), tile=(256, 256), photometric="rgb",
+                     compression="jpeg", description=description)
+    img = CuImage(path)
+    assert img.metadata["aperio"]["AppMag"] == "20"  # cuCIM: the first value
+    assert wsiarray.open(path).properties["aperio.AppMag"] == "40"  # OpenSlide: the last
+    assert img.metadata["aperio"]["Header"] == "Aperio Image Library v10 "
