@@ -134,9 +134,9 @@ def parse_locations(location: Any) -> tuple[int, int] | np.ndarray:
     """One location as ``(x, y)``, or many as an ``(N, 2)`` int64 array.
 
     Many are a list, tuple, generator or array of pairs, or a flat sequence
-    ``[x0, y0, x1, y1, ...]`` as cuCIM takes them. Anything with one or two
-    numbers (or an odd count) is parsed as one location, so a bad single
-    location gets :func:`parse_location`'s message at every entry point.
+    ``[x0, y0, x1, y1, ...]`` as cuCIM takes them. A flat sequence of two
+    numbers (or of an odd count) is one location. A bad location among many
+    gets the message it would get alone, naming it.
 
     Example:
         >>> parse_locations([(0, 0), (256, 0)]).shape
@@ -146,23 +146,29 @@ def parse_locations(location: Any) -> tuple[int, int] | np.ndarray:
     """
     if isinstance(location, Iterator):
         location = list(location)
-    try:
-        array = np.asarray(location)
-    except (TypeError, ValueError) as exc:  # ragged nesting
-        raise ArgumentError(f"locations must be (x, y) pairs of integers, got {location!r}") from exc
-    if array.size == 0 and array.ndim >= 1:
-        return np.empty((0, 2), np.int64)
-    if array.ndim < 2 and (array.size <= 2 or array.size % 2):
+    ragged = False
+    if isinstance(location, np.ndarray):
+        array = location
+    elif isinstance(location, (list, tuple)):
+        try:
+            array = np.asarray(location)
+        except (TypeError, ValueError):  # ragged: checked pair by pair below
+            array, ragged = np.empty(0), True
+    else:
         return parse_location(location)
-    if array.dtype == object or array.dtype.kind not in "iuf":
-        raise ArgumentError(f"locations must be (x, y) pairs of integers, got {location!r}")
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array) & (np.mod(array, 1) == 0)):
-        raise ArgumentError(f"locations must be (x, y) pairs of integers, got {location!r}")
-    if array.ndim == 1:
-        return array.astype(np.int64).reshape(-1, 2)
-    if array.ndim == 2 and array.shape[1] == 2:
-        return array.astype(np.int64)
-    raise ArgumentError(f"locations must be (x, y) pairs of integers, got an array of shape {array.shape}")
+    if array.ndim == 2 and array.shape[1] == 2 and array.dtype.kind in "iu":
+        return array.astype(np.int64)  # the common case, checked in bulk
+    if len(location) == 0:
+        return np.empty((0, 2), np.int64)
+    nested = ragged or array.ndim >= 2 or (array.ndim == 1 and array.dtype == object
+                                 and any(isinstance(v, (list, tuple, np.ndarray)) for v in location))
+    if not nested:
+        if array.ndim != 1 or len(location) <= 2 or len(location) % 2:
+            return parse_location(location)
+        rows: Any = zip(location[::2], location[1::2], strict=True)
+    else:
+        rows = location
+    return np.array([parse_location(row) for row in rows], np.int64).reshape(-1, 2)
 
 
 def parse_fill(fill: Any, channels: int, dtype: np.dtype) -> bytes:

@@ -83,11 +83,11 @@ class PatchDataset:
         self._which = np.asarray(which, np.int64)
         self._locations = np.asarray(points, np.int64).reshape(-1, 2)
         self.size = (width, height)
-        self.level = int(level)
+        self.level = level
         self.fill = fill
         self.transform = transform
         self.as_tensor = bool(as_tensor)
-        self.num_workers = int(num_workers)
+        self.num_workers = num_workers
         self._slides: dict[int, Slide] = {}
 
     def __len__(self) -> int:
