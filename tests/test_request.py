@@ -99,7 +99,7 @@ def _to_xarray(slide: wsiarray.Slide, level: Any) -> Any:
     return slide.to_xarray(level)
 
 
-def _to_zarr(slide: wsiarray.Slide, level: Any, tmp_path: Any = None) -> Any:
+def _to_zarr(slide: wsiarray.Slide, level: Any) -> Any:
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
@@ -134,7 +134,8 @@ BAD: list[tuple[str, Any, str]] = [
     ("fill", -1, "fill must be a number or 3 numbers that fit uint8, got -1"),
     ("fill", (1, 2), "fill must be a number or 3 numbers that fit uint8, got (1, 2)"),
     ("fill", "x", "fill must be a number or 3 numbers that fit uint8, got 'x'"),
-    ("fill", [[1, 2, 3]] * 2, "fill must be a number or 3 numbers that fit uint8, got [[1, 2, 3], [1, 2, 3]]"),
+    ("fill", [[1, 2, 3]] * 2,
+     "fill must be a number or 3 numbers that fit uint8, got [[1, 2, 3], [1, 2, 3]]"),
     ("location", (1.5, 2), "location must be a pair of integers, got (1.5, 2)"),
     ("location", ("1", 2), "location must be a pair of integers, got ('1', 2)"),
     ("location", (None, None), "location must be a pair of integers, got (None, None)"),
