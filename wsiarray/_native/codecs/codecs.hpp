@@ -1,22 +1,42 @@
-// Tile decoders. Each writes one decoded tile of `width` x `height` pixels
-// (`samples` interleaved samples of `bytes_per_sample` bytes) to `dst`, whose
-// rows are `pitch` bytes apart, so a tile can land straight in the caller's
-// output array. All throw wsi::Error(Decode) on corrupt input and never read
-// outside [src, src + size) or write outside the tile area.
+// Tile decoders behind one signature, looked up by codec id:
+//
+//   decode(stream, params, layout, target)
+//
+// writes the pixels of `target`'s window of one decoded tile (`layout`:
+// width x height pixels of `samples` interleaved samples) to the target's
+// rows: base + r * pitch, or rows[r] (row pointers, e.g. into the pages of a
+// cache entry). A whole-tile target with base/pitch lets JPEG write its
+// scanlines straight to the caller's output; byte-stream codecs (raw,
+// deflate, LZW, external) decode a contiguous tile, in place when the target
+// is one, and apply byte swap and the horizontal predictor as part of
+// decoding. All throw wsi::Error(Decode) on corrupt input and never read
+// outside the stream or write outside the target's window.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 
 namespace wsi {
+
+enum class Codec : int { Raw = 0, Deflate = 1, Lzw = 2, Jpeg = 3, External = 255 };
 
 struct TileLayout {
   uint32_t width = 0;
   uint32_t height = 0;
   uint32_t samples = 0;
   uint32_t bytes_per_sample = 1;
-  size_t row_bytes() const { return size_t(width) * samples * bytes_per_sample; }
+  size_t pixel_bytes() const { return size_t(samples) * bytes_per_sample; }
+  size_t row_bytes() const { return size_t(width) * pixel_bytes(); }
   size_t bytes() const { return row_bytes() * height; }
+};
+
+// One tile's compressed bytes.
+struct TileStream {
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+  uint64_t index = 0;     // into the level's tile tables (for external decoders)
+  uint32_t stored_rows = 0;  // rows inside the image: a short last strip may store only those
 };
 
 // Colour spaces use libjpeg's J_COLOR_SPACE values; -1 keeps libjpeg's guess.
@@ -27,26 +47,60 @@ struct JpegParams {
   int out_colorspace = -1;
 };
 
-void decode_jpeg(const uint8_t* src, size_t size, const JpegParams& params,
-                 const TileLayout& layout, uint8_t* dst, size_t pitch);
-// The same, row r of the tile to rows[r]: rows may lie anywhere (in the
-// pages of a cache entry, say).
-void decode_jpeg_rows(const uint8_t* src, size_t size, const JpegParams& params,
-                      const TileLayout& layout, uint8_t* const* rows);
-// Decodes only the window [x, x + width) x [y, y + height) of the tile into
-// dst (`width` pixels per row), skipping rows above it and iMCU columns
-// outside it.
-void decode_jpeg_window(const uint8_t* src, size_t size, const JpegParams& params,
-                        const TileLayout& layout, uint32_t x, uint32_t y, uint32_t width,
-                        uint32_t height, uint8_t* dst, size_t pitch);
+// Decodes one tile's bytes (index into the tile tables) into `dst`, a
+// contiguous tile of dst_size bytes. Used for codecs decoded outside the
+// engine (imagecodecs through Python); may throw wsi::Error.
+using ExternalDecoder = std::function<void(const uint8_t* src, size_t size, uint64_t index,
+                                           uint8_t* dst, size_t dst_size)>;
 
-// Byte-stream codecs decode into a contiguous buffer of dst_size bytes; a
-// stream that ends cleanly but early leaves zeros.
-void decode_deflate(const uint8_t* src, size_t size, uint8_t* dst, size_t dst_size);
-void decode_lzw(const uint8_t* src, size_t size, uint8_t* dst, size_t dst_size);
+// A level's decoding parameters, fixed for all its tiles.
+struct CodecParams {
+  JpegParams jpeg;
+  bool byteswap = false;  // samples are stored in the other byte order
+  int predictor = 1;      // 1 none, 2 horizontal differencing
+  const ExternalDecoder* external = nullptr;
+};
 
-// In-place fix-ups of a contiguous tile after a byte-stream codec: swap to
-// native byte order, then undo TIFF predictor 2 (horizontal differencing).
+// Where decoded pixels go: the window [x, x + width) x [y, y + height) of
+// the tile, its row r at rows[r] when rows is set, else at base + r * pitch.
+struct TileTarget {
+  uint8_t* base = nullptr;
+  size_t pitch = 0;
+  uint8_t* const* rows = nullptr;
+  uint32_t x = 0, y = 0, width = 0, height = 0;
+
+  uint8_t* row(uint32_t r) const { return rows != nullptr ? rows[r] : base + size_t(r) * pitch; }
+  bool whole(const TileLayout& l) const { return x == 0 && y == 0 && width == l.width && height == l.height; }
+  // One contiguous tile: a byte-stream codec may decode straight into it.
+  bool contiguous(const TileLayout& l) const { return rows == nullptr && whole(l) && pitch == l.row_bytes(); }
+
+  static TileTarget tile(const TileLayout& l, uint8_t* base, size_t pitch) {
+    return TileTarget{base, pitch, nullptr, 0, 0, l.width, l.height};
+  }
+  static TileTarget row_pointers(const TileLayout& l, uint8_t* const* rows) {
+    return TileTarget{nullptr, 0, rows, 0, 0, l.width, l.height};
+  }
+};
+
+using DecodeFn = void (*)(const TileStream& src, const CodecParams& params, const TileLayout& layout,
+                          const TileTarget& dst);
+
+// The decoder of a codec, or nullptr for an unknown id.
+DecodeFn codec_decoder(Codec codec);
+
+// The codecs (all through codec_decoder).
+void decode_raw(const TileStream&, const CodecParams&, const TileLayout&, const TileTarget&);
+void decode_deflate(const TileStream&, const CodecParams&, const TileLayout&, const TileTarget&);
+void decode_lzw(const TileStream&, const CodecParams&, const TileLayout&, const TileTarget&);
+void decode_jpeg(const TileStream&, const CodecParams&, const TileLayout&, const TileTarget&);
+void decode_external(const TileStream&, const CodecParams&, const TileLayout&, const TileTarget&);
+
+// Pieces the byte-stream decoders share (codecs/table.cpp, predictor.cpp):
+// inflate into a contiguous tile of dst_size bytes (a stream that ends
+// cleanly but early leaves zeros) ...
+void inflate_deflate(const uint8_t* src, size_t size, uint8_t* dst, size_t dst_size);
+void inflate_lzw(const uint8_t* src, size_t size, uint8_t* dst, size_t dst_size);
+// ... then, in place, swap to native byte order and undo TIFF predictor 2.
 void byteswap_samples(uint8_t* data, size_t bytes, uint32_t bytes_per_sample);
 void undo_horizontal_predictor(uint8_t* data, const TileLayout& layout);
 

@@ -25,7 +25,7 @@ struct Inflater {
 
 }  // namespace
 
-void decode_deflate(const uint8_t* src, size_t size, uint8_t* dst, size_t dst_size) {
+void inflate_deflate(const uint8_t* src, size_t size, uint8_t* dst, size_t dst_size) {
   static thread_local Inflater inflater;
   if (!inflater.ready) throw Error(ErrorKind::Decode, "deflate: zlib could not initialise");
   if (size > UINT_MAX || dst_size > UINT_MAX) throw Error(ErrorKind::Decode, "deflate: tile too large");

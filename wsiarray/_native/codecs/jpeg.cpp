@@ -55,26 +55,14 @@ Decompressor& thread_decompressor() {
   return d;
 }
 
-struct Window {
-  uint32_t x, y, width, height;  // in tile pixels
-};
-
-// Where the window's rows go: row r at rows[r] when rows is set, else at
-// dst + r * pitch.
-struct Target {
-  uint8_t* dst;
-  size_t pitch;
-  uint8_t* const* rows;
-  uint8_t* row(uint32_t r) const { return rows != nullptr ? rows[r] : dst + size_t(r) * pitch; }
-};
-
-// Decodes `win` of the tile to `out`. A window smaller than the tile skips
+// Decodes the window of `out` (a TileTarget) of the tile. A window smaller than the tile skips
 // the rows above it and crops the columns to whole iMCUs around it, so only
 // what is needed is decoded. Returns false with d.err.message set on
 // failure. No object with a destructor lives in this frame, so longjmp out
 // of libjpeg is safe.
 bool decode(Decompressor& d, const uint8_t* src, size_t size, const JpegParams& p,
-            const TileLayout& layout, const Window& win, const Target& out) {
+            const TileLayout& layout, const TileTarget& out) {
+  const TileTarget& win = out;
   jpeg_decompress_struct* cinfo = &d.cinfo;
   if (setjmp(d.err.jump)) {
     jpeg_abort_decompress(cinfo);
@@ -155,33 +143,18 @@ bool decode(Decompressor& d, const uint8_t* src, size_t size, const JpegParams& 
   return true;
 }
 
-void decode_checked(const uint8_t* src, size_t size, const JpegParams& params, const TileLayout& layout,
-                    const Window& win, const Target& out) {
+}  // namespace
+
+void decode_jpeg(const TileStream& src, const CodecParams& params, const TileLayout& layout,
+                 const TileTarget& dst) {
   if (layout.bytes_per_sample != 1) throw Error(ErrorKind::Unsupported, "JPEG with more than 8 bits");
-  if (win.x + win.width > layout.width || win.y + win.height > layout.height) {
+  if (uint64_t(dst.x) + dst.width > layout.width || uint64_t(dst.y) + dst.height > layout.height) {
     throw Error(ErrorKind::Decode, "JPEG window outside the tile");
   }
   Decompressor& d = thread_decompressor();
-  if (!decode(d, src, size, params, layout, win, out)) {
+  if (!decode(d, src.data, src.size, params.jpeg, layout, dst)) {
     throw Error(ErrorKind::Decode, std::string("JPEG: ") + d.err.message);
   }
-}
-
-}  // namespace
-
-void decode_jpeg(const uint8_t* src, size_t size, const JpegParams& params, const TileLayout& layout,
-                 uint8_t* dst, size_t pitch) {
-  decode_checked(src, size, params, layout, Window{0, 0, layout.width, layout.height}, Target{dst, pitch, nullptr});
-}
-
-void decode_jpeg_rows(const uint8_t* src, size_t size, const JpegParams& params, const TileLayout& layout,
-                      uint8_t* const* rows) {
-  decode_checked(src, size, params, layout, Window{0, 0, layout.width, layout.height}, Target{nullptr, 0, rows});
-}
-
-void decode_jpeg_window(const uint8_t* src, size_t size, const JpegParams& params, const TileLayout& layout,
-                        uint32_t x, uint32_t y, uint32_t width, uint32_t height, uint8_t* dst, size_t pitch) {
-  decode_checked(src, size, params, layout, Window{x, y, width, height}, Target{dst, pitch, nullptr});
 }
 
 }  // namespace wsi

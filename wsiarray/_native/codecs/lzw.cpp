@@ -45,7 +45,7 @@ class BitReader {
 
 }  // namespace
 
-void decode_lzw(const uint8_t* src, size_t size, uint8_t* dst, size_t dst_size) {
+void inflate_lzw(const uint8_t* src, size_t size, uint8_t* dst, size_t dst_size) {
   if (size >= 2 && src[0] == 0 && (src[1] & 1)) {
     throw Error(ErrorKind::Unsupported, "LZW: old-style (pre-TIFF 6) LZW is not supported");
   }

@@ -8,9 +8,16 @@
 #include <cstring>
 #include <string>
 
+#include <algorithm>
+#include <initializer_list>
+#include <memory>
+#include <vector>
+
 #include "cache.hpp"
 #include "error.hpp"
+#include "fetch.hpp"
 #include "output_memory.hpp"
+#include "plan.hpp"
 #include "reader.hpp"
 #include "thread_pool.hpp"
 
@@ -31,6 +38,7 @@ nb::object error_class(wsi::ErrorKind kind) {
     case wsi::ErrorKind::Unsupported: return errors.attr("UnsupportedError");
     case wsi::ErrorKind::Read: return errors.attr("TileReadError");
     case wsi::ErrorKind::Decode: return errors.attr("TileDecodeError");
+    case wsi::ErrorKind::Argument: return errors.attr("ArgumentError");
   }
   return errors.attr("WSIError");
 }
@@ -64,6 +72,82 @@ wsi::ExternalDecoder wrap_decoder(nb::object decoder) {
 }
 
 std::vector<uint64_t> to_vector(const U64Array& a) { return {a.data(), a.data() + a.size()}; }
+
+void argument_error(const std::string& message) { throw wsi::Error(wsi::ErrorKind::Argument, message); }
+
+// A numpy array that owns `values` (moved to the heap), shaped `shape`.
+template <class T>
+nb::object to_numpy(std::vector<T>&& values, std::initializer_list<size_t> shape) {
+  auto* heap = new std::vector<T>(std::move(values));
+  if (heap->empty()) heap->reserve(1);  // a valid data pointer for empty arrays
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+  return nb::cast(nb::ndarray<nb::numpy, T>(heap->data(), shape.size(), shape.begin(), owner));
+}
+
+// The plan as a dict of numpy arrays (fields: see _engine.pyi, PlanDict).
+nb::dict plan_dict(const wsi::Plan& plan) {
+  const size_t n = plan.tiles.size();
+  std::vector<uint32_t> plane(n), tx(n), ty(n), tile_rect(4 * n), out_rect(4 * n);
+  std::vector<uint64_t> index(n), offset(n), bytecount(n);
+  std::vector<uint8_t> whole(n);
+  for (size_t i = 0; i < n; ++i) {
+    const wsi::PlanTile& t = plan.tiles[i];
+    plane[i] = t.plane;
+    tx[i] = t.tx;
+    ty[i] = t.ty;
+    index[i] = t.index;
+    offset[i] = t.offset;
+    bytecount[i] = t.bytecount;
+    const uint32_t in_tile[4] = {t.in_tile.x, t.in_tile.y, t.in_tile.width, t.in_tile.height};
+    const uint32_t in_out[4] = {t.out_x, t.out_y, t.in_tile.width, t.in_tile.height};
+    std::copy(in_tile, in_tile + 4, tile_rect.begin() + 4 * i);
+    std::copy(in_out, in_out + 4, out_rect.begin() + 4 * i);
+    whole[i] = t.whole ? 1 : 0;
+  }
+  std::vector<uint64_t> runs;
+  runs.reserve(4 * plan.runs.size());
+  for (const wsi::Run& r : plan.runs) {
+    for (uint64_t v : {uint64_t(r.first), uint64_t(r.count), r.offset, r.size}) runs.push_back(v);
+  }
+  std::vector<uint32_t> fills;
+  fills.reserve(4 * plan.fills.size());
+  for (const wsi::Rect& f : plan.fills) {
+    for (uint32_t v : {f.x, f.y, f.width, f.height}) fills.push_back(v);
+  }
+  const size_t r = plan.runs.size(), f = plan.fills.size();
+  nb::dict d;
+  d["region"] = nb::make_tuple(plan.region.x, plan.region.y, plan.region.width, plan.region.height);
+  d["clipped"] = nb::make_tuple(plan.x0, plan.y0, std::max(plan.x0, plan.x1), std::max(plan.y0, plan.y1));
+  d["plane"] = to_numpy(std::move(plane), {n});
+  d["tx"] = to_numpy(std::move(tx), {n});
+  d["ty"] = to_numpy(std::move(ty), {n});
+  d["index"] = to_numpy(std::move(index), {n});
+  d["offset"] = to_numpy(std::move(offset), {n});
+  d["bytecount"] = to_numpy(std::move(bytecount), {n});
+  d["tile_rect"] = to_numpy(std::move(tile_rect), {n, 4});
+  d["out_rect"] = to_numpy(std::move(out_rect), {n, 4});
+  d["whole"] = to_numpy(std::move(whole), {n}).attr("view")("bool");
+  d["runs"] = to_numpy(std::move(runs), {r, 4});
+  d["fill"] = to_numpy(std::move(fills), {f, 4});
+  return d;
+}
+
+void check_tables(const U64Array& offsets, const U64Array& bytecounts, const wsi::LevelGeometry& g) {
+  const size_t want[3] = {g.planes, g.tiles_down(), g.tiles_across()};
+  for (const U64Array* a : {&offsets, &bytecounts}) {
+    if (a->ndim() != 3 || a->shape(0) != want[0] || a->shape(1) != want[1] || a->shape(2) != want[2]) {
+      argument_error("tile tables must be (planes, tiles_down, tiles_across) = (" + std::to_string(want[0]) +
+                     ", " + std::to_string(want[1]) + ", " + std::to_string(want[2]) + ")");
+    }
+  }
+}
+
+wsi::Region make_region(int64_t x, int64_t y, int64_t width, int64_t height) {
+  if (width < 0 || height < 0 || width > int64_t(UINT32_MAX) || height > int64_t(UINT32_MAX)) {
+    argument_error("region size must be between 0 and 2**32 - 1");
+  }
+  return wsi::Region{x, y, uint32_t(width), uint32_t(height)};
+}
 
 }  // namespace
 
@@ -127,10 +211,10 @@ NB_MODULE(_engine, m) {
              size_t workers) {
             const wsi::LevelDesc& desc = r.level(level);
             if (out.shape(2) != desc.pixel_bytes()) {
-              throw wsi::Error(wsi::ErrorKind::Format, "output array has the wrong pixel size");
+              argument_error("output array has the wrong pixel size");
             }
             if (fill.size() != desc.pixel_bytes()) {
-              throw wsi::Error(wsi::ErrorKind::Format, "fill value has the wrong pixel size");
+              argument_error("fill value has the wrong pixel size");
             }
             wsi::Region region{x, y, static_cast<uint32_t>(out.shape(1)), static_cast<uint32_t>(out.shape(0))};
             const auto* fill_bytes = static_cast<const uint8_t*>(fill.data());
@@ -141,7 +225,103 @@ NB_MODULE(_engine, m) {
           },
           "level"_a, "x"_a, "y"_a, "out"_a, "fill"_a, "workers"_a = 1,
           "Reads pixels at level coordinates (x, y) into out, a (h, w, pixel_bytes) uint8 array.")
+      .def(
+          "plan",
+          [](const wsi::Reader& r, size_t level, int64_t x, int64_t y, int64_t width, int64_t height,
+             size_t workers) {
+            const wsi::Region region = make_region(x, y, width, height);
+            wsi::Plan plan;
+            {
+              nb::gil_scoped_release release;
+              r.plan(level, region, workers, plan);
+            }
+            return plan_dict(plan);
+          },
+          "level"_a, "x"_a, "y"_a, "width"_a, "height"_a, "workers"_a = 1,
+          "The plan of a region of a level (see plan_region), without reading anything.")
+      .def(
+          "fetch",
+          [](const wsi::Reader& r, size_t level, int64_t x, int64_t y, int64_t width, int64_t height,
+             size_t workers) {
+            const wsi::Region region = make_region(x, y, width, height);
+            wsi::Plan plan;
+            wsi::FetchLayout layout;
+            std::vector<uint8_t> data;
+            {
+              nb::gil_scoped_release release;
+              r.plan(level, region, workers, plan);
+              layout = wsi::fetch_layout(plan);
+              data.resize(layout.bytes);
+              wsi::fetch_plan(r.source(), plan, layout, data.data(), workers == 0 ? 1 : workers,
+                              r.level(level).geometry(), r.label(level));
+            }
+            const size_t n = plan.tiles.size();
+            std::vector<uint64_t> spans(2 * n);
+            for (size_t i = 0; i < n; ++i) {
+              spans[2 * i] = layout.tile_start[i];
+              spans[2 * i + 1] = plan.tiles[i].bytecount;
+            }
+            nb::dict d = plan_dict(plan);
+            const size_t bytes = data.size();
+            d["data"] = to_numpy(std::move(data), {bytes});
+            d["spans"] = to_numpy(std::move(spans), {n, 2});
+            return d;
+          },
+          "level"_a, "x"_a, "y"_a, "width"_a, "height"_a, "workers"_a = 1,
+          "The plan of a region plus the compressed bytes of its tiles, read with the plan's merged reads.")
+      .def(
+          "level_info",
+          [](const wsi::Reader& r, size_t level) {
+            const wsi::LevelDesc& l = r.level(level);
+            nb::dict d;
+            d["width"] = l.width;
+            d["height"] = l.height;
+            d["tile_width"] = l.tile_width;
+            d["tile_height"] = l.tile_height;
+            d["planes"] = l.planes;
+            d["samples_per_plane"] = l.samples_per_plane;
+            d["bytes_per_sample"] = l.bytes_per_sample;
+            d["tiles_across"] = l.tiles_across();
+            d["tiles_down"] = l.tiles_down();
+            d["codec"] = int(l.codec);
+            d["byteswap"] = l.byteswap;
+            d["predictor"] = l.predictor;
+            d["jpeg_tables"] = nb::bytes(reinterpret_cast<const char*>(l.jpeg_tables.data()), l.jpeg_tables.size());
+            d["jpeg_in"] = l.jpeg_in_colorspace;
+            d["jpeg_out"] = l.jpeg_out_colorspace;
+            d["page_index"] = l.page_index;
+            const size_t planes = l.planes, down = l.tiles_down(), across = l.tiles_across();
+            d["offsets"] = to_numpy(std::vector<uint64_t>(l.offsets), {planes, down, across});
+            d["bytecounts"] = to_numpy(std::vector<uint64_t>(l.bytecounts), {planes, down, across});
+            return d;
+          },
+          "level"_a, "The level's geometry, codec parameters and tile tables, to decode its tiles elsewhere.")
       .def("close", &wsi::Reader::close);
+
+  m.def(
+      "plan_region",
+      [](uint32_t width, uint32_t height, uint32_t tile_width, uint32_t tile_height, U64Array offsets,
+         U64Array bytecounts, uint64_t file_size, int64_t x, int64_t y, int64_t region_width, int64_t region_height,
+         uint32_t samples_per_plane, uint32_t bytes_per_sample, size_t workers, const std::string& name) {
+        if (offsets.ndim() != 3) argument_error("tile tables must be (planes, tiles_down, tiles_across)");
+        const wsi::LevelGeometry g{width, height, tile_width, tile_height, static_cast<uint32_t>(offsets.shape(0)),
+                                   samples_per_plane, bytes_per_sample};
+        const std::string problem = wsi::geometry_problem(g);
+        if (!problem.empty()) argument_error(problem);
+        check_tables(offsets, bytecounts, g);
+        const wsi::Region region = make_region(x, y, region_width, region_height);
+        wsi::Plan plan;
+        {
+          nb::gil_scoped_release release;
+          make_plan(g, wsi::TileTables{offsets.data(), bytecounts.data()}, file_size, region, workers,
+                    wsi::TileLabel{&name, 0, 0}, plan);
+        }
+        return plan_dict(plan);
+      },
+      "width"_a, "height"_a, "tile_width"_a, "tile_height"_a, "offsets"_a, "bytecounts"_a, "file_size"_a, "x"_a,
+      "y"_a, "region_width"_a, "region_height"_a, "samples_per_plane"_a = 1, "bytes_per_sample"_a = 1,
+      "workers"_a = 1, "name"_a = "<tile tables>",
+      "Plans a region of a level described by its geometry and tile tables, with no file and no decoder.");
 
   m.def(
       "read_batch",
@@ -150,7 +330,7 @@ NB_MODULE(_engine, m) {
         // where[i] = (reader index, level, x, y) in level pixels; out[i] receives region i.
         const size_t n = where.shape(0);
         if (where.shape(1) != 4 || out.shape(0) != n) {
-          throw wsi::Error(wsi::ErrorKind::Format, "read_batch: where must be (N, 4) and out (N, h, w, px)");
+          argument_error("read_batch: where must be (N, 4) and out (N, h, w, px)");
         }
         std::vector<const wsi::Reader*> pointers;
         for (nb::handle h : readers) pointers.push_back(nb::cast<const wsi::Reader*>(h));
@@ -159,7 +339,7 @@ NB_MODULE(_engine, m) {
         for (size_t i = 0; i < n; ++i) {
           const int64_t* row = where.data() + 4 * i;
           if (row[0] < 0 || size_t(row[0]) >= pointers.size() || row[1] < 0) {
-            throw wsi::Error(wsi::ErrorKind::Format, "read_batch: bad reader or level index");
+            argument_error("read_batch: bad reader or level index");
           }
           requests[i] = wsi::RegionRequest{pointers[size_t(row[0])], size_t(row[1]),
                                            wsi::Region{row[2], row[3], uint32_t(w), uint32_t(h)},
@@ -167,7 +347,7 @@ NB_MODULE(_engine, m) {
         }
         const auto* fill_bytes = static_cast<const uint8_t*>(fill.data());
         const size_t fill_size = fill.size();
-        if (fill_size != px) throw wsi::Error(wsi::ErrorKind::Format, "fill value has the wrong pixel size");
+        if (fill_size != px) argument_error("fill value has the wrong pixel size");
         nb::gil_scoped_release release;
         wsi::read_regions(requests, fill_bytes, fill_size, workers);
       },
@@ -185,7 +365,7 @@ NB_MODULE(_engine, m) {
         } else if (type == "shared_memory") {
           config.type = wsi::CacheType::SharedMemory;
         } else {
-          throw wsi::Error(wsi::ErrorKind::Format, "unknown cache type " + type);
+          argument_error("unknown cache type " + type);
         }
         config.memory_capacity = memory_capacity;
         config.capacity = capacity;

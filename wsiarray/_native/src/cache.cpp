@@ -622,7 +622,67 @@ std::vector<uint8_t*>& thread_pages() {
   return pages;
 }
 
+// A new entry's pages as rows for a decoder to write into. A row that
+// straddles two pages goes to a spare row and is split into them after
+// (finish()).
+class EntryRows {
+ public:
+  EntryRows(const std::vector<uint8_t*>& pages, size_t row_bytes, uint32_t count)
+      : pages_(pages), row_bytes_(row_bytes), count_(count) {
+    static thread_local std::vector<uint8_t*> rows;
+    static thread_local std::vector<uint8_t> spare;
+    size_t straddling = 0;
+    for (uint32_t r = 0; r < count; ++r) straddling += straddles(size_t(r) * row_bytes);
+    if (spare.size() < straddling * row_bytes) spare.resize(straddling * row_bytes);
+    rows.resize(count);
+    size_t next = 0;
+    for (uint32_t r = 0; r < count; ++r) {
+      const size_t offset = size_t(r) * row_bytes;
+      rows[r] = straddles(offset) ? spare.data() + row_bytes * next++ : pages[offset / kPageSize] + offset % kPageSize;
+    }
+    rows_ = rows.data();
+    spare_ = spare.data();
+  }
+
+  uint8_t* const* rows() const { return rows_; }
+
+  // Splits the spare rows into the pages they straddle.
+  void finish() const {
+    const uint8_t* from = spare_;
+    for (uint32_t r = 0; r < count_; ++r) {
+      const size_t offset = size_t(r) * row_bytes_;
+      if (!straddles(offset)) continue;
+      for_each_page_piece(kPageSize, offset, row_bytes_, [&](size_t page, size_t within, size_t done, size_t n) {
+        std::memcpy(pages_[page] + within, from + done, n);
+      });
+      from += row_bytes_;
+    }
+  }
+
+ private:
+  bool straddles(size_t offset) const { return offset % kPageSize + row_bytes_ > kPageSize; }
+
+  const std::vector<uint8_t*>& pages_;
+  size_t row_bytes_;
+  uint32_t count_;
+  uint8_t* const* rows_ = nullptr;
+  const uint8_t* spare_ = nullptr;
+};
+
 }  // namespace
+
+Coverage tile_coverage(uint32_t tile_width, uint32_t tile_height, uint32_t x, uint32_t y, uint32_t width,
+                       uint32_t height, uint32_t valid_width, uint32_t valid_height) {
+  const uint32_t cw = (tile_width + 7) / 8, ch = (tile_height + 7) / 8;
+  auto cells = [&](uint32_t x0, uint32_t y0, uint32_t x1, uint32_t y1) {
+    const uint32_t cx0 = x0 / cw, cx1 = (x1 - 1) / cw;
+    const uint64_t row = ((uint64_t(1) << (cx1 - cx0 + 1)) - 1) << cx0;  // at most 8 bits
+    uint64_t mask = 0;
+    for (uint32_t cy = y0 / ch; cy <= (y1 - 1) / ch; ++cy) mask |= row << (cy * 8);
+    return mask;
+  };
+  return Coverage{cells(x, y, x + width, y + height), cells(0, 0, valid_width, valid_height)};
+}
 
 bool TileCache::find(const TileKey& key, size_t size, const Coverage& cover, const Use& use) {
   Impl& m = *impl_;
@@ -646,8 +706,9 @@ bool TileCache::find(const TileKey& key, size_t size, const Coverage& cover, con
   return m.end_hit(s, i, generation, record);  // if not, the caller decodes the tile again
 }
 
-void TileCache::get(const TileKey& key, size_t size, const Coverage& cover, const Use& use,
+void TileCache::get(const TileKey& key, const TileLayout& layout, const Coverage& cover, const Use& use,
                     const Decode& decode) {
+  const size_t size = layout.bytes();
   Impl& m = *impl_;
   Header& h = m.header();
   const uint64_t hash = hash_key(key);
@@ -697,17 +758,25 @@ void TileCache::get(const TileKey& key, size_t size, const Coverage& cover, cons
   }
   if (slot == kNil) {
     // Larger than the cache, or all of it is being decoded: decode uncached.
-    decode(nullptr);
+    decode(nullptr, false);
     return;
   }
   // In a private cache only this thread touches a pending entry's pages
   // (eviction and clear() leave pending entries alone), so the decoder may
   // write them without the lock, saving a copy of the tile.
-  const Pages direct{pages.data(), kPageSize, size};
-  const Pages* entry = m.shared ? nullptr : &direct;
   TileCache::Rows rows{};
   try {
-    rows = decode(entry);
+    if (m.shared) {
+      rows = decode(nullptr, true);
+    } else {
+      const EntryRows direct(pages, layout.row_bytes(), layout.height);
+      const TileTarget target = TileTarget::row_pointers(layout, direct.rows());
+      rows = decode(&target, true);
+      if (rows.count == 0) {
+        direct.finish();
+        use(View{pages.data(), kPageSize, size});
+      }
+    }
   } catch (...) {
     Impl::Lock lock(m, s);
     Entry& e = m.entries(s)[slot];
@@ -720,7 +789,7 @@ void TileCache::get(const TileKey& key, size_t size, const Coverage& cover, cons
   if (e.state == kPending && e.generation == generation) {
     try {
       // An unchanged generation means the entry still owns the pages listed at allocation.
-      if (rows.count > 0 || entry == nullptr) Impl::copy_in(e, pages, rows);
+      if (rows.count > 0 || m.shared) Impl::copy_in(e, pages, rows);
     } catch (...) {
       m.remove(s, slot);
       throw;

@@ -11,11 +11,13 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 
+#include "../codecs/codecs.hpp"
 #include "file.hpp"
 
 namespace wsi {
@@ -35,6 +37,12 @@ struct Coverage {
   uint64_t valid = ~uint64_t(0);
 };
 
+// The coverage of a tile of tile_width x tile_height pixels, of which the
+// request touches [x, x + width) x [y, y + height) and the image holds
+// [0, valid_width) x [0, valid_height).
+Coverage tile_coverage(uint32_t tile_width, uint32_t tile_height, uint32_t x, uint32_t y, uint32_t width,
+                       uint32_t height, uint32_t valid_width, uint32_t valid_height);
+
 // A cached tile is stored in equal pages, so a row may straddle two. This
 // splits bytes [offset, offset + length) of such a tile into the pieces that
 // lie in one page each: piece(page index, offset within it, bytes done
@@ -49,6 +57,25 @@ void for_each_page_piece(size_t page_size, size_t offset, size_t length, Piece&&
     offset += n;
   }
 }
+
+// A decoded tile of `size` bytes stored in equal pages (a cache entry), or
+// in one piece (pages = {data}, page_size = size). How a placer reads it.
+struct TileView {
+  const uint8_t* const* pages;
+  size_t page_size;
+  size_t size;
+
+  // Copies bytes [offset, offset + length) of the tile to dst.
+  void copy(size_t offset, size_t length, uint8_t* dst) const {
+    if (offset % page_size + length <= page_size) {  // the common case: one page
+      std::memcpy(dst, pages[offset / page_size] + offset % page_size, length);
+      return;
+    }
+    for_each_page_piece(page_size, offset, length, [&](size_t page, size_t within, size_t done, size_t n) {
+      std::memcpy(dst + done, pages[page] + within, n);
+    });
+  }
+};
 
 enum class CacheType { None, PerProcess, SharedMemory };
 
@@ -80,29 +107,22 @@ class TileCache {
     size_t row_bytes;
     size_t count;
   };
-  // A new entry's pages, in order, for a decoder to write the tile into.
-  struct Pages {
-    uint8_t* const* pages;
-    size_t page_size;
-    size_t size;
-  };
   // Decodes the tile (and places it where the caller wants it); may throw.
-  // Returns where it left the rows, for the cache to copy; or, if it wrote
-  // the tile into `entry` itself, Rows{} (count 0). `entry` is given only
-  // where nothing can take the pages while the decoder writes: in a
-  // per_process cache, not in a segment that another process's death may
-  // reset.
-  using Decode = std::function<Rows(const Pages* entry)>;
+  // `entry`, when given, is the new entry's rows for the decoder to write
+  // the whole tile into; it then returns Rows{} (count 0), and the cache
+  // completes the entry and calls use() with it so the caller places it.
+  // `entry` is given only where nothing can take the pages while the
+  // decoder writes: in a per_process cache, not in a segment that another
+  // process's death may reset. Otherwise, if `keep`, the decoder returns
+  // where it left the whole tile, for the cache to copy; if not (no cache,
+  // or a tile larger than the cache), it need not decode the whole tile.
+  using Decode = std::function<Rows(const TileTarget* entry, bool keep)>;
   // A cached tile as its pages, in order: valid only inside a Use callback,
   // which should copy just what it needs. The callback runs outside the
   // shard lock; if the tile was evicted meanwhile, what it copied may be
   // torn, and find() then returns false (the caller decodes the tile over
   // it) and get() looks again.
-  struct View {
-    const uint8_t* const* pages;
-    size_t page_size;
-    size_t size;
-  };
+  using View = TileView;
   using Use = std::function<void(const View& tile)>;
 
   // Creates a per-process cache, or creates or attaches to a shared segment.
@@ -116,11 +136,12 @@ class TileCache {
   // Calls use() with the cached tile and returns true, or returns false
   // (not cached, or evicted while use() ran).
   bool find(const TileKey& key, size_t size, const Coverage& cover, const Use& use);
-  // Calls use() with the cached tile or, when it is not cached, decode() and
-  // then keeps the tile it decoded. When several threads or
-  // processes want the same missing tile, one decodes it and the others wait
-  // for it.
-  void get(const TileKey& key, size_t size, const Coverage& cover, const Use& use, const Decode& decode);
+  // Calls use() with the cached tile (laid out as `layout` says) or, when
+  // it is not cached, decode() and then keeps the tile it decoded. When
+  // several threads or processes want the same missing tile, one decodes it
+  // and the others wait for it.
+  void get(const TileKey& key, const TileLayout& layout, const Coverage& cover, const Use& use,
+           const Decode& decode);
 
   CacheStats stats() const;
   // Drops every cached tile; tiles being decoded are kept when they finish.
@@ -143,5 +164,28 @@ class TileCache {
 // The process's current cache (nullptr for "nocache").
 std::shared_ptr<TileCache> current_cache();
 void set_current_cache(std::shared_ptr<TileCache> cache);
+
+// The cache a request uses, held for the whole request: the current cache,
+// or none ("nocache"), which finds nothing and keeps nothing. The one place
+// that tells the two apart.
+class RequestCache {
+ public:
+  RequestCache() : cache_(current_cache()) {}
+
+  bool find(const TileKey& key, size_t size, const Coverage& cover, const TileCache::Use& use) const {
+    return cache_ && cache_->find(key, size, cover, use);
+  }
+  void get(const TileKey& key, const TileLayout& layout, const Coverage& cover, const TileCache::Use& use,
+           const TileCache::Decode& decode) const {
+    if (cache_) {
+      cache_->get(key, layout, cover, use, decode);
+    } else {
+      decode(nullptr, false);
+    }
+  }
+
+ private:
+  std::shared_ptr<TileCache> cache_;
+};
 
 }  // namespace wsi

@@ -7,7 +7,8 @@
 
 namespace wsi {
 
-enum class ErrorKind { Open, Format, Unsupported, Read, Decode };
+// Argument: a caller mistake (wrong output shape, level out of range, ...).
+enum class ErrorKind { Open, Format, Unsupported, Read, Decode, Argument };
 
 class Error : public std::runtime_error {
  public:

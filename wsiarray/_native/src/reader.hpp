@@ -1,26 +1,21 @@
-// The tile engine: one open file, its levels' tile tables, and region reads
-// that fetch, decode and assemble tiles on the process thread pool.
+// The tile engine: one open file, its levels' tile tables, and region reads,
+// orchestrated on the process thread pool:
+//   plan (plan.hpp) -> cache probe (cache.hpp) -> fetch (fetch.hpp)
+//   -> decode (codec table, codecs.hpp) -> place (place.hpp).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "../codecs/codecs.hpp"
+#include "fetch.hpp"
 #include "file.hpp"
+#include "plan.hpp"
 
 namespace wsi {
-
-enum class Codec : int { Raw = 0, Deflate = 1, Lzw = 2, Jpeg = 3, External = 255 };
-
-// Decodes one tile's bytes (global tile index across planes) into `dst`, a
-// contiguous tile of the level's tile layout. Used for codecs decoded outside
-// the engine (imagecodecs through Python); may throw wsi::Error.
-using ExternalDecoder = std::function<void(const uint8_t* src, size_t size, uint64_t index,
-                                           uint8_t* dst, size_t dst_size)>;
 
 struct LevelDesc {
   uint32_t width = 0;
@@ -42,18 +37,18 @@ struct LevelDesc {
   ExternalDecoder external;
   uint32_t page_index = 0;  // for messages
 
+  LevelGeometry geometry() const {
+    return LevelGeometry{width, height, tile_width, tile_height, planes, samples_per_plane, bytes_per_sample};
+  }
+  TileTables tables() const { return TileTables{offsets.data(), bytecounts.data()}; }
+  // One plane of a tile.
+  TileLayout tile_layout() const { return TileLayout{tile_width, tile_height, samples_per_plane, bytes_per_sample}; }
+  // Points into this description: valid while it lives.
+  CodecParams codec_params() const;
   uint32_t tiles_across() const { return (width + tile_width - 1) / tile_width; }
   uint32_t tiles_down() const { return (height + tile_height - 1) / tile_height; }
   uint32_t samples() const { return planes * samples_per_plane; }
   size_t pixel_bytes() const { return size_t(samples()) * bytes_per_sample; }
-};
-
-// A request in level pixel coordinates; may extend past the image.
-struct Region {
-  int64_t x = 0;
-  int64_t y = 0;
-  uint32_t width = 0;
-  uint32_t height = 0;
 };
 
 class Reader;
@@ -77,10 +72,17 @@ class Reader {
   explicit Reader(const std::string& path);
 
   const File& file() const { return file_; }
+  const ByteSource& source() const { return source_; }
   // Validates the description (sizes, counts, overflow) and adds a level.
   size_t add_level(LevelDesc level);
   size_t level_count() const { return levels_.size(); }
+  // Throws Error(Argument) for an index out of range.
   const LevelDesc& level(size_t index) const;
+  // Names the level's tiles in messages.
+  TileLabel label(size_t level) const;
+
+  // Plans `region` of `level` (see make_plan).
+  void plan(size_t level, const Region& region, size_t workers, Plan& plan) const;
 
   // Reads `region` of `level` into `out` (region.height rows of `pitch`
   // bytes, region.width pixels each). Pixels outside the image get the
@@ -93,6 +95,7 @@ class Reader {
 
  private:
   File file_;
+  FileSource source_;
   std::vector<std::unique_ptr<LevelDesc>> levels_;
 };
 

@@ -1,0 +1,53 @@
+// The fetcher: reads the compressed bytes of planned tiles, one read per
+// run, from a byte source (a local file today; a fault-injecting or remote
+// source can be slotted in behind the same interface).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "file.hpp"
+#include "plan.hpp"
+
+namespace wsi {
+
+class ByteSource {
+ public:
+  virtual ~ByteSource() = default;
+  // Reads exactly [offset, offset + length) into dst; throws wsi::Error
+  // (Read) when the range lies outside the source or the read comes up short.
+  virtual void read(uint64_t offset, uint64_t length, uint8_t* dst) const = 0;
+};
+
+// pread on an open file.
+class FileSource final : public ByteSource {
+ public:
+  explicit FileSource(const File& file) : file_(file) {}
+  void read(uint64_t offset, uint64_t length, uint8_t* dst) const override { file_.read_exact(offset, length, dst); }
+
+ private:
+  const File& file_;
+};
+
+// Reads the bytes of tiles [first, last) of plan.tiles, which must lie in
+// one run, with one read into `buffer` (grown as needed); returns where
+// tile `first`'s bytes start (the others follow at their file offsets).
+// A failure names tile `first`.
+const uint8_t* fetch_span(const ByteSource& source, const Plan& plan, size_t first, size_t last,
+                          std::vector<uint8_t>& buffer, const LevelGeometry& g, const TileLabel& label);
+
+// Where fetch_plan puts each run and tile in one buffer of `bytes` bytes.
+struct FetchLayout {
+  uint64_t bytes = 0;
+  std::vector<uint64_t> run_start;   // per run
+  std::vector<uint64_t> tile_start;  // per tile
+};
+FetchLayout fetch_layout(const Plan& plan);
+
+// Reads every run of the plan into `data` as `layout` says, on up to
+// `workers` threads of the pool.
+void fetch_plan(const ByteSource& source, const Plan& plan, const FetchLayout& layout, uint8_t* data,
+                size_t workers, const LevelGeometry& g, const TileLabel& label);
+
+}  // namespace wsi

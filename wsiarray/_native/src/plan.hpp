@@ -1,0 +1,117 @@
+// The planner: turns a region request into plain data (which tiles, which
+// merged byte ranges, where each tile lands in the output, what is fill).
+// Pure: no file, no decoder, no cache; testable from Python through
+// _engine.plan_region.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace wsi {
+
+// Adjacent tiles are fetched with one pread up to this many bytes.
+constexpr uint64_t kMaxRunBytes = 4u << 20;
+// No tile stream (and no decoded tile) may be larger.
+constexpr uint64_t kMaxTileBytes = 256u << 20;
+// At most this many samples per pixel, and planes.
+constexpr uint32_t kMaxSamples = 64;
+
+// A level's pixel and tile geometry.
+struct LevelGeometry {
+  uint32_t width = 0;
+  uint32_t height = 0;
+  uint32_t tile_width = 0;
+  uint32_t tile_height = 0;
+  uint32_t planes = 1;
+  uint32_t samples_per_plane = 1;
+  uint32_t bytes_per_sample = 1;
+
+  uint32_t tiles_across() const { return (width + tile_width - 1) / tile_width; }
+  uint32_t tiles_down() const { return (height + tile_height - 1) / tile_height; }
+  uint64_t tile_count() const { return uint64_t(planes) * tiles_across() * tiles_down(); }
+  size_t plane_bytes() const { return size_t(samples_per_plane) * bytes_per_sample; }
+  size_t pixel_bytes() const { return size_t(planes) * plane_bytes(); }
+};
+
+// Checks sizes and sample layout; returns "" or what is wrong.
+std::string geometry_problem(const LevelGeometry& g);
+
+// The tile tables: planes * tiles_down * tiles_across entries, plane-major
+// then row-major.
+struct TileTables {
+  const uint64_t* offsets = nullptr;
+  const uint64_t* bytecounts = nullptr;
+};
+
+// A request in level pixel coordinates; may extend past the image.
+struct Region {
+  int64_t x = 0;
+  int64_t y = 0;
+  uint32_t width = 0;
+  uint32_t height = 0;
+};
+
+// What names a tile in messages: "<path>: level L (IFD n), tile (x, y)".
+struct TileLabel {
+  const std::string* path = nullptr;
+  size_t level = 0;
+  uint32_t ifd = 0;
+};
+
+// A rectangle of pixels.
+struct Rect {
+  uint32_t x = 0;
+  uint32_t y = 0;
+  uint32_t width = 0;
+  uint32_t height = 0;
+};
+
+// One tile the request touches.
+struct PlanTile {
+  uint32_t plane = 0;
+  uint32_t tx = 0;
+  uint32_t ty = 0;
+  uint64_t index = 0;      // into the tile tables
+  uint64_t offset = 0;     // file offset of its bytes
+  uint64_t bytecount = 0;  // 0: never written (decodes to zeros)
+  Rect in_tile;            // the covered part, in tile pixels
+  uint32_t out_x = 0;      // where in_tile lands in the output (same size)
+  uint32_t out_y = 0;
+  bool whole = false;      // the request covers the whole tile
+};
+
+// Consecutive tiles whose bytes are contiguous in the file: one read each.
+struct Run {
+  size_t first = 0;  // index into Plan::tiles
+  size_t count = 0;
+  uint64_t offset = 0;
+  uint64_t size = 0;
+};
+
+struct Plan {
+  Region region;
+  // The request clipped to the image, in level pixels (empty: x0 >= x1 or y0 >= y1).
+  int64_t x0 = 0, y0 = 0, x1 = 0, y1 = 0;
+  std::vector<PlanTile> tiles;  // plane-major, then row-major
+  std::vector<Run> runs;        // cover tiles in order
+  std::vector<Rect> fills;      // output parts outside the image, disjoint
+
+  bool empty() const { return x0 >= x1 || y0 >= y1; }
+};
+
+// "<path>: level L (IFD n), tile (tx, ty)[ of plane p]".
+std::string describe_tile(const TileLabel& label, const LevelGeometry& g, uint32_t plane, uint32_t tx,
+                          uint32_t ty);
+
+// Plans `region`: lists the tiles it touches, checks each tile's bytes lie
+// inside a file of `file_size` bytes (TileReadError naming the tile
+// otherwise), merges contiguous tiles into runs of at most kMaxRunBytes and,
+// when `workers` > 1, at most a quarter of an even share of the tiles, and
+// lists the fill rectangles. `g` must be valid (geometry_problem) and the
+// tables hold g.tile_count() entries each.
+void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_size, const Region& region,
+               size_t workers, const TileLabel& label, Plan& plan);
+
+}  // namespace wsi
