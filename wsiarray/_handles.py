@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections import OrderedDict
@@ -173,6 +174,8 @@ manager = HandleManager()
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=manager._after_fork)
+# Close the files before the interpreter tears the native module down.
+atexit.register(manager.clear)
 
 
 def file_handles(capacity: int | None = None) -> HandleManager:
