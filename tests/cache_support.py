@@ -193,13 +193,16 @@ def cache_counts() -> tuple[int, int]:
 # -- process workers ---------------------------------------------------------------------
 
 
-def spawn_reader(conn: Any, path: str, region: tuple[int, int, int, int]) -> None:
+def spawn_reader(conn: Any, path: str, region: tuple[int, int, int, int],
+                 configure: dict[str, Any] | None = None) -> None:
     """Spawned worker: report how it is attached, wait for "go", read ``region``, report counts.
 
-    The cache comes from ``WSIARRAY_CACHE``, inherited from the parent at start.
+    The cache comes from ``WSIARRAY_CACHE``, inherited from the parent at start;
+    with ``configure``, the worker first calls ``wsiarray.cache(**configure)``
+    itself, as cuCIM's users do in every DataLoader worker.
     """
     try:
-        c = wsiarray.cache()
+        c = wsiarray.cache(**configure) if configure else wsiarray.cache()
         slide = wsiarray.open(path)
         conn.send(("ready", os.getpid(), c.type, c.name, c.attached_processes))
         assert conn.recv() == "go"

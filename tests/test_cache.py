@@ -829,7 +829,10 @@ def test_clear_while_threads_read(kind: str, slides, shm_name) -> None:
 # -- processes ----------------------------------------------------------------------------
 
 
-def test_two_spawned_processes_share_hits(slides, shm_name) -> None:
+@pytest.mark.parametrize("configure", [None, {"type": "shared_memory", "memory_capacity": 64}],
+                         ids=["inherited", "each-configures-shared_memory"])
+def test_two_spawned_processes_share_hits(slides, shm_name, configure) -> None:
+    """Spawned workers share the parent's segment, also when each configures shared_memory unnamed."""
     path = jpeg_slide(slides)
     ref = reference(path)
     name = shm_name()
@@ -840,7 +843,7 @@ def test_two_spawned_processes_share_hits(slides, shm_name) -> None:
     conns, procs = [], []
     for _ in range(2):  # started together: both pay the interpreter start at once
         parent, child = mp.Pipe()
-        proc = mp.Process(target=spawn_reader, args=(child, path, region))
+        proc = mp.Process(target=spawn_reader, args=(child, path, region, configure))
         proc.start()
         child.close()
         conns.append(parent)
