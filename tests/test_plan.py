@@ -50,7 +50,7 @@ def covered(p: dict, region_size: tuple[int, int], planes: int) -> np.ndarray:
     """How often each output pixel is written, per plane: by tiles of that plane, or by fill."""
     w, h = region_size
     count = np.zeros((planes, h, w), np.int32)
-    for plane, (x, y, rw, rh) in zip(p["plane"], p["out_rect"]):
+    for plane, (x, y, rw, rh) in zip(p["plane"], p["out_rect"], strict=True):
         count[plane, y:y + rh, x:x + rw] += 1
     for x, y, rw, rh in p["fill"]:
         count[:, y:y + rh, x:x + rw] += 1
@@ -76,7 +76,7 @@ def test_fields_and_aligned_region() -> None:
 
 def test_unaligned_region_and_edge_tiles() -> None:
     p = plan(region=(1, 1, 256, 256))
-    assert list(zip(p["tx"].tolist(), p["ty"].tolist())) == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert list(zip(p["tx"].tolist(), p["ty"].tolist(), strict=True)) == [(0, 0), (1, 0), (0, 1), (1, 1)]
     assert p["tile_rect"].tolist() == [[1, 1, 255, 255], [0, 1, 1, 255], [1, 0, 255, 1], [0, 0, 1, 1]]
     assert p["out_rect"].tolist() == [[0, 0, 255, 255], [255, 0, 1, 255], [0, 255, 255, 1], [255, 255, 1, 1]]
     assert not p["whole"].any()
@@ -105,8 +105,8 @@ def test_wholly_outside_or_empty(region: tuple[int, int, int, int]) -> None:
 
 
 def test_multi_plane() -> None:
-    p = plan(width=600, height=300, tile=(256, 256), planes=3, region=(200, 200, 100, 50), samples_per_plane=1,
-             bytes_per_sample=2)
+    p = plan(width=600, height=300, tile=(256, 256), planes=3, region=(200, 200, 100, 50),
+             samples_per_plane=1, bytes_per_sample=2)
     assert p["plane"].tolist() == [0, 0, 1, 1, 2, 2]
     assert p["index"].tolist() == [0, 1, 6, 7, 12, 13]  # 2 down x 3 across per plane
     assert not p["whole"].any()
@@ -206,8 +206,9 @@ def test_plan_partitions_the_output(width: int, height: int, tw: int, th: int, p
     assert (covered(p, (w, h), planes) == 1).all()
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
     inside = x0 < x1 and y0 < y1
-    for (ox, oy, rw, rh), (tx_, ty_, tw_, th_), tx, ty, whole in zip(
-            p["out_rect"].tolist(), p["tile_rect"].tolist(), p["tx"].tolist(), p["ty"].tolist(), p["whole"]):
+    rows = zip(p["out_rect"].tolist(), p["tile_rect"].tolist(), p["tx"].tolist(), p["ty"].tolist(),
+               p["whole"], strict=True)
+    for (ox, oy, rw, rh), (tx_, ty_, tw_, th_), tx, ty, whole in rows:
         # A tile's covered part in the tile and in the output are the same pixels.
         assert (tw_, th_) == (rw, rh) and rw > 0 and rh > 0
         assert tx * tw + tx_ == x + ox and ty * th + ty_ == y + oy
@@ -249,9 +250,10 @@ def open_native(path: str) -> tuple[_native.Reader, tifffile.TiffPage, bytes]:
         offsets = np.asarray(page.dataoffsets, np.uint64).reshape(1, down, across)
         counts = np.asarray(page.databytecounts, np.uint64).reshape(1, down, across)
         reader.add_level(width=page.imagewidth, height=page.imagelength, tile_width=page.tilewidth,
-                         tile_height=page.tilelength, samples_per_plane=page.samplesperpixel, bytes_per_sample=1,
-                         codec=3, byteswap=False, predictor=1, jpeg_tables=page.jpegtables or b"", jpeg_in=-1,
-                         jpeg_out=-1, offsets=offsets, bytecounts=counts, external=None, page_index=0)
+                         tile_height=page.tilelength, samples_per_plane=page.samplesperpixel,
+                         bytes_per_sample=1, codec=3, byteswap=False, predictor=1,
+                         jpeg_tables=page.jpegtables or b"", jpeg_in=-1, jpeg_out=-1, offsets=offsets,
+                         bytecounts=counts, external=None, page_index=0)
         return reader, page, content
 
 
@@ -279,7 +281,7 @@ def test_reader_fetch_returns_the_files_bytes(fetch_slide: str, region: tuple[in
     data = got["data"]
     assert data.dtype == np.uint8 and len(data) == int(got["runs"][:, 3].sum())
     assert got["spans"].shape == (len(got["tx"]), 2)
-    for index, (start, length) in zip(got["index"], got["spans"]):
+    for index, (start, length) in zip(got["index"], got["spans"], strict=True):
         offset, count = page.dataoffsets[index], page.databytecounts[index]
         assert length == count
         assert data[start:start + length].tobytes() == content[offset:offset + count]
@@ -308,7 +310,7 @@ def test_fetched_tiles_decode_to_the_slide(fetch_slide: str) -> None:
     got = reader.fetch(0, x, y, w, h)
     out = np.zeros((h, w, 3), np.uint8)
     for (start, length), (tx_, ty_, rw, rh), (ox, oy, _, _) in zip(got["spans"], got["tile_rect"],
-                                                                   got["out_rect"]):
+                                                                   got["out_rect"], strict=True):
         tile = imagecodecs.jpeg8_decode(got["data"][start:start + length].tobytes(), tables=page.jpegtables)
         out[oy:oy + rh, ox:ox + rw] = tile[ty_:ty_ + rh, tx_:tx_ + rw]
     want = np.empty((h, w, 3), np.uint8)

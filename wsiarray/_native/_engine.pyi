@@ -1,0 +1,205 @@
+"""Typed stub of wsiarray's native tile engine (C++17, nanobind); see docs/architecture.md.
+
+Every error is raised as a :mod:`wsiarray.errors` class: caller mistakes as
+``ArgumentError``, bad tables or tile bytes as ``TileReadError`` / ``TileDecodeError``, bad
+level descriptions as ``FormatError`` / ``UnsupportedError``, open failures as ``OpenError``.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+
+U8 = npt.NDArray[np.uint8]
+U32 = npt.NDArray[np.uint32]
+U64 = npt.NDArray[np.uint64]
+
+class PlanDict(TypedDict):
+    """A region's plan: plain arrays, no file access and no decoding.
+
+    ``n`` tiles (plane-major, then row-major), ``r`` runs, ``f`` fill rectangles.
+    Rectangles are ``(x, y, width, height)``.
+    """
+
+    region: tuple[int, int, int, int]
+    """The request ``(x, y, width, height)`` in level pixels (it may lie outside the image)."""
+    clipped: tuple[int, int, int, int]
+    """The request clipped to the image, ``(x0, y0, x1, y1)`` in level pixels (empty: x0 >= x1
+    or y0 >= y1)."""
+    plane: U32
+    """(n,) the plane of each tile (0 unless samples are stored apart)."""
+    tx: U32
+    """(n,) tile column."""
+    ty: U32
+    """(n,) tile row."""
+    index: U64
+    """(n,) index into the flattened ``(planes, tiles_down, tiles_across)`` tile tables."""
+    offset: U64
+    """(n,) file offset of the tile's bytes."""
+    bytecount: U64
+    """(n,) length of the tile's bytes; 0: never written (decodes to zeros)."""
+    tile_rect: U32
+    """(n, 4) the covered part of each tile, in tile pixels."""
+    out_rect: U32
+    """(n, 4) where that part lands in the output (same width and height)."""
+    whole: npt.NDArray[np.bool_]
+    """(n,) the request covers the whole tile."""
+    runs: U64
+    """(r, 4) merged reads ``(first tile, tile count, file offset, byte length)``: consecutive
+    tiles contiguous in the file, at most 4 MiB and, with several workers, at most a quarter of
+    an even share of the tiles per read."""
+    fill: U32
+    """(f, 4) disjoint output rectangles outside the image (they get the fill pixel)."""
+
+class FetchDict(PlanDict):
+    """A plan plus the compressed bytes of its tiles, read with the plan's merged reads."""
+
+    data: U8
+    """(bytes,) the runs' bytes, one after another."""
+    spans: U64
+    """(n, 2) ``(start, length)`` of each tile's bytes in ``data``."""
+
+class LevelInfo(TypedDict):
+    """A level's geometry, codec parameters and tile tables, to decode its tiles elsewhere."""
+
+    width: int
+    height: int
+    tile_width: int
+    tile_height: int
+    planes: int
+    samples_per_plane: int
+    bytes_per_sample: int
+    tiles_across: int
+    tiles_down: int
+    codec: int
+    """0 raw, 1 deflate, 2 LZW, 3 JPEG, 255 external (imagecodecs via Python)."""
+    byteswap: bool
+    predictor: int
+    jpeg_tables: bytes
+    """The TIFF JPEGTables stream (empty when tiles are complete JPEG streams)."""
+    jpeg_in: int
+    """libjpeg J_COLOR_SPACE of the stored data, -1 to let libjpeg guess."""
+    jpeg_out: int
+    """libjpeg J_COLOR_SPACE to decode to, -1 for libjpeg's default."""
+    page_index: int
+    offsets: U64
+    """(planes, tiles_down, tiles_across) copy of the tile offsets."""
+    bytecounts: U64
+    """(planes, tiles_down, tiles_across) copy of the tile byte counts."""
+
+class CacheStats(TypedDict):
+    type: str
+    name: str
+    hits: int
+    misses: int
+    repairs: int
+    items: int
+    memory_size: int
+    memory_capacity: int
+    capacity: int
+    attached: int
+    record: bool
+
+class OutputMemoryStats(TypedDict):
+    retained_bytes: int
+    retained_buffers: int
+    reused: int
+    mapped: int
+    max_bytes: int
+    max_idle_seconds: float
+
+class Reader:
+    """One open file (one descriptor, pread) and its levels' tile tables."""
+
+    def __init__(self, path: str) -> None: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def identity(self) -> tuple[int, int, int, int]:
+        """``(st_dev, st_ino, st_size, st_mtime_ns)`` at open time."""
+    @property
+    def level_count(self) -> int: ...
+    def add_level(
+        self,
+        width: int,
+        height: int,
+        tile_width: int,
+        tile_height: int,
+        samples_per_plane: int,
+        bytes_per_sample: int,
+        codec: int,
+        byteswap: bool,
+        predictor: int,
+        jpeg_tables: bytes,
+        jpeg_in: int,
+        jpeg_out: int,
+        offsets: U64,
+        bytecounts: U64,
+        external: Callable[[bytes, int], npt.NDArray[Any]] | None,
+        page_index: int,
+    ) -> int:
+        """Validates and adds a level; returns its index. Tables are ``(planes, down, across)``.
+
+        ``external(data, index)`` decodes one tile (index into the flattened tables) for codecs
+        the engine does not decode itself; it must return the tile's bytes (any dtype).
+        """
+    def read_region(self, level: int, x: int, y: int, out: U8, fill: bytes, workers: int = 1) -> None:
+        """Reads pixels at level coordinates (x, y) into out, a C-contiguous (h, w, pixel_bytes)
+        uint8 array; ``fill`` is one pixel (pixel_bytes bytes) for the part outside the image."""
+    def plan(self, level: int, x: int, y: int, width: int, height: int, workers: int = 1) -> PlanDict:
+        """The plan of a region of a level (see :func:`plan_region`), without reading anything."""
+    def fetch(self, level: int, x: int, y: int, width: int, height: int, workers: int = 1) -> FetchDict:
+        """The plan of a region plus the compressed bytes of its tiles (GIL released)."""
+    def level_info(self, level: int) -> LevelInfo:
+        """The level's geometry, codec parameters and tile tables."""
+    def close(self) -> None: ...
+
+def plan_region(
+    width: int,
+    height: int,
+    tile_width: int,
+    tile_height: int,
+    offsets: U64,
+    bytecounts: U64,
+    file_size: int,
+    x: int,
+    y: int,
+    region_width: int,
+    region_height: int,
+    samples_per_plane: int = 1,
+    bytes_per_sample: int = 1,
+    workers: int = 1,
+    name: str = "<tile tables>",
+) -> PlanDict:
+    """Plans a region of a level given by its geometry and ``(planes, down, across)`` uint64 tile
+    tables, with no file and no decoder. Tiles whose bytes lie outside ``file_size`` raise
+    ``TileReadError`` (``name`` stands for the file in the message)."""
+
+def read_batch(readers: Sequence[Reader], where: npt.NDArray[np.int64], out: U8, fill: bytes,
+               workers: int = 1) -> None:
+    """Reads N equally sized regions into ``out`` (N, h, w, pixel_bytes); ``where[i]`` is
+    ``(reader index, level, x, y)`` in level pixels. Threads are shared by all regions."""
+
+def cache_configure(type: str, memory_capacity: int, capacity: int, record: bool, name: str) -> None:
+    """Replaces the process's tile cache: ``"nocache"``, ``"per_process"`` or ``"shared_memory"``
+    (memory_capacity in bytes, capacity in items, name of the shared segment)."""
+
+def cache_stats() -> CacheStats | None:
+    """Statistics of the current cache, or None when there is none."""
+
+def cache_clear() -> None: ...
+def cache_record(record: bool) -> None: ...
+def cache_unlink() -> None: ...
+def cache_detach() -> None: ...
+def empty_output(nbytes: int) -> U8:
+    """An uninitialised uint8 array of nbytes from the output-memory pool."""
+
+def output_memory(max_bytes: int | None = None, max_idle_seconds: float | None = None) -> OutputMemoryStats:
+    """Sets (when given) and reports the output-memory pool's limits and counters."""
+
+def pool_size() -> int:
+    """Threads in the process-wide decode pool."""
+
+def set_pool_size(threads: int) -> None:
+    """Resizes the process-wide decode pool (0: one thread per CPU)."""
