@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import settings
-from wsitest import SyntheticSpec, write_synthetic
+from wsitest import SyntheticSpec, write_jpeg_pyramid, write_pyramid, write_synthetic
 
 #: The shared test slides (see MANIFEST.md there).
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -111,40 +111,6 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Callable[[SyntheticSp
 # -- pyramids for the dask / xarray / distributed / zarr tests --------------------------------
 
 
-def write_pyramid(
-    path: Path,
-    levels: list,
-    *,
-    tile: tuple[int, int],
-    compression: str,
-    mpp: float | None = None,
-) -> None:
-    """Write ``levels`` ((y, x[, c]) arrays, largest first) as one TIFF with SubIFD levels.
-
-    ``mpp`` (micrometres per level-0 pixel) becomes resolution tags scaled per level.
-    """
-    import tifffile
-
-    height0 = levels[0].shape[0]
-    with tifffile.TiffWriter(path) as tif:
-        for i, array in enumerate(levels):
-            kwargs: dict = {
-                "tile": tile,
-                "compression": compression,
-                "photometric": "rgb" if array.ndim == 3 else "minisblack",
-                "metadata": None,
-            }
-            if i == 0 and len(levels) > 1:
-                kwargs["subifds"] = len(levels) - 1
-            if i > 0:
-                kwargs["subfiletype"] = 1
-            if mpp is not None:
-                scale = height0 / array.shape[0]
-                kwargs["resolution"] = (1e4 / (mpp * scale), 1e4 / (mpp * scale))
-                kwargs["resolutionunit"] = "CENTIMETER"
-            tif.write(array, **kwargs)
-
-
 @pytest.fixture(scope="session")
 def pyramid_slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Small synthetic pyramids with SubIFD levels and odd sizes, written once per session.
@@ -157,11 +123,9 @@ def pyramid_slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from wsitest import texture
 
     folder = tmp_path_factory.mktemp("pyramids")
-    rgb = texture(763, 1000, 3, "uint8", seed=11)
     gray = texture(555, 777, 1, "uint16", seed=12)[..., 0]
     paths = {"jpeg": folder / "jpeg-pyramid.tif", "deflate": folder / "deflate-pyramid.tif"}
-    write_pyramid(paths["jpeg"], [rgb, rgb[::2, ::2], rgb[::4, ::4]], tile=(128, 128),
-                  compression="jpeg", mpp=0.5)
+    write_jpeg_pyramid(paths["jpeg"])
     write_pyramid(paths["deflate"], [gray, gray[::2, ::2]], tile=(64, 96), compression="zlib")
     return {name: str(path) for name, path in paths.items()}
 

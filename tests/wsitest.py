@@ -500,3 +500,45 @@ def preserved_cache() -> Iterator[None]:
             os.environ.pop("WSIARRAY_CACHE", None)
         else:
             os.environ["WSIARRAY_CACHE"] = env
+
+
+# -- pyramids for the dask / xarray / distributed / zarr tests and the doctests ----------------
+
+
+def write_pyramid(
+    path: Path,
+    levels: list,
+    *,
+    tile: tuple[int, int],
+    compression: str,
+    mpp: float | None = None,
+) -> None:
+    """Write ``levels`` ((y, x[, c]) arrays, largest first) as one TIFF with SubIFD levels.
+
+    ``mpp`` (micrometres per level-0 pixel) becomes resolution tags scaled per level.
+    """
+    height0 = levels[0].shape[0]
+    with tifffile.TiffWriter(path) as tif:
+        for i, array in enumerate(levels):
+            kwargs: dict = {
+                "tile": tile,
+                "compression": compression,
+                "photometric": "rgb" if array.ndim == 3 else "minisblack",
+                "metadata": None,
+            }
+            if i == 0 and len(levels) > 1:
+                kwargs["subifds"] = len(levels) - 1
+            if i > 0:
+                kwargs["subfiletype"] = 1
+            if mpp is not None:
+                scale = height0 / array.shape[0]
+                kwargs["resolution"] = (1e4 / (mpp * scale), 1e4 / (mpp * scale))
+                kwargs["resolutionunit"] = "CENTIMETER"
+            tif.write(array, **kwargs)
+
+
+def write_jpeg_pyramid(path: Path) -> None:
+    """The ``jpeg`` pyramid of the tests and the doctests' ``path``: RGB uint8 1000x763 (W x H)
+    -> 500x382 -> 250x191, JPEG, 128-px tiles, 0.5 µm/px resolution tags."""
+    rgb = texture(763, 1000, 3, "uint8", seed=11)
+    write_pyramid(path, [rgb, rgb[::2, ::2], rgb[::4, ::4]], tile=(128, 128), compression="jpeg", mpp=0.5)
