@@ -103,13 +103,13 @@ def level_chunks(slide: Slide, level: int = 0, chunks: ChunksLike = None) -> Chu
 
     Example:
         >>> slide.level_tile_sizes[0], slide.level_dimensions[0]
-        ((256, 256), (19920, 26420))
-        >>> [c[0] for c in level_chunks(slide, 0)]
-        [2048, 2048, 3]
-        >>> [c[0] for c in level_chunks(slide, 0, "16 MiB")]
-        [2304, 2304, 3]
-        >>> [c[0] for c in level_chunks(slide, 0, (1000, -1))]
-        [1024, 19920, 3]
+        ((128, 128), (1000, 763))
+        >>> level_chunks(slide, 0)  # about 2048 px square: the whole of this small level
+        ((763,), (1000,), (3,))
+        >>> [c[0] for c in level_chunks(slide, 0, "1 MiB")]
+        [640, 640, 3]
+        >>> level_chunks(slide, 0, (300, -1))  # 300 px rounds to whole tiles; -1: the whole axis
+        ((256, 256, 251), (1000,), (3,))
     """
     level = parse_level(level, slide.level_count)
     width, height = slide.level_dimensions[level]

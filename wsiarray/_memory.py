@@ -24,9 +24,11 @@ class OutputMemory:
     ``mapped`` count outputs served from it and from fresh mappings.
 
     Example:
-        >>> stats = wsiarray.output_memory()
-        >>> stats.reused + stats.mapped   # large outputs so far in this process
-        0
+        >>> def served(stats): return stats.reused + stats.mapped
+        >>> before = wsiarray.output_memory()
+        >>> patch = slide.read_region((0, 0), (2048, 2048))  # 12 MiB: a pooled output
+        >>> served(wsiarray.output_memory()) - served(before)
+        1
     """
 
     max_mib: float

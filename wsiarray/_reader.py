@@ -103,9 +103,11 @@ class OpenedSlide:
     """One file's format tables and native reader, shared by all its handles in a process.
 
     Example:
-        >>> opened = OpenedSlide.open(path, file_identity(path))  # doctest: +SKIP
-        >>> opened.levels[0].dimensions  # doctest: +SKIP
-        (1000, 763)
+        >>> from wsiarray._handles import file_identity
+        >>> opened = OpenedSlide.open(path, file_identity(path))
+        >>> opened.levels[0].dimensions, opened.info.vendor
+        ((1000, 763), 'generic-tiff')
+        >>> opened.native.close()
     """
 
     def __init__(self, path: str, identity: FileIdentity, info: SlideInfo, native: _native.Reader) -> None:

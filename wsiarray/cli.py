@@ -22,7 +22,20 @@ def describe(slide: Slide) -> str:
     """A human-readable summary of ``slide``: vendor, levels, pixel size, associated images.
 
     Example:
-        >>> print(describe(wsiarray.open("CMU-1-Small-Region.svs")))  # doctest: +SKIP
+        >>> print(describe(wsiarray.open(svs_path)))
+        file:        .../small.svs
+        vendor:      aperio
+        pixels:      uint8, 3 channel(s) R,G,B
+        mpp:         0.25 x 0.25 um/px
+        objective:   40x
+        levels:
+          level  width  height  downsample     tile  compression  decoder
+              0   1024     768           1  256x256         JPEG   native
+              1    512     384           2  256x256         JPEG   native
+        associated images:
+          thumbnail: 256x192
+          label: 100x80
+          macro: 300x120
     """
     mpp = f"{slide.mpp[0]:g} x {slide.mpp[1]:g} um/px" if slide.mpp else "unknown"
     power = f"{slide.objective_power:g}x" if slide.objective_power else "unknown"

@@ -58,8 +58,9 @@ def array_name(slide: Slide, level: int, chunks: Chunks3, device: str = "cpu") -
     """The deterministic dask name of a level array: a hash of file identity, level, chunks, device.
 
     Example:
-        >>> array_name(slide, 0, level_chunks(slide, 0))[:15]
-        'wsiarray-read-2'
+        >>> name = array_name(slide, 0, level_chunks(slide, 0))
+        >>> name[:14], len(name), name == array_name(wsiarray.open(path), 0, level_chunks(slide, 0))
+        ('wsiarray-read-', 54, True)
     """
     token = repr(
         (

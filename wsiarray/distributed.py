@@ -12,16 +12,17 @@ scheduler (``/wsiarray-dask-UID-HASH``), so every worker process of one host att
 to the same segment (each host has its own ``/dev/shm``), and two clusters on one
 host do not share.
 
-Example:
-    >>> from distributed import Client, LocalCluster
+Example (``client`` is a :class:`distributed.Client`, e.g. of
+``LocalCluster(n_workers=2)``; here, of a one-worker cluster):
+
     >>> import wsiarray, wsiarray.distributed
-    >>> client = Client(LocalCluster(n_workers=2, threads_per_worker=2))
-    >>> wsiarray.distributed.setup(client, cache="shared_memory", memory_capacity=2048)
-    >>> level0 = wsiarray.open("slide.svs").to_dask(level=0)
-    >>> level0.mean(axis=(0, 1)).compute()  # doctest: +SKIP
-    >>> wsiarray.distributed.cache_stats(client)  # doctest: +SKIP
-    {'tcp://127.0.0.1:40123': {'type': 'shared_memory', 'name': '/wsiarray-dask-0-3f2a9c0d51be',
-                               'hit_count': 0, 'miss_count': 8112, 'attached_processes': 2, ...}, ...}
+    >>> wsiarray.distributed.setup(client, cache="shared_memory", memory_capacity=256)
+    <wsiarray.distributed.CachePlugin object at ...>
+    >>> level0 = wsiarray.open(path).to_dask(level=0, chunks=256)
+    >>> level0.mean(axis=(0, 1)).compute().round(1)
+    array([131.7, 136.8, 134.1])
+    >>> wsiarray.distributed.cache_stats(client)
+    {'...': {'type': 'shared_memory', 'name': '/wsiarray-dask-...', 'hit_count': 0, 'miss_count': 48, ...}}
 
 Counters of a shared-memory cache are the segment's (all its processes together).
 """
@@ -51,8 +52,10 @@ def segment_name(client: Client) -> str:
     One name per scheduler (and user), so the workers of a host share one segment.
 
     Example:
-        >>> segment_name(client)  # doctest: +SKIP
-        '/wsiarray-dask-1000-3f2a9c0d51be'
+        >>> segment_name(client)
+        '/wsiarray-dask-...-...'
+        >>> segment_name(client) == segment_name(client)
+        True
     """
     scheduler_id = str(client.scheduler_info().get("id") or client.scheduler.address)
     digest = hashlib.sha1(scheduler_id.encode(), usedforsecurity=False).hexdigest()[:12]
@@ -70,7 +73,8 @@ class CachePlugin(WorkerPlugin):
     Extra ``options`` go to ``wsiarray.cache`` unchanged.
 
     Example:
-        >>> client.register_plugin(CachePlugin("per_process", memory_capacity=1024))  # doctest: +SKIP
+        >>> client.register_plugin(CachePlugin("per_process", memory_capacity=1024))
+        {'...': {'status': 'OK'}}
     """
 
     name = PLUGIN_NAME
@@ -95,7 +99,10 @@ class CachePlugin(WorkerPlugin):
         """Create (or attach to) this worker's cache; distributed calls it on each worker.
 
         Example:
-            >>> CachePlugin("per_process", memory_capacity=512).setup(worker)  # doctest: +SKIP
+            >>> plugin = CachePlugin("per_process", memory_capacity=512)
+            >>> plugin.setup(worker)
+            >>> plugin.cache.type
+            'per_process'
         """
         kwargs: dict[str, Any] = dict(self.options)
         if self.memory_capacity is not None:
@@ -110,7 +117,9 @@ class CachePlugin(WorkerPlugin):
         """Forget the cache object (the process's cache setting itself stays).
 
         Example:
-            >>> plugin.teardown(worker)  # doctest: +SKIP
+            >>> plugin = CachePlugin("per_process"); plugin.setup(worker)
+            >>> plugin.teardown(worker); plugin.stats()
+            {'type': 'per_process'}
         """
         self.cache = None
 
@@ -118,8 +127,9 @@ class CachePlugin(WorkerPlugin):
         """This worker's cache counters (``hit_count``, ``miss_count``, sizes) and type.
 
         Example:
-            >>> plugin.stats()  # doctest: +SKIP
-            {'type': 'shared_memory', 'hit_count': 406, 'miss_count': 406, ...}
+            >>> plugin = CachePlugin("per_process", memory_capacity=64); plugin.setup(worker)
+            >>> plugin.stats()
+            {'type': 'per_process', 'name': '', 'hit_count': 0, 'miss_count': 0, 'size': 0, ...}
         """
         out: dict[str, Any] = {"type": self.cache_type}
         if self.cache is None:
@@ -181,7 +191,10 @@ def cache_stats(client: Client) -> dict[str, dict[str, Any] | None]:
     """Each worker's cache counters, by worker address (None where no plugin is set).
 
     Example:
-        >>> cache_stats(client)  # doctest: +SKIP
-        {'tcp://127.0.0.1:40123': {'type': 'shared_memory', 'hit_count': 406, ...}, ...}
+        >>> cache_stats(client)  # no plugin yet
+        {'...': None}
+        >>> _ = setup(client, "per_process", memory_capacity=64)
+        >>> [stats["type"] for stats in cache_stats(client).values()]
+        ['per_process']
     """
     return client.run(_worker_stats)

@@ -47,8 +47,7 @@ class PatchDataset:
     fill are checked against each slide when its first patch is read.
 
     Example:
-        >>> ds = PatchDataset([("CMU-1-Small-Region.svs", (0, 0)), ("CMU-1-Small-Region.svs", (224, 0))],
-        ...                   (224, 224))
+        >>> ds = PatchDataset([(path, (0, 0)), (path, (224, 0))], (224, 224))
         >>> len(ds), ds[1].shape
         (2, (224, 224, 3))
         >>> [p.shape for p in ds.__getitems__([0, 1])]

@@ -16,9 +16,9 @@ chunk. A progress bar is shown on standard error when it is a terminal.
 Example:
     >>> import wsiarray
     >>> from wsiarray.zarr_export import to_zarr
-    >>> group = to_zarr(wsiarray.open("slide.svs"), "slide.ome.zarr")
+    >>> group = to_zarr(wsiarray.open(path), tmp / "slide.ome.zarr")
     >>> group["0"].shape, group.attrs["ome"]["version"]
-    ((3, 26420, 19920), '0.5')
+    ((3, 763, 1000), '0.5')
 
 Or from the shell: ``wsiarray convert slide.svs slide.ome.zarr``.
 """
@@ -79,10 +79,10 @@ def multiscales_metadata(slide: Slide, levels: Iterable[int] | None = None, name
     gets ``translation = (scale_l - scale_0) / 2`` so pixel centres line up with level 0.
 
     Example:
-        >>> meta = multiscales_metadata(slide)
-        >>> meta["multiscales"][0]["datasets"][1]["coordinateTransformations"]  # mpp 0.25, 4x
-        [{'type': 'scale', 'scale': [1.0, 1.0, 1.0]},
-         {'type': 'translation', 'translation': [0.0, 0.375, 0.375]}]
+        >>> meta = multiscales_metadata(wsiarray.open(svs_path))
+        >>> meta["multiscales"][0]["datasets"][1]["coordinateTransformations"]  # mpp 0.25, 2x
+        [{'type': 'scale', 'scale': [1.0, 0.5, 0.5]},
+         {'type': 'translation', 'translation': [0.0, 0.125, 0.125]}]
     """
     chosen = _levels(slide, levels)
     w0, h0 = slide.level_dimensions[0]
@@ -165,7 +165,7 @@ def to_zarr(
     terminal). ``compressors`` goes to ``zarr.Group.create_array``. Returns the group.
 
     Example:
-        >>> group = to_zarr(slide, "out.ome.zarr", levels=[0, 1], overwrite=True)
+        >>> group = to_zarr(slide, tmp / "out.ome.zarr", levels=[0, 1], overwrite=True)
         >>> sorted(group.array_keys())
         ['0', '1']
     """

@@ -33,9 +33,9 @@ def read_slide_info(path: str | os.PathLike[str]) -> SlideInfo:
     the native engine reports those when a tile is read.
 
     Example:
-        >>> info = read_slide_info("CMU-1-Small-Region.svs")  # doctest: +SKIP
-        >>> info.vendor, info.properties["openslide.mpp-x"]  # doctest: +SKIP
-        ('aperio', '0.499')
+        >>> info = read_slide_info(svs_path)
+        >>> info.vendor, info.properties["openslide.mpp-x"]
+        ('aperio', '0.25')
     """
     path = os.fspath(path)
     if isinstance(path, bytes):

@@ -106,10 +106,11 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
     """Describe ``tif`` as an Aperio slide, or return None if it is not one.
 
     Example:
-        >>> path = "CMU-1-Small-Region.svs"
-        >>> info = detect(tifffile.TiffFile(path), path)  # doctest: +SKIP
-        >>> sorted(info.associated)  # doctest: +SKIP
-        ['label', 'macro', 'thumbnail']
+        >>> info = detect(tifffile.TiffFile(svs_path), svs_path)
+        >>> sorted(info.associated), info.objective_power
+        (['label', 'macro', 'thumbnail'], 40.0)
+        >>> detect(tifffile.TiffFile(path), path) is None  # not an Aperio file
+        True
     """
     first = tif.pages.first
     description = first.description or ""

@@ -232,9 +232,9 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
     """Describe ``tif`` as an OME-TIFF, or return None if it is not one.
 
     Example:
-        >>> info = detect(tifffile.TiffFile("image.ome.tif"), "image.ome.tif")  # doctest: +SKIP
-        >>> info.channel_names  # doctest: +SKIP
-        ('DAPI', 'CD3', 'CD8')
+        >>> info = detect(tifffile.TiffFile(ome_path), ome_path)
+        >>> info.channel_names, info.mpp
+        (('DAPI', 'CD3', 'CD8'), (0.5, 0.5))
     """
     first = tif.pages.first
     if not first.is_ome:

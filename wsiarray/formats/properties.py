@@ -91,8 +91,9 @@ def tiff_properties(page: tifffile.TiffPage) -> dict[str, str]:
     Like libtiff, a missing ResolutionUnit reads as its default, inch.
 
     Example:
-        >>> tiff_properties(tif.pages.first)["tiff.ResolutionUnit"]  # doctest: +SKIP
-        'inch'
+        >>> tif = tifffile.TiffFile(path)
+        >>> tiff_properties(tif.pages.first)["tiff.ResolutionUnit"]
+        'centimeter'
     """
     props: dict[str, str] = {}
     tags = page.tags
@@ -121,8 +122,8 @@ def resolution_mpp(page: tifffile.TiffPage) -> tuple[float, float] | None:
     accepted too.  Zero or missing resolutions give None.
 
     Example:
-        >>> resolution_mpp(tif.pages.first)  # doctest: +SKIP
-        (0.25, 0.25)
+        >>> resolution_mpp(tifffile.TiffFile(path).pages.first)  # 20000 px/cm
+        (0.5, 0.5)
     """
     tag = page.tags.get("ResolutionUnit")
     um = _UNIT_UM.get(int(tag.value) if tag is not None else 2)
@@ -166,9 +167,10 @@ def make_slide_info(
     derived here so every vendor formats them identically.
 
     Example:
-        >>> info = make_slide_info("generic-tiff", levels, {})  # doctest: +SKIP
-        >>> info.properties["openslide.level-count"]  # doctest: +SKIP
-        '4'
+        >>> levels = wsiarray.open(path).format_info.levels
+        >>> info = make_slide_info("generic-tiff", levels, {}, mpp=(0.5, 0.5))
+        >>> info.properties["openslide.level-count"], info.properties["openslide.mpp-x"]
+        ('3', '0.5')
     """
     props = dict(properties)
     props["openslide.vendor"] = vendor

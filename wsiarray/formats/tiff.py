@@ -310,7 +310,13 @@ def open_tiff(path: str) -> tifffile.TiffFile:
     told apart from "a TIFF with a corrupt first IFD" (FormatError).
 
     Example:
-        >>> tif = open_tiff("slide.svs")  # doctest: +SKIP
+        >>> open_tiff(svs_path).is_svs
+        True
+        >>> _ = (tmp / "notes.txt").write_text("hello")
+        >>> open_tiff(tmp / "notes.txt")
+        Traceback (most recent call last):
+        ...
+        wsiarray.errors.OpenError: .../notes.txt: not a TIFF file (header b'hell')
     """
     try:
         with open(path, "rb") as fh:
@@ -401,9 +407,10 @@ class PageLoader:
     stores one channel per page).
 
     Example:
-        >>> label = info.associated["label"]()  # doctest: +SKIP
-        >>> label.shape  # (height, width, channels)  # doctest: +SKIP
-        (463, 387, 3)
+        >>> from wsiarray.formats import read_slide_info
+        >>> label = read_slide_info(svs_path).associated["label"]()
+        >>> label.shape  # (height, width, channels)
+        (80, 100, 3)
     """
 
     path: str
