@@ -118,12 +118,13 @@ def _top_level_imports(module: str, path: Path) -> set[str]:
 
     visit(tree.body)
     # Importing a submodule imports its package first; that is not an edge of the graph.
-    return {name for name in found if name in MODULES and name != module and not module.startswith(name + ".")}
+    return {name for name in found
+            if name in MODULES and name != module and not module.startswith(name + ".")}
 
 
 def test_module_level_imports_have_no_cycle() -> None:
     graph = {module: _top_level_imports(module, path) for module, path in MODULES.items()}
-    graph = {m: {d for d in deps if not MODULES[d].name == "__init__.py" or d == "wsiarray._native"}
+    graph = {m: {d for d in deps if MODULES[d].name != "__init__.py" or d == "wsiarray._native"}
              for m, deps in graph.items()}
     state: dict[str, int] = {}
     stack: list[str] = []
@@ -133,7 +134,7 @@ def test_module_level_imports_have_no_cycle() -> None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = [*stack[stack.index(nxt):], nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 walk(nxt)

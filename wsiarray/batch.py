@@ -27,7 +27,6 @@ from . import _native
 from ._handles import manager
 from ._memory import empty_output
 from ._reader import FileIdentity
-from ._request import parse_locations
 
 __all__ = ["BatchIterator"]
 
@@ -55,12 +54,6 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
-
-
-def as_locations(location: Any) -> np.ndarray | None:
-    """Deprecated spelling of :func:`wsiarray._request.parse_locations` (None for one location)."""
-    many = parse_locations(location)
-    return None if isinstance(many, tuple) else many
 
 
 class BatchIterator(Iterator[np.ndarray]):

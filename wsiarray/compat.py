@@ -137,7 +137,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .batch import BatchIterator, as_locations
+from ._request import parse_locations
+from .batch import BatchIterator
 from .cache import TileCache
 from .cache import cache as _tile_cache
 from .cache import preferred_memory_capacity as _preferred_memory_capacity
@@ -1382,18 +1383,7 @@ def _locations_or_none(location: Any) -> np.ndarray | None:
         location = list(location)
     if _is_empty(location):
         return None
-    many = as_locations(location)
-    if many is None:
-        try:
-            x, y = location
-        except (TypeError, ValueError) as exc:
-            raise ArgumentError(f"location must be (x, y), got {location!r}") from exc
-        many = np.array([[_integer(x), _integer(y)]], np.int64)
+    many = parse_locations(location)
+    if isinstance(many, tuple):
+        return np.array([many], np.int64)
     return many
-
-
-def _integer(value: Any) -> int:
-    out = int(value)
-    if out != value:
-        raise ArgumentError(f"locations must be integers, got {value!r}")
-    return out
