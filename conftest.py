@@ -10,6 +10,8 @@ doctest finds these names already defined:
   1000x763 (W x H), then 500x382 and 250x191, JPEG, 128-px tiles, 0.5 µm/px
   (the ``pyramid_slides["jpeg"]`` slide of ``tests/conftest.py``);
 - ``slide``: ``wsiarray.open(path)``, opened for each doctest and closed after it;
+- ``img`` (examples of ``wsiarray.compat`` only): ``CuImage(svs_path)``, opened for
+  each doctest and closed after it;
 - ``svs_path``: a small Aperio-style slide (1024x768 and 512x384, JPEG tiles,
   0.25 µm/px, 40x) with a thumbnail, a label (100x80) and a macro (300x120);
 - ``ome_path``: a one-level OME-TIFF, uint16, 256x192, channels DAPI, CD3 and CD8;
@@ -39,9 +41,6 @@ from _pytest.doctest import DoctestItem
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
 from wsitest import preserved_cache, write_jpeg_pyramid
-
-#: Doctests of files other sessions are reworking now; they run again once fixed.
-_DOCTESTS_NOT_YET = ("wsiarray.compat.", "wsiarray._native.")
 
 
 def _write_svs(path: Path) -> None:
@@ -104,8 +103,6 @@ def _doctest_names(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     name = request.node.name
-    if name.startswith(_DOCTESTS_NOT_YET):
-        pytest.skip("examples of a module being reworked in another change")
     import tifffile
     import xarray as xr
 
@@ -127,6 +124,9 @@ def _doctest_names(request: pytest.FixtureRequest) -> Iterator[None]:
             stack.enter_context(_in_process_cluster(namespace))
         slide = namespace["slide"] = wsiarray.open(slides["path"])
         stack.callback(slide.close)
+        if name.startswith("wsiarray.compat"):
+            img = namespace["img"] = wsiarray.CuImage(slides["svs_path"])
+            stack.callback(img.close)
         try:
             yield
         finally:

@@ -14,6 +14,9 @@ hook is bypassed for it::
     git worktree add /tmp/before OLD && (cd /tmp/before && pip wheel --no-deps . -w /tmp/w)
     pip install --no-deps --target /tmp/before_site /tmp/w/wsiarray-*.whl
     python -m benchmarks.compare_builds --before /tmp/before_site --rounds 5
+
+``--after DIR`` freezes the new build the same way, so that work in the source
+tree during a long run does not change what is measured.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ def measure(before: str, op: str, path: str, workers: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=True, help="directory holding the old wsiarray package")
+    parser.add_argument("--after", default="",
+                        help="directory holding the new wsiarray package (default: the installed one)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--slide", type=Path)
     parser.add_argument("--ops", nargs="+", choices=list(_OPS), default=list(_OPS))
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             old, new = [], []
             for _ in range(args.rounds):
                 old.append(measure(args.before, op, path, workers))
-                new.append(measure("", op, path, workers))
+                new.append(measure(args.after, op, path, workers))
             ratios = [n / o for n, o in zip(new, old, strict=True)]
             rows.append((op, workers, statistics.median(old), statistics.median(new),
                          statistics.median(ratios), min(ratios), max(ratios)))
