@@ -8,6 +8,7 @@ reaches into another module's private names (``slide._open``,
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "wsiarray"
+# The package under test, found without importing it: the source tree in a
+# development install, site-packages when tools/asan.sh runs a copy of tests/.
+PACKAGE = Path(importlib.util.find_spec("wsiarray").submodule_search_locations[0])
 
 #: Names every Python object has; not "private" in the sense checked here.
 _DUNDER = "__"

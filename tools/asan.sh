@@ -18,14 +18,27 @@ python -m pip install -q \
 # UNDER_LIBASAN); the normal suite runs it strictly.
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libstdc++.so)"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1"
-# Run from a folder without the sources, so that every Python process the tests
-# start (they spawn some) imports the ASan build, not the source tree.
+# Run a copy of the tests in a folder without the sources: the root conftest.py
+# puts its own folder on sys.path, and every Python process the tests start
+# (they spawn some) must import the ASan build, not the source tree.
+site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+tree="$work/tree"
+rm -rf "$tree"
+mkdir -p "$tree"
+cp -r "$repo/tests" "$repo/conftest.py" "$repo/pyproject.toml" "$tree/"
+# tests that read ../shared/data find it beside the copy as beside the repository
+[ -e "$work/shared" ] || [ ! -d "$repo/../shared" ] || ln -s "$(cd "$repo/../shared" && pwd)" "$work/shared"
 args=()
 paths=0
 for arg in "$@"; do
-  if [ -e "$repo/$arg" ]; then args+=("$repo/$arg"); paths=1; else args+=("$arg"); fi
+  case "$arg" in
+    tests|tests/*) args+=("$arg"); paths=1 ;;
+    wsiarray|wsiarray/*) args+=("$site/$arg"); paths=1 ;;
+    *) args+=("$arg") ;;
+  esac
 done
-[ $paths -eq 1 ] || args+=("$repo/tests")
-cd "$work"
+# by default the whole suite, and the docstring examples of the installed package
+[ $paths -eq 1 ] || args+=(tests "$site/wsiarray")
+cd "$tree"
 python -c "import wsiarray, sys; sys.exit('site-packages' not in wsiarray.__file__)"
-pytest -p no:cacheprovider --rootdir "$repo" -c "$repo/pyproject.toml" "${args[@]}"
+pytest -p no:cacheprovider --rootdir "$tree" -c "$tree/pyproject.toml" "${args[@]}"
