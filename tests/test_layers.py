@@ -18,7 +18,7 @@ import pytest
 
 # The package under test, found without importing it: the source tree in a
 # development install, site-packages when tools/asan.sh runs a copy of tests/.
-PACKAGE = Path(importlib.util.find_spec("wsiarray").submodule_search_locations[0])
+PACKAGE = Path(importlib.util.find_spec("wsiarray").origin).parent
 
 #: Names every Python object has; not "private" in the sense checked here.
 _DUNDER = "__"
