@@ -466,7 +466,15 @@ NB_MODULE(_engine, m) {
           size_t capacity;
         };
         size_t capacity = 0;
-        void* data = wsi::acquire_output(nbytes, &capacity);
+        void* data = nullptr;
+        try {
+          data = wsi::acquire_output(nbytes, &capacity);
+        } catch (const std::bad_alloc&) {
+          // The request layer bounds outputs first; this is what is left (an address-space
+          // limit, a full machine): say what could not be had, not just "std::bad_alloc".
+          PyErr_Format(PyExc_MemoryError, "cannot map %zu bytes for the output array", nbytes);
+          throw nb::python_error();
+        }
         // The capsule is the array's base: views keep the memory leased.
         nb::capsule owner(new Lease{data, capacity}, [](void* p) noexcept {
           auto* lease = static_cast<Lease*>(p);
