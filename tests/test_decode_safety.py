@@ -145,7 +145,8 @@ def test_edge_tiles_and_strips_of_the_legal_sizes(tmp_path: Path) -> None:
     for last_rows, ok in ((22, True), (64, True), (30, True), (20, False), (65, False)):
         last = np.pad(strips[128:], ((0, max(last_rows - 22, 0)), (0, 0), (0, 0)))[:last_rows]
         parts = [imagecodecs.png_encode(np.ascontiguousarray(p)) for p in (strips[:64], strips[64:128], last)]
-        path = _write_tiles(tmp_path / f"strips{last_rows}.tif", parts, strips.shape, None, "png", rowsperstrip=64)
+        path = _write_tiles(tmp_path / f"strips{last_rows}.tif", parts, strips.shape, None, "png",
+                            rowsperstrip=64)
         with wsiarray.open(path) as slide:
             if ok:
                 np.testing.assert_array_equal(slide.read_region(), strips)
@@ -178,7 +179,8 @@ def test_external_stream_of_the_wrong_size_is_refused_before_decoding(tmp_path: 
     with wsiarray.open(honest) as slide:
         got = slide.read_region()
     assert got.shape == image.shape
-    lying = _write_tiles(tmp_path / "lying.tif", [encode(_image(128, 192))], image.shape, (256, 256), compression)
+    lying = _write_tiles(tmp_path / "lying.tif", [encode(_image(128, 192))], image.shape, (256, 256),
+                         compression)
     name = codec.split(" (")[0].replace("Aperio ", "")
     want = f"{lying}: level 0 (IFD 0), tile (0, 0): {name} header says 192x128, the TIFF says 256x256"
     with wsiarray.open(lying) as slide, pytest.raises(TileDecodeError, match=f"^{re.escape(want)}$"):
@@ -187,11 +189,12 @@ def test_external_stream_of_the_wrong_size_is_refused_before_decoding(tmp_path: 
 
 def test_jpeg_ls_in_an_external_jpeg_level_is_checked(tmp_path: Path) -> None:
     """16-bit JPEG goes to imagecodecs (JPEG-LS / lossless JPEG): its SOF55 is read too."""
-    lying = _write_tiles(tmp_path / "ls.tif", [imagecodecs.jpegls_encode(_image(100, 90, 1, "uint16")[..., 0])],
+    stream = imagecodecs.jpegls_encode(_image(100, 90, 1, "uint16")[..., 0])
+    lying = _write_tiles(tmp_path / "ls.tif", [stream],
                          (256, 256), (256, 256), "jpeg", dtype="uint16", photometric="minisblack",
                          bitspersample=16)
-    with wsiarray.open(lying) as slide, pytest.raises(TileDecodeError, match="JPEG header says 90x100, the TIFF "
-                                                                               "says 256x256"):
+    want = "JPEG header says 90x100, the TIFF says 256x256"
+    with wsiarray.open(lying) as slide, pytest.raises(TileDecodeError, match=want):
         slide.read_region((0, 0), (16, 16))
 
 
@@ -274,8 +277,8 @@ def test_bombs_cost_no_more_than_a_tile(tmp_path: Path, codec: str) -> None:
         tile, compression, claim = _patch_png_ihdr(imagecodecs.png_encode(image), 60000, 60000), "png", \
             (60000, 60000)
     else:
-        tile, compression, claim = _patch_webp_vp8x(imagecodecs.webp_encode(image, lossless=True), 16383, 16383), \
-            "webp", (16383, 16383)
+        stream = imagecodecs.webp_encode(image, lossless=True)
+        tile, compression, claim = _patch_webp_vp8x(stream, 16383, 16383), "webp", (16383, 16383)
     path = _write_tiles(tmp_path / "bomb.tif", [tile], image.shape, (256, 256), compression)
     assert Path(path).stat().st_size < 900_000
     result = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, path], capture_output=True, text=True,

@@ -270,9 +270,9 @@ def test_too_large_requests_give_one_error_everywhere(slide: wsiarray.Slide, ent
     needs = count * 2_000_000 * 1_000_000 * 3  # 6 TB: more than any machine
     limit = int(wsiarray.request_limit() * (1 << 20))
     assert needs > limit, "this machine has more memory than the test assumes"
-    message = (f"the request needs {needs} bytes (... {count} x 2000000x1000000 pixels x 3 uint8), more than the "
-               f"limit of {limit} bytes (...); ask for a smaller size or batch_size, or raise the limit with "
-               "wsiarray.request_limit(max_mib=...) or WSIARRAY_MAX_REQUEST_MIB")
+    message = (f"the request needs {needs} bytes (... {count} x 2000000x1000000 pixels x 3 uint8), "
+               f"more than the limit of {limit} bytes (...); ask for a smaller size or batch_size, "
+               "or raise the limit with wsiarray.request_limit(max_mib=...) or WSIARRAY_MAX_REQUEST_MIB")
     pattern = "^" + re.escape(message).replace(re.escape("..."), ".*") + "$"
     with pytest.raises(wsiarray.RequestTooLargeError, match=pattern):
         _call(reader, slide, size=(2_000_000, 1_000_000))
@@ -287,9 +287,9 @@ def test_whole_level_reads_are_bounded_by_the_limit(slide: wsiarray.Slide, entry
              "CuImage.read_region()": lambda: CuImage(slide.path).read_region()}
     try:
         wsiarray.request_limit(max_mib=1)  # the level is 1000x763x3: 2.2 MiB
-        message = ("the request needs 2289000 bytes (2.2 MiB: 1 x 1000x763 pixels x 3 uint8), more than the limit "
-                   "of 1048576 bytes (1.0 MiB); ask for a smaller size or batch_size, or raise the limit with "
-                   "wsiarray.request_limit(max_mib=...) or WSIARRAY_MAX_REQUEST_MIB")
+        message = ("the request needs 2289000 bytes (2.2 MiB: 1 x 1000x763 pixels x 3 uint8), more than the "
+                   "limit of 1048576 bytes (1.0 MiB); ask for a smaller size or batch_size, "
+                   "or raise the limit with wsiarray.request_limit(max_mib=...) or WSIARRAY_MAX_REQUEST_MIB")
         with pytest.raises(wsiarray.RequestTooLargeError, match=f"^{re.escape(message)}$"):
             reads[entry]()
     finally:
