@@ -242,11 +242,9 @@ def _patch_webp_vp8x(stream: bytes, width: int, height: int) -> bytes:
 
 BOMB_SCRIPT = textwrap.dedent("""
     import resource, sys, time
-    import numpy as np
     import wsiarray
     path = sys.argv[1]
     slide = wsiarray.open(path)
-    slide.read_region((0, 0), (8, 8), level=0) if False else None
     with open("/proc/self/status") as fh:
         vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
     # a modest address-space limit: a bomb cannot be survived by being lucky with overcommit
