@@ -240,3 +240,58 @@ def test_levels_above_zero_agree(slide: wsiarray.Slide) -> None:
                 continue
             got = _call(reader, slide, level=level, location=(101, 203), size=(40, 30))
             assert_pixels_equal(got, want, f"{name} level {level}")
+
+
+# -- requests too large to allocate: refused the same way everywhere -------------------------------
+
+
+def _cuimage(slide: wsiarray.Slide, level: Any, location: Any, size: Any, fill: Any, workers: Any
+             ) -> np.ndarray:
+    from wsiarray.compat import CuImage
+
+    return np.asarray(CuImage(slide.path).read_region(location, size, level, num_workers=workers))
+
+
+def _xarray_values(slide: wsiarray.Slide, level: Any, location: Any, size: Any, fill: Any, workers: Any
+                   ) -> np.ndarray:
+    # the xarray engine reads the bounding box of an index: here the whole level
+    return xr.open_dataset(slide.path, engine="wsiarray", level=level)["image"].values
+
+
+def _whole_level(slide: wsiarray.Slide, level: Any, location: Any, size: Any, fill: Any, workers: Any
+                 ) -> np.ndarray:
+    return slide.read_region(level=level)
+
+
+@pytest.mark.parametrize("entry", [*REGION_READERS, "CuImage.read_region"])
+def test_too_large_requests_give_one_error_everywhere(slide: wsiarray.Slide, entry: str) -> None:
+    reader = REGION_READERS.get(entry, _cuimage)
+    count = 2 if entry == "read_region(batch)" else 1  # that entry reads its location twice per batch
+    needs = count * 2_000_000 * 1_000_000 * 3  # 6 TB: more than any machine
+    limit = int(wsiarray.request_limit() * (1 << 20))
+    assert needs > limit, "this machine has more memory than the test assumes"
+    message = (f"the request needs {needs} bytes (... {count} x 2000000x1000000 pixels x 3 uint8), "
+               f"more than the limit of {limit} bytes (...); ask for a smaller size or batch_size, "
+               "or raise the limit with wsiarray.request_limit(max_mib=...) or WSIARRAY_MAX_REQUEST_MIB")
+    pattern = "^" + re.escape(message).replace(re.escape("..."), ".*") + "$"
+    with pytest.raises(wsiarray.RequestTooLargeError, match=pattern):
+        _call(reader, slide, size=(2_000_000, 1_000_000))
+
+
+@pytest.mark.parametrize("entry", ["whole level", "xr.open_dataset", "CuImage.read_region()"])
+def test_whole_level_reads_are_bounded_by_the_limit(slide: wsiarray.Slide, entry: str) -> None:
+    from wsiarray.compat import CuImage
+
+    reads = {"whole level": lambda: slide.read_region(),
+             "xr.open_dataset": lambda: _xarray_values(slide, 0, None, None, None, None),
+             "CuImage.read_region()": lambda: CuImage(slide.path).read_region()}
+    try:
+        wsiarray.request_limit(max_mib=1)  # the level is 1000x763x3: 2.2 MiB
+        message = ("the request needs 2289000 bytes (2.2 MiB: 1 x 1000x763 pixels x 3 uint8), more than the "
+                   "limit of 1048576 bytes (1.0 MiB); ask for a smaller size or batch_size, "
+                   "or raise the limit with wsiarray.request_limit(max_mib=...) or WSIARRAY_MAX_REQUEST_MIB")
+        with pytest.raises(wsiarray.RequestTooLargeError, match=f"^{re.escape(message)}$"):
+            reads[entry]()
+    finally:
+        wsiarray.request_limit(max_mib=0)
+    assert np.asarray(reads[entry]()).shape[-3:] in ((763, 1000, 3), (3, 763, 1000))

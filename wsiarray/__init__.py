@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ._handles import HandleManager, file_handles
 from ._memory import OutputMemory, output_memory
 from ._native import pool_size, set_pool_size
+from ._request import request_limit
 from .batch import BatchIterator
 from .cache import TileCache, cache, preferred_memory_capacity
 from .errors import (
@@ -27,6 +28,7 @@ from .errors import (
     ClosedError,
     FormatError,
     OpenError,
+    RequestTooLargeError,
     TileDecodeError,
     TileReadError,
     UnsupportedError,
@@ -50,6 +52,7 @@ __all__ = [
     "Level",
     "OpenError",
     "OutputMemory",
+    "RequestTooLargeError",
     "Slide",
     "TileCache",
     "TileDecodeError",
@@ -64,6 +67,7 @@ __all__ = [
     "pool_size",
     "preferred_memory_capacity",
     "read_regions",
+    "request_limit",
     "set_pool_size",
 ]
 

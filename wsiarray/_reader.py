@@ -174,4 +174,6 @@ def _add_level(native: _native.Reader, spec: LevelSpec) -> None:
         bytecounts=np.ascontiguousarray(spec.bytecounts, np.uint64),
         external=spec.external_decoder,
         page_index=spec.page_index,
+        compression=spec.compression,
+        strips=spec.strips,
     )

@@ -21,6 +21,10 @@ The rules:
 - **device**: ``"cpu"``; ``"cuda"`` is reserved for the GPU path.
 - Level-0 locations become level locations with OpenSlide's rule
   ``floor(x / downsample)``.
+- **request size**: the output a request allocates (a region, or one batch)
+  may need at most :func:`request_limit` bytes; a larger one is refused with
+  :class:`~wsiarray.RequestTooLargeError` before anything is allocated.
+  Outputs the caller passes (``out=``) are not counted.
 
 Example:
     >>> from wsiarray._request import parse_level, parse_pair, parse_locations
@@ -36,18 +40,22 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from .errors import ArgumentError, UnsupportedError
+from .errors import ArgumentError, RequestTooLargeError, UnsupportedError
 
 __all__ = [
     "DEVICES",
+    "LIMIT_ENV",
     "FillLike",
+    "check_request_size",
     "parse_batch_options",
     "parse_device",
     "parse_fill",
@@ -57,6 +65,7 @@ __all__ = [
     "parse_pair",
     "parse_size",
     "parse_workers",
+    "request_limit",
     "to_level",
     "to_level_locations",
 ]
@@ -66,6 +75,12 @@ FillLike = float | Sequence[float] | None
 
 #: Devices a read may target; only ``"cpu"`` is built so far.
 DEVICES = ("cpu", "cuda")
+
+#: Environment variable that sets the request limit, in MiB (see :func:`request_limit`).
+LIMIT_ENV = "WSIARRAY_MAX_REQUEST_MIB"
+
+#: The limit set by request_limit(max_mib=...), in bytes; None: the environment or the default.
+_limit_bytes: int | None = None
 
 
 def parse_level(level: Any, level_count: int) -> int:
@@ -266,3 +281,100 @@ def to_level_locations(locations: np.ndarray, downsample: float) -> np.ndarray:
     if downsample == 1.0:
         return locations.astype(np.int64)
     return np.floor(locations / downsample).astype(np.int64)
+
+
+@functools.cache
+def _memory_bytes() -> int:
+    """Physical memory, or the container's (cgroup) memory limit when that is lower."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+@functools.cache
+def _environment_limit(value: str) -> int:
+    try:
+        mib = float(value)
+    except ValueError:
+        mib = -1.0
+    if not (math.isfinite(mib) and mib > 0):
+        raise ArgumentError(f"{LIMIT_ENV} must be a number of MiB > 0, got {value!r}")
+    return int(mib * (1 << 20))
+
+
+def _limit() -> int:
+    if _limit_bytes is not None:
+        return _limit_bytes
+    value = os.environ.get(LIMIT_ENV)
+    return _environment_limit(value) if value else _memory_bytes()
+
+
+def request_limit(max_mib: float | None = None) -> float:
+    """Set (when given) and return the most memory one request may allocate, in MiB.
+
+    A request (one region, a whole level, or one batch of a batch iterator)
+    whose output needs more is refused with
+    :class:`~wsiarray.RequestTooLargeError` before anything is allocated: it
+    could only end in swapping or the OOM killer. The default is the
+    machine's physical memory (or the container's cgroup limit when lower):
+    a fixed number, so whether a request is accepted does not depend on what
+    else runs at the moment. The environment variable
+    ``WSIARRAY_MAX_REQUEST_MIB`` overrides it, and ``request_limit(max_mib)``
+    overrides both for this process (``max_mib=0`` returns to them).
+
+    Example:
+        >>> before = wsiarray.request_limit()
+        >>> wsiarray.request_limit(max_mib=64)
+        64.0
+        >>> slide.read_region((0, 0), (8192, 8192))
+        Traceback (most recent call last):
+        ...
+        wsiarray.errors.RequestTooLargeError: the request needs 201326592 bytes (192.0 MiB: ...
+        >>> wsiarray.request_limit(max_mib=0) == before
+        True
+    """
+    global _limit_bytes
+    if max_mib is not None:
+        if isinstance(max_mib, bool) or not isinstance(max_mib, (int, float)) or not (
+                math.isfinite(max_mib) and max_mib >= 0):
+            raise ArgumentError(f"max_mib must be a number >= 0, got {max_mib!r}")
+        _limit_bytes = int(max_mib * (1 << 20)) if max_mib > 0 else None
+    return _limit() / (1 << 20)
+
+
+def _mib(nbytes: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20)):
+        if nbytes >= 1 << shift:
+            return f"{nbytes / (1 << shift):.1f} {unit}"
+    return f"{nbytes / (1 << 20):.1f} MiB"
+
+
+def check_request_size(count: int, width: int, height: int, channels: int, dtype: np.dtype) -> None:
+    """Refuse an output of ``count`` regions of ``width x height`` pixels above :func:`request_limit`.
+
+    Every entry point that allocates an output calls this first (one region:
+    ``count=1``; a batch iterator: one batch).
+
+    Example:
+        >>> check_request_size(1, 256, 256, 3, np.dtype("uint8"))
+        >>> check_request_size(10**7, 224, 224, 3, np.dtype("uint8"))
+        Traceback (most recent call last):
+        ...
+        wsiarray.errors.RequestTooLargeError: the request needs 1505280000000 bytes (1.4 TiB: ...
+    """
+    nbytes = count * width * height * channels * dtype.itemsize
+    limit = _limit()
+    if nbytes <= limit:
+        return
+    raise RequestTooLargeError(
+        f"the request needs {nbytes} bytes ({_mib(nbytes)}: {count} x {width}x{height} pixels x {channels} "
+        f"{dtype.name}), more than the limit of {limit} bytes ({_mib(limit)}); ask for a smaller size or "
+        f"batch_size, or raise the limit with wsiarray.request_limit(max_mib=...) or {LIMIT_ENV}"
+    )

@@ -27,6 +27,7 @@ from . import _native
 from ._handles import manager
 from ._memory import empty_output
 from ._reader import FileIdentity
+from ._request import check_request_size
 
 __all__ = ["BatchIterator"]
 
@@ -83,8 +84,11 @@ class BatchIterator(Iterator[np.ndarray]):
         shuffle: bool,
         seed: int,
     ) -> None:
-        # Arguments arrive parsed by the request layer (wsiarray._request).
+        # Arguments arrive parsed by the request layer (wsiarray._request),
+        # which also refuses a batch too large to allocate, before any is.
         count = len(locations)
+        width, height = size
+        check_request_size(min(batch_size, count), width, height, channels, np.dtype(dtype))
         order = np.random.default_rng(seed).permutation(count) if shuffle else np.arange(count)
         # (source index, level, x, y) per patch in level pixels, in reading order.
         self._where = np.stack([which, levels, locations[:, 0], locations[:, 1]], axis=1)[order]

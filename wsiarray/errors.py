@@ -20,6 +20,7 @@ __all__ = [
     "ClosedError",
     "FormatError",
     "OpenError",
+    "RequestTooLargeError",
     "TileDecodeError",
     "TileReadError",
     "UnsupportedError",
@@ -57,3 +58,15 @@ class ClosedError(WSIError, ValueError):
 
 class ArgumentError(WSIError, ValueError):
     """A call's arguments are invalid (level out of range, negative size, ...)."""
+
+
+class RequestTooLargeError(ArgumentError, MemoryError):
+    """A request's output would need more memory than the request limit allows.
+
+    Raised before anything is allocated; the message says how many bytes the
+    request needs, the limit, and what to change (``size``, ``batch_size``, or
+    the limit: :func:`wsiarray.request_limit`, ``WSIARRAY_MAX_REQUEST_MIB``).
+    An :class:`ArgumentError` (the caller's arguments are what is too large)
+    and a :class:`MemoryError` (what such a request used to end in, so code
+    that catches that keeps working).
+    """

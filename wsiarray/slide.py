@@ -21,6 +21,7 @@ from ._memory import empty_output
 from ._reader import FileIdentity, Level, OpenedSlide
 from ._request import (
     FillLike,
+    check_request_size,
     parse_batch_options,
     parse_device,
     parse_fill,
@@ -372,6 +373,7 @@ class Slide:
         shape = (height, width, opened.channels)
         fill_bytes = self._fill_bytes(fill)
         if out is None:
+            check_request_size(1, width, height, opened.channels, opened.dtype)
             out = empty_output(shape, opened.dtype)
         elif not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == opened.dtype
                   and out.flags.c_contiguous and out.flags.writeable):

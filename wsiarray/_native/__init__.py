@@ -14,6 +14,7 @@ from ._engine import (
     pool_size,
     read_batch,
     set_pool_size,
+    stream_header,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "pool_size",
     "read_batch",
     "set_pool_size",
+    "stream_header",
 ]

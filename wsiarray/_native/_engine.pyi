@@ -138,11 +138,16 @@ class Reader:
         bytecounts: U64,
         external: Callable[[bytes, int], npt.NDArray[Any]] | None,
         page_index: int,
+        compression: int = 0,
+        strips: bool = False,
     ) -> int:
         """Validates and adds a level; returns its index. Tables are ``(planes, down, across)``.
 
         ``external(data, index)`` decodes one tile (index into the flattened tables) for codecs
-        the engine does not decode itself; it must return the tile's bytes (any dtype).
+        the engine does not decode itself; it must return the tile's bytes (any dtype). Its
+        exceptions become ``TileDecodeError`` (their one-line message, chained as ``__cause__``).
+        ``compression`` (the TIFF tag value) picks the stream header that is checked against the
+        tile before any decode; ``strips``: the tiles are strips, the last may be shorter.
         """
     def read_region(self, level: int, x: int, y: int, out: U8, fill: bytes, workers: int = 1) -> None:
         """Reads pixels at level coordinates (x, y) into out, a C-contiguous (h, w, pixel_bytes)
@@ -197,6 +202,11 @@ def empty_output(nbytes: int) -> U8:
 
 def output_memory(max_bytes: int | None = None, max_idle_seconds: float | None = None) -> OutputMemoryStats:
     """Sets (when given) and reports the output-memory pool's limits and counters."""
+
+def stream_header(compression: int, data: bytes) -> tuple[int, int, int, int] | None:
+    """``(width, height, samples, bits)`` a tile stream of this TIFF Compression declares
+    (0: not declared), or None for codecs whose streams carry no size; ``TileDecodeError``
+    when it cannot be read (the check the engine runs before decoding a tile)."""
 
 def pool_size() -> int:
     """Threads in the process-wide decode pool."""

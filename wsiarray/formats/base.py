@@ -72,6 +72,8 @@ class LevelSpec:
     external_decoder: TileDecoder | None = None
     #: Index of the TIFF page (IFD) the level comes from, for messages.
     page_index: int = 0
+    #: Strips (full-width tiles of RowsPerStrip rows; the last may be shorter), not tiles.
+    strips: bool = False
 
     @property
     def planes(self) -> int:

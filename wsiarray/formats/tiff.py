@@ -265,6 +265,7 @@ def level_from_pages(pages: Sequence[tifffile.TiffPage], what: str) -> LevelSpec
         external_decoder=external,
         # a SubIFD page's .index is its position among the SubIFDs; name the main-chain IFD
         page_index=int(getattr(first, "_index", (first.index,))[0]),
+        strips=not first.is_tiled,
     )
 
 

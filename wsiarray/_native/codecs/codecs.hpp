@@ -37,6 +37,7 @@ struct TileStream {
   size_t size = 0;
   uint64_t index = 0;     // into the level's tile tables (for external decoders)
   uint32_t stored_rows = 0;  // rows inside the image: a short last strip may store only those
+  uint32_t stored_cols = 0;  // columns inside the image (an edge tile's stream may hold only those)
 };
 
 // Colour spaces use libjpeg's J_COLOR_SPACE values; -1 keeps libjpeg's guess.
@@ -59,6 +60,8 @@ struct CodecParams {
   bool byteswap = false;  // samples are stored in the other byte order
   int predictor = 1;      // 1 none, 2 horizontal differencing
   const ExternalDecoder* external = nullptr;
+  uint32_t compression = 0;  // the TIFF Compression value: which stream header to check (headers.hpp)
+  bool strips = false;       // tiles are strips: the last may be shorter
 };
 
 // Where decoded pixels go: the window [x, x + width) x [y, y + height) of

@@ -12,6 +12,7 @@
 
 #include "../src/error.hpp"
 #include "codecs.hpp"
+#include "headers.hpp"
 
 namespace wsi {
 namespace {
@@ -55,14 +56,12 @@ Decompressor& thread_decompressor() {
   return d;
 }
 
-// Decodes the window of `out` (a TileTarget) of the tile. A window smaller than the tile skips
-// the rows above it and crops the columns to whole iMCUs around it, so only
-// what is needed is decoded. Returns false with d.err.message set on
-// failure. No object with a destructor lives in this frame, so longjmp out
-// of libjpeg is safe.
-bool decode(Decompressor& d, const uint8_t* src, size_t size, const JpegParams& p,
-            const TileLayout& layout, const TileTarget& out) {
-  const TileTarget& win = out;
+// Reads the tables stream, then the tile's stream up to its first scan:
+// libjpeg parses the frame header (any SOF it accepts) but allocates nothing
+// sized from it yet. Returns false with d.err.message set on failure. No
+// object with a destructor lives in this frame, so longjmp out of libjpeg is
+// safe.
+bool read_header(Decompressor& d, const uint8_t* src, size_t size, const JpegParams& p) {
   jpeg_decompress_struct* cinfo = &d.cinfo;
   if (setjmp(d.err.jump)) {
     jpeg_abort_decompress(cinfo);
@@ -75,6 +74,21 @@ bool decode(Decompressor& d, const uint8_t* src, size_t size, const JpegParams& 
   jpeg_mem_src(cinfo, src, static_cast<unsigned long>(size));
   if (jpeg_read_header(cinfo, TRUE) != JPEG_HEADER_OK) {
     std::snprintf(d.err.message, sizeof d.err.message, "no image in JPEG stream");
+    jpeg_abort_decompress(cinfo);
+    return false;
+  }
+  return true;
+}
+
+// Decodes the window of `out` (a TileTarget) of the tile whose header
+// read_header read. A window smaller than the tile skips
+// the rows above it and crops the columns to whole iMCUs around it, so only
+// what is needed is decoded. Returns false with d.err.message set on
+// failure; as read_header, no object with a destructor lives in this frame.
+bool decode(Decompressor& d, const JpegParams& p, const TileLayout& layout, const TileTarget& out) {
+  const TileTarget& win = out;
+  jpeg_decompress_struct* cinfo = &d.cinfo;
+  if (setjmp(d.err.jump)) {
     jpeg_abort_decompress(cinfo);
     return false;
   }
@@ -119,7 +133,7 @@ bool decode(Decompressor& d, const uint8_t* src, size_t size, const JpegParams& 
     if (win.y > 0) jpeg_skip_scanlines(cinfo, win.y);
   }
   // Rows of the frame go through one row buffer; a frame smaller than the
-  // tile (short last strips, odd writers) leaves zeros.
+  // tile (short last strips, edge tiles cropped to the image) leaves zeros.
   const uint32_t frame_w = cinfo->output_width, frame_h = cinfo->output_height;
   const size_t out_row = size_t(win.width) * comps;
   for (uint32_t r = 0; r < win.height; ++r) {
@@ -152,7 +166,21 @@ void decode_jpeg(const TileStream& src, const CodecParams& params, const TileLay
     throw Error(ErrorKind::Decode, "JPEG window outside the tile");
   }
   Decompressor& d = thread_decompressor();
-  if (!decode(d, src.data, src.size, params.jpeg, layout, dst)) {
+  if (!read_header(d, src.data, src.size, params.jpeg)) {
+    throw Error(ErrorKind::Decode, std::string("JPEG: ") + d.err.message);
+  }
+  // The frame header must fit the tile before jpeg_start_decompress sizes
+  // its buffers from it (a progressive frame of 60000x60000 would allocate
+  // gigabytes of coefficients).
+  const jpeg_decompress_struct& c = d.cinfo;
+  const StreamHeader header{c.image_width, c.image_height, uint32_t(c.num_components), uint32_t(c.data_precision)};
+  const std::string problem =
+      header_problem("JPEG", header, layout, TileExtent{src.stored_cols, src.stored_rows, params.strips});
+  if (!problem.empty()) {
+    jpeg_abort_decompress(&d.cinfo);
+    throw Error(ErrorKind::Decode, problem);
+  }
+  if (!decode(d, params.jpeg, layout, dst)) {
     throw Error(ErrorKind::Decode, std::string("JPEG: ") + d.err.message);
   }
 }

@@ -7,6 +7,7 @@
 
 #include "../src/error.hpp"
 #include "codecs.hpp"
+#include "headers.hpp"
 
 namespace wsi {
 namespace {
@@ -58,9 +59,14 @@ void inflate_tiff_lzw(const TileStream& src, const CodecParams&, const TileLayou
   inflate_lzw(src.data, src.size, dst, n);
 }
 
-void inflate_external(const TileStream& src, const CodecParams& params, const TileLayout&, uint8_t* dst,
+void inflate_external(const TileStream& src, const CodecParams& params, const TileLayout& layout, uint8_t* dst,
                       size_t n) {
   if (params.external == nullptr || !*params.external) throw Error(ErrorKind::Format, "no external decoder");
+  // External decoders size their output from the stream's own header: a
+  // header that disagrees with the TIFF (a decompression bomb) is refused
+  // before they allocate anything.
+  check_stream_header(params.compression, src.data, src.size, layout,
+                      TileExtent{src.stored_cols, src.stored_rows, params.strips});
   (*params.external)(src.data, src.size, src.index, dst, n);
 }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cache.hpp"
+#include "../codecs/headers.hpp"
 #include "error.hpp"
 #include "fetch.hpp"
 #include "output_memory.hpp"
@@ -43,12 +44,33 @@ nb::object error_class(wsi::ErrorKind kind) {
   return errors.attr("WSIError");
 }
 
+// The first line of str(exc), prefixed with the exception's class name:
+// the codec's own message without the traceback nanobind's what() carries.
+std::string one_line(nb::handle exc) {
+  std::string text = nb::cast<std::string>(nb::str(exc));
+  const size_t newline = text.find('\n');
+  if (newline != std::string::npos) text.resize(newline);
+  const std::string name = nb::cast<std::string>(nb::handle(Py_TYPE(exc.ptr())).attr("__name__"));
+  return text.empty() ? name : name + ": " + text;
+}
+
+// Keeps a Python exception alive inside a wsi::Error (its opaque cause);
+// the reference is dropped with the GIL held, whichever thread drops it.
+std::shared_ptr<void> keep_exception(nb::handle exc) {
+  return std::shared_ptr<void>(new nb::object(nb::borrow(exc)), [](void* p) {
+    nb::gil_scoped_acquire gil;
+    delete static_cast<nb::object*>(p);
+  });
+}
+
 // Calls a Python tile decoder from a pool thread: takes the GIL only for the
-// call (imagecodecs releases it again while it decodes).
+// call (imagecodecs releases it again while it decodes). A Python exception
+// becomes a TileDecodeError with its one-line message, chained as __cause__.
 wsi::ExternalDecoder wrap_decoder(nb::object decoder) {
   auto holder = std::make_shared<nb::object>(std::move(decoder));
   return [holder](const uint8_t* src, size_t size, uint64_t index, uint8_t* dst, size_t dst_size) {
     std::string problem;
+    std::shared_ptr<void> cause;
     {
       nb::gil_scoped_acquire gil;
       try {
@@ -62,12 +84,13 @@ wsi::ExternalDecoder wrap_decoder(nb::object decoder) {
           std::memcpy(dst, static_cast<const uint8_t*>(tile.data()), dst_size);
         }
       } catch (nb::python_error& e) {
-        problem = e.what();
+        problem = one_line(e.value());
+        cause = keep_exception(e.value());
       } catch (const std::exception& e) {
         problem = e.what();
       }
     }
-    if (!problem.empty()) throw wsi::Error(wsi::ErrorKind::Decode, problem);
+    if (!problem.empty()) throw wsi::Error(wsi::ErrorKind::Decode, problem, std::move(cause));
   };
 }
 
@@ -158,7 +181,16 @@ NB_MODULE(_engine, m) {
     try {
       std::rethrow_exception(p);
     } catch (const wsi::Error& e) {
-      PyErr_SetString(error_class(e.kind()).ptr(), e.what());
+      nb::object cls = error_class(e.kind());
+      if (!e.cause()) {
+        PyErr_SetString(cls.ptr(), e.what());
+        return;
+      }
+      // raise cls(message) from cause
+      nb::object exc = cls(nb::str(e.what()));
+      const nb::object& cause = *static_cast<const nb::object*>(e.cause().get());
+      PyException_SetCause(exc.ptr(), nb::object(cause).release().ptr());
+      PyErr_SetObject(cls.ptr(), exc.ptr());
     }
   });
 
@@ -177,7 +209,7 @@ NB_MODULE(_engine, m) {
           [](wsi::Reader& r, uint32_t width, uint32_t height, uint32_t tile_width, uint32_t tile_height,
              uint32_t samples_per_plane, uint32_t bytes_per_sample, int codec, bool byteswap, int predictor,
              nb::bytes jpeg_tables, int jpeg_in, int jpeg_out, U64Array offsets, U64Array bytecounts,
-             nb::object external, uint32_t page_index) {
+             nb::object external, uint32_t page_index, uint32_t compression, bool strips) {
             if (offsets.ndim() != 3 || bytecounts.ndim() != 3) {
               throw wsi::Error(wsi::ErrorKind::Format, "tile tables must be (planes, down, across)");
             }
@@ -200,11 +232,14 @@ NB_MODULE(_engine, m) {
             level.bytecounts = to_vector(bytecounts);
             if (!external.is_none()) level.external = wrap_decoder(external);
             level.page_index = page_index;
+            level.compression = compression;
+            level.strips = strips;
             return r.add_level(std::move(level));
           },
           "width"_a, "height"_a, "tile_width"_a, "tile_height"_a, "samples_per_plane"_a,
           "bytes_per_sample"_a, "codec"_a, "byteswap"_a, "predictor"_a, "jpeg_tables"_a, "jpeg_in"_a,
-          "jpeg_out"_a, "offsets"_a, "bytecounts"_a, "external"_a.none(), "page_index"_a)
+          "jpeg_out"_a, "offsets"_a, "bytecounts"_a, "external"_a.none(), "page_index"_a, "compression"_a = 0,
+          "strips"_a = false)
       .def(
           "read_region",
           [](const wsi::Reader& r, size_t level, int64_t x, int64_t y, OutArray out, nb::bytes fill,
@@ -215,6 +250,9 @@ NB_MODULE(_engine, m) {
             }
             if (fill.size() != desc.pixel_bytes()) {
               argument_error("fill value has the wrong pixel size");
+            }
+            if (out.shape(0) > UINT32_MAX || out.shape(1) > UINT32_MAX) {
+              argument_error("region size must be between 0 and 2**32 - 1");
             }
             wsi::Region region{x, y, static_cast<uint32_t>(out.shape(1)), static_cast<uint32_t>(out.shape(0))};
             const auto* fill_bytes = static_cast<const uint8_t*>(fill.data());
@@ -335,6 +373,7 @@ NB_MODULE(_engine, m) {
         std::vector<const wsi::Reader*> pointers;
         for (nb::handle h : readers) pointers.push_back(nb::cast<const wsi::Reader*>(h));
         const size_t h = out.shape(1), w = out.shape(2), px = out.shape(3);
+        if (h > UINT32_MAX || w > UINT32_MAX) argument_error("region size must be between 0 and 2**32 - 1");
         std::vector<wsi::RegionRequest> requests(n);
         for (size_t i = 0; i < n; ++i) {
           const int64_t* row = where.data() + 4 * i;
@@ -427,7 +466,15 @@ NB_MODULE(_engine, m) {
           size_t capacity;
         };
         size_t capacity = 0;
-        void* data = wsi::acquire_output(nbytes, &capacity);
+        void* data = nullptr;
+        try {
+          data = wsi::acquire_output(nbytes, &capacity);
+        } catch (const std::bad_alloc&) {
+          // The request layer bounds outputs first; this is what is left (an address-space
+          // limit, a full machine): say what could not be had, not just "std::bad_alloc".
+          PyErr_Format(PyExc_MemoryError, "cannot map %zu bytes for the output array", nbytes);
+          throw nb::python_error();
+        }
         // The capsule is the array's base: views keep the memory leased.
         nb::capsule owner(new Lease{data, capacity}, [](void* p) noexcept {
           auto* lease = static_cast<Lease*>(p);
@@ -459,6 +506,20 @@ NB_MODULE(_engine, m) {
       },
       "max_bytes"_a = nb::none(), "max_idle_seconds"_a = nb::none(),
       "Set (when given) and report the output-memory pool's limits and counters.");
+
+  m.def(
+      "stream_header",
+      [](uint32_t compression, nb::bytes data) -> nb::object {
+        const wsi::HeaderCodec codec = wsi::header_parser(compression);
+        if (codec.parse == nullptr) return nb::none();
+        wsi::StreamHeader h;
+        const char* problem = codec.parse(static_cast<const uint8_t*>(data.data()), data.size(), h);
+        if (problem != nullptr) throw wsi::Error(wsi::ErrorKind::Decode, problem);
+        return nb::make_tuple(h.width, h.height, h.samples, h.bits);
+      },
+      "compression"_a, "data"_a,
+      "(width, height, samples, bits) a tile stream of this TIFF Compression declares (0: not declared), "
+      "or None for codecs whose streams carry no size; TileDecodeError when it cannot be read.");
 
   m.def("pool_size", &wsi::pool_size, "Threads in the process-wide decode pool.");
   m.def("set_pool_size", &wsi::set_pool_size, "threads"_a,

@@ -2,6 +2,7 @@
 // wsiarray.errors class, so Python sees one WSIError hierarchy.
 #pragma once
 
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -10,14 +11,19 @@ namespace wsi {
 // Argument: a caller mistake (wrong output shape, level out of range, ...).
 enum class ErrorKind { Open, Format, Unsupported, Read, Decode, Argument };
 
+// `cause` is opaque to the engine: the bindings put the Python exception an
+// external decoder raised there, and chain it as __cause__ when they raise
+// this error in Python. Code that adds context to a message keeps it.
 class Error : public std::runtime_error {
  public:
-  Error(ErrorKind kind, const std::string& message)
-      : std::runtime_error(message), kind_(kind) {}
+  Error(ErrorKind kind, const std::string& message, std::shared_ptr<void> cause = nullptr)
+      : std::runtime_error(message), kind_(kind), cause_(std::move(cause)) {}
   ErrorKind kind() const noexcept { return kind_; }
+  const std::shared_ptr<void>& cause() const noexcept { return cause_; }
 
  private:
   ErrorKind kind_;
+  std::shared_ptr<void> cause_;
 };
 
 }  // namespace wsi

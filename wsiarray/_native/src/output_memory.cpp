@@ -121,6 +121,7 @@ void trim_forever(State* s) {
 
 void* acquire_output(size_t bytes, size_t* capacity) {
   const size_t page = page_size();
+  if (bytes > SIZE_MAX - page) throw std::bad_alloc();  // rounding up would wrap around
   const size_t wanted = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
   State& s = state();
   {

@@ -76,7 +76,7 @@ class RegionRead {
       try {
         read_tile(t, bytes + (t.offset - a.offset), scratch);
       } catch (const Error& e) {
-        fail(e.kind(), describe_tile(label_, g_, t.plane, t.tx, t.ty) + ": " + e.what());
+        throw Error(e.kind(), describe_tile(label_, g_, t.plane, t.tx, t.ty) + ": " + e.what(), e.cause());
       }
     }
   }
@@ -122,7 +122,7 @@ class RegionRead {
       }
       return;
     }
-    const TileStream src{data, size_t(t.bytecount), t.index, valid_height(t)};
+    const TileStream src{data, size_t(t.bytecount), t.index, valid_height(t), valid_width(t)};
     auto decode = [&](const TileTarget* entry, bool keep) -> TileCache::Rows {
       if (t.whole && single) {
         const TileTarget target = output_target(out_, t, g_);
@@ -170,6 +170,8 @@ CodecParams LevelDesc::codec_params() const {
   params.byteswap = byteswap;
   params.predictor = predictor;
   params.external = external ? &external : nullptr;
+  params.compression = compression;
+  params.strips = strips;
   return params;
 }
 
@@ -218,6 +220,7 @@ size_t Reader::add_level(LevelDesc level) {
     fail(ErrorKind::Format, what + ": external codec without a decoder");
   }
   if (level.predictor != 1 && level.predictor != 2) fail(ErrorKind::Unsupported, what + ": predictor");
+  if (level.strips && level.tile_width != level.width) fail(ErrorKind::Format, what + ": strips narrower than the image");
   levels_.push_back(std::make_unique<LevelDesc>(std::move(level)));
   return levels_.size() - 1;
 }

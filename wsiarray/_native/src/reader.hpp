@@ -35,6 +35,8 @@ struct LevelDesc {
   std::vector<uint64_t> offsets;
   std::vector<uint64_t> bytecounts;
   ExternalDecoder external;
+  uint32_t compression = 0;  // the TIFF Compression value (stream header checks)
+  bool strips = false;       // strips, not tiles: the last may be shorter
   uint32_t page_index = 0;  // for messages
 
   LevelGeometry geometry() const {
