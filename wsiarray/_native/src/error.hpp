@@ -8,7 +8,8 @@
 namespace wsi {
 
 // Argument: a caller mistake (wrong output shape, level out of range, ...).
-enum class ErrorKind { Open, Format, Unsupported, Read, Decode, Argument };
+// Cache: the tile cache cannot be made or attached (/dev/shm too small, an unsafe segment).
+enum class ErrorKind { Open, Format, Unsupported, Read, Decode, Argument, Cache };
 
 class Error : public std::runtime_error {
  public:
