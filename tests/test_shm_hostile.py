@@ -89,8 +89,8 @@ def small_shm() -> None:
     """Skip unless this process may mount a tmpfs over /dev/shm in a private mount namespace."""
     if shutil.which("unshare") is None:
         pytest.skip("no unshare(1): cannot make a small /dev/shm")
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64m tmpfs /dev/shm && df -k /dev/shm"],
-                          capture_output=True, text=True, timeout=30)
+    mount = "mount -t tmpfs -o size=64m tmpfs /dev/shm && df -k /dev/shm"
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", mount], capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
         pytest.skip(f"unshare -m / mount tmpfs not permitted here: {proc.stderr.strip()}")
 
@@ -139,7 +139,8 @@ if fill_shm:
     import subprocess, sys
     child = "import wsiarray, numpy as np; from cache_support import reference; " \\
             "wsiarray.cache('shared_memory'); s = wsiarray.open(%r); w, h = s.level_dimensions[0]; " \\
-            "print(wsiarray.cache().name, int(np.array_equal(s.read_region((0, 0), (w, h)), reference(%r))))" % (path, path)
+            "print(wsiarray.cache().name, " \\
+            "int(np.array_equal(s.read_region((0, 0), (w, h)), reference(%r))))" % (path, path)
     out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     attached_name, same = out.stdout.split()
@@ -172,7 +173,8 @@ def test_cache_larger_than_dev_shm_is_a_clear_error(small_shm: None) -> None:
     assert issubclass(wsiarray.CacheError, wsiarray.OpenError)
 
 
-def test_cache_that_fits_is_filled_beyond_its_budget_without_sigbus(small_shm: None, big_slide_path: str) -> None:
+def test_cache_that_fits_is_filled_beyond_its_budget_without_sigbus(small_shm: None,
+                                                                   big_slide_path: str) -> None:
     out = result(run_child(FILL, big_slide_path, "/fits", 32, False, unshare=True))
     assert out["ok"]
     assert 30 << 20 < out["memory_size"] <= 32 << 20
