@@ -25,6 +25,7 @@ from .batch import BatchIterator
 from .cache import TileCache, cache, preferred_memory_capacity
 from .errors import (
     ArgumentError,
+    CacheError,
     ClosedError,
     FormatError,
     OpenError,
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_FILL",
     "ArgumentError",
     "BatchIterator",
+    "CacheError",
     "ClosedError",
     "CuImage",
     "FormatError",

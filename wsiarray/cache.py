@@ -11,7 +11,11 @@ tiles of two files are never confused. Every read through wsiarray
 - ``shared_memory``: one named POSIX shared-memory segment that forked and
   spawned processes attach to by name (dask workers, DataLoader workers),
   with robust process-shared locks: a process killed mid-insert leaves the
-  others working. The last process to detach unlinks it.
+  others working. The last process to detach unlinks it. Its memory is
+  reserved in ``/dev/shm`` when it is created, so a ``/dev/shm`` too small for
+  it (Docker's default is 64 MiB) raises :class:`~wsiarray.CacheError` then,
+  never SIGBUS later; a segment of another user, or writable by others, is
+  refused with :class:`~wsiarray.CacheError` too.
 
 Defaults, in order of precedence: an explicit :func:`cache` call; the
 environment variable ``WSIARRAY_CACHE`` (``TYPE[:MEMORY_MIB[:NAME]]``, e.g.

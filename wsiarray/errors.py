@@ -17,6 +17,7 @@ from __future__ import annotations
 
 __all__ = [
     "ArgumentError",
+    "CacheError",
     "ClosedError",
     "FormatError",
     "OpenError",
@@ -34,6 +35,13 @@ class WSIError(Exception):
 
 class OpenError(WSIError, OSError):
     """The file cannot be opened as a slide (missing, not TIFF, not readable)."""
+
+
+class CacheError(OpenError):
+    """The tile cache cannot be created or attached: /dev/shm too small, or an unsafe shared segment.
+
+    A subclass of :class:`OpenError`, which cache failures raised before this class existed.
+    """
 
 
 class FormatError(WSIError, ValueError):

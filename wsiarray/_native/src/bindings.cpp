@@ -40,6 +40,7 @@ nb::object error_class(wsi::ErrorKind kind) {
     case wsi::ErrorKind::Read: return errors.attr("TileReadError");
     case wsi::ErrorKind::Decode: return errors.attr("TileDecodeError");
     case wsi::ErrorKind::Argument: return errors.attr("ArgumentError");
+    case wsi::ErrorKind::Cache: return errors.attr("CacheError");
   }
   return errors.attr("WSIError");
 }

@@ -9,7 +9,8 @@
 namespace wsi {
 
 // Argument: a caller mistake (wrong output shape, level out of range, ...).
-enum class ErrorKind { Open, Format, Unsupported, Read, Decode, Argument };
+// Cache: the tile cache cannot be made or attached (/dev/shm too small, an unsafe segment).
+enum class ErrorKind { Open, Format, Unsupported, Read, Decode, Argument, Cache };
 
 // `cause` is opaque to the engine: the bindings put the Python exception an
 // external decoder raised there, and chain it as __cause__ when they raise
