@@ -4,12 +4,18 @@ Modelled on xarray's ``CachingFileManager``: a :class:`~wsiarray.Slide` holds no
 open file, only its recipe (path, file identity, options). Each call asks the
 process's :class:`HandleManager` for the :class:`~wsiarray._reader.OpenedSlide`
 of that recipe, which it opens on first use and then shares with every other
-handle, dask task, xarray array and batch of the same file. At most
-``capacity`` files are kept open (default 128, as xarray's
-``file_cache_maxsize``); opening one more closes the least recently used, and a
+handle, dask task, xarray array and batch of the same file. An opened slide
+holds one file descriptor (the native reader's; tifffile's is closed once the
+file is parsed). At most ``capacity`` files are kept open (like xarray's
+``file_cache_maxsize``; by default a quarter of the soft ``RLIMIT_NOFILE``, at
+most 128 and at least 8, so the defaults work under ``ulimit -n 256`` with room
+for everything else); opening one more closes the least recently used, and a
 handle that needs it again reopens it, checking first that the file still has
 the identity the handle was made with (``OpenError`` otherwise). A read in
-flight keeps its reader (and so its descriptor) alive until it returns.
+flight keeps its reader (and so its descriptor) alive until it returns, so the
+process holds at most ``capacity`` descriptors plus those of reads in flight
+whose files the manager has already let go (batches read in groups of at most
+``capacity`` files, so one batch adds at most ``capacity``).
 
 Explicitly closing the last open handle of a file closes the file at once;
 handles that are merely dropped (such as those unpickled in dask tasks) leave it
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import resource
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,10 +43,16 @@ from collections.abc import Callable
 from ._reader import FileIdentity, OpenedSlide
 from .errors import ArgumentError, OpenError
 
-__all__ = ["DEFAULT_CAPACITY", "HandleManager", "file_handles", "file_identity", "manager"]
+__all__ = [
+    "DEFAULT_CAPACITY", "HandleManager", "default_capacity", "file_handles", "file_identity", "manager",
+]
 
-#: Files kept open per process unless :func:`file_handles` says otherwise.
+#: Most files kept open per process by default (fewer under a low ``RLIMIT_NOFILE``).
 DEFAULT_CAPACITY = 128
+#: The default leaves three quarters of the descriptor limit to everything else.
+_LIMIT_SHARE = 4
+#: Fewest files kept open by default, however low the limit.
+_MIN_CAPACITY = 8
 
 Key = tuple[str, FileIdentity]
 
@@ -58,6 +71,21 @@ def file_identity(path: str) -> FileIdentity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def default_capacity() -> int:
+    """Files kept open by default: a quarter of the soft ``RLIMIT_NOFILE``, within 8..128.
+
+    Read when files are opened, so a limit lowered after import is honoured.
+
+    Example:
+        >>> 8 <= default_capacity() <= DEFAULT_CAPACITY
+        True
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_CAPACITY
+    return max(_MIN_CAPACITY, min(DEFAULT_CAPACITY, soft // _LIMIT_SHARE))
+
+
 class HandleManager:
     """The process's open slides, least recently used first, at most ``capacity`` of them.
 
@@ -70,9 +98,10 @@ class HandleManager:
         0
     """
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY,
+    def __init__(self, capacity: int | None = None,
                  opener: Callable[[str, FileIdentity], OpenedSlide] = OpenedSlide.open) -> None:
-        self._capacity = _check_capacity(capacity)
+        # None: follow default_capacity(), i.e. the descriptor limit of the moment.
+        self._capacity = None if capacity is None else _check_capacity(capacity)
         self._opener = opener
         self._open: OrderedDict[Key, OpenedSlide] = OrderedDict()
         self._users: dict[Key, int] = {}
@@ -81,13 +110,13 @@ class HandleManager:
 
     @property
     def capacity(self) -> int:
-        """Most files kept open at once."""
-        return self._capacity
+        """Most files kept open at once (set it to ``None`` for the default, :func:`default_capacity`)."""
+        return default_capacity() if self._capacity is None else self._capacity
 
     @capacity.setter
-    def capacity(self, value: int) -> None:
+    def capacity(self, value: int | None) -> None:
         with self._lock:
-            self._capacity = _check_capacity(value)
+            self._capacity = None if value is None else _check_capacity(value)
             self._evict()
 
     def acquire(self, path: str, identity: FileIdentity | None = None, *, check: bool = False) -> OpenedSlide:
@@ -152,10 +181,11 @@ class HandleManager:
         return len(self._open)
 
     def __repr__(self) -> str:
-        return f"<wsiarray.HandleManager {len(self)}/{self._capacity} files open>"
+        return f"<wsiarray.HandleManager {len(self)}/{self.capacity} files open>"
 
     def _evict(self) -> None:
-        while len(self._open) > self._capacity:
+        capacity = self.capacity
+        while len(self._open) > capacity:
             self._open.popitem(last=False)
 
     def _after_fork(self) -> None:
@@ -181,10 +211,15 @@ atexit.register(manager.clear)
 def file_handles(capacity: int | None = None) -> HandleManager:
     """The process's handle manager; ``capacity`` sets how many files it keeps open.
 
+    Without ``capacity`` set, the manager keeps :func:`default_capacity` files open:
+    a quarter of the soft ``RLIMIT_NOFILE``, at most 128. Each open file is one
+    descriptor; files beyond the capacity are closed and reopened on demand.
+
     Example:
         >>> wsiarray.file_handles(capacity=256).capacity
         256
         >>> wsiarray.file_handles().clear()   # close every file; handles reopen on use
+        >>> wsiarray.file_handles().capacity = None   # back to the default
     """
     if capacity is not None:
         manager.capacity = capacity

@@ -3,9 +3,10 @@
 `Slide.read_region` with many locations and :func:`read_regions` (many
 slides) return a :class:`BatchIterator`. Each batch is one native call that
 shares ``num_workers`` threads of the process's pool among all the batch's
-tiles; up to ``prefetch_factor`` batches are in flight while the caller works
-on earlier ones. Every batch is a fresh array the caller owns: keeping one is
-always safe.
+tiles (several calls when the batch spans more files than the handle manager
+keeps open, so a batch never holds more descriptors than that); up to
+``prefetch_factor`` batches are in flight while the caller works on earlier
+ones. Every batch is a fresh array the caller owns: keeping one is always safe.
 
 Order: locations are used in the order given, or, with ``shuffle=True``, in
 the order ``numpy.random.default_rng(seed).permutation(len(locations))``.
@@ -123,19 +124,23 @@ class BatchIterator(Iterator[np.ndarray]):
         width, height = self._size
         out = empty_output((len(where), height, width, self._channels), self._dtype)
         if out.size:
-            if len(self._sources) == 1:
-                readers = [manager.acquire(*self._sources[0]).native]
-            else:
-                used, local = np.unique(where[:, 0], return_inverse=True)
-                readers = [manager.acquire(*self._sources[int(i)]).native for i in used]
-                where = where.copy()
-                where[:, 0] = local
+            pixels = out.view(np.uint8).reshape(len(where), height, width, -1)
+            # Readers are acquired under the lock too, so one iterator holds one
+            # group's descriptors at a time, never those of batches read ahead.
             with self._serial:
-                _native.read_batch(
-                    readers, where, out.view(np.uint8).reshape(len(where), height, width, -1),
-                    self._fill, self._workers,
-                )
+                for start, stop in _file_groups(where[:, 0], manager.capacity):
+                    self._read_group(where[start:stop], pixels[start:stop])
         return out
+
+    def _read_group(self, where: np.ndarray, pixels: np.ndarray) -> None:
+        if len(self._sources) == 1:
+            readers = [manager.acquire(*self._sources[0]).native]
+        else:
+            used, local = np.unique(where[:, 0], return_inverse=True)
+            readers = [manager.acquire(*self._sources[int(i)]).native for i in used]
+            where = where.copy()
+            where[:, 0] = local
+        _native.read_batch(readers, where, pixels, self._fill, self._workers)
 
     def __next__(self) -> np.ndarray:
         if self._next >= self._batches:
@@ -151,6 +156,30 @@ class BatchIterator(Iterator[np.ndarray]):
         """Stop reading ahead; batches not yet started are dropped."""
         _cancel(self._pending)
         self._next = self._queued = self._batches
+
+
+def _file_groups(sources: np.ndarray, most: int) -> list[tuple[int, int]]:
+    """Consecutive ``[start, stop)`` ranges of patches with at most ``most`` distinct files each.
+
+    A batch over more files than the handle manager keeps open is read in several
+    native calls, so the descriptors it holds stay within the manager's capacity.
+
+    Example:
+        >>> _file_groups(np.array([0, 1, 0, 2, 3, 3]), 2)
+        [(0, 3), (3, 6)]
+    """
+    if len(np.unique(sources)) <= most:  # the usual case: one call
+        return [(0, len(sources))]
+    groups = []
+    start = 0
+    seen: set[int] = set()
+    for i, source in enumerate(sources.tolist()):
+        if source not in seen and len(seen) == most:
+            groups.append((start, i))
+            start, seen = i, set()
+        seen.add(source)
+    groups.append((start, len(sources)))
+    return groups
 
 
 def _cancel(pending: collections.deque[concurrent.futures.Future[Any]]) -> None:

@@ -542,31 +542,39 @@ def read_regions(
     index_of: dict[int | str, int] = {}
     which: list[int] = []
     points: list[tuple[int, int]] = []
+    slide_levels: list[int] = []
+    slide_downsamples: list[float] = []
     for source, location in items:
         key: int | str = id(source) if isinstance(source, Slide) else os.path.abspath(os.fspath(source))
         if key not in index_of:
             index_of[key] = len(slides)
-            slides.append(source if isinstance(source, Slide) else Slide(source))
+            slide = source if isinstance(source, Slide) else Slide(source)
+            # Checked now, while the file is open: with more files than the
+            # handle manager keeps open, a later check would reopen each one.
+            if slides and (slide.dtype, slide.channels) != (slides[0].dtype, slides[0].channels):
+                first = slides[0]
+                raise ArgumentError(
+                    f"{slide.path} has {slide.channels} x {slide.dtype} pixels, "
+                    f"{first.path} has {first.channels} x {first.dtype}: they cannot share a batch"
+                )
+            slides.append(slide)
+            index = parse_level(level, slide.level_count)
+            slide_levels.append(index)
+            slide_downsamples.append(slide.level_downsamples[index])
         which.append(index_of[key])
         points.append(parse_location(location))
     if not slides:
         raise ArgumentError("read_regions needs at least one item")
     first = slides[0]
-    for slide in slides[1:]:
-        if (slide.dtype, slide.channels) != (first.dtype, first.channels):
-            raise ArgumentError(
-                f"{slide.path} has {slide.channels} x {slide.dtype} pixels, "
-                f"{first.path} has {first.channels} x {first.dtype}: they cannot share a batch"
-            )
     which_array = np.asarray(which, np.int64)
     level0 = np.asarray(points, np.int64).reshape(-1, 2)
-    levels = np.empty(len(which_array), np.int64)
+    levels = np.asarray(slide_levels, np.int64)[which_array]
+    downsamples = np.asarray(slide_downsamples, np.float64)[which_array]
     level_xy = np.empty_like(level0)
-    for i, slide in enumerate(slides):
-        mask = which_array == i
-        index = parse_level(level, slide.level_count)
-        levels[mask] = index
-        level_xy[mask] = to_level_locations(level0[mask], slide.level_downsamples[index])
+    # Per distinct downsample, not per slide: 10,000 slides share a handful.
+    for downsample in np.unique(downsamples):
+        mask = downsamples == downsample
+        level_xy[mask] = to_level_locations(level0[mask], float(downsample))
     return BatchIterator(
         [(slide.path, slide.identity) for slide in slides], which_array, levels, level_xy, (width, height),
         fill=first._fill_bytes(fill), channels=first.channels, dtype=first.dtype,
