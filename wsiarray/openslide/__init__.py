@@ -165,7 +165,7 @@ class _ClosedSlideError(ClosedError, ctypes.ArgumentError):
 
 
 class _ArgumentTypeError(ArgumentError, ctypes.ArgumentError):
-    """A wrongly typed argument: ``ctypes.ArgumentError`` as in openslide-python, also an ``ArgumentError``."""
+    """A wrongly typed argument: ``ctypes.ArgumentError`` as in openslide-python, and an ``ArgumentError``."""
 
 
 def _closed_error() -> _ClosedSlideError:
@@ -300,7 +300,7 @@ class AbstractSlide(metaclass=abc.ABCMeta):
             >>> import wsiarray.openslide as openslide
             >>> with openslide.OpenSlide(path) as osr:
             ...     osr.get_thumbnail((256, 256)).size
-            (256, 195)
+            (256, 196)
         """
         width0, height0 = self.dimensions
         downsample = max(width0 / size[0], height0 / size[1])
@@ -625,7 +625,7 @@ class OpenSlideCache:
         OpenSlideCache(268435456)
     """
 
-    _installed: OpenSlideCache | None = None  # the cache set_cache installed last
+    _installed: tuple[OpenSlideCache, Any] | None = None  # (cache, wsiarray's TileCache) set last
 
     def __init__(self, capacity: int) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
@@ -638,13 +638,15 @@ class OpenSlideCache:
         return f"OpenSlideCache({self._capacity})"
 
     def _install(self) -> None:
-        if OpenSlideCache._installed is self:
+        installed = OpenSlideCache._installed
+        if installed is not None and installed[0] is self and installed[1] is _configure_cache():
             return  # already the process's cache: keep its tiles
         if self._capacity == 0:
-            _configure_cache("nocache")
+            tile_cache = _configure_cache("nocache")
         else:
-            _configure_cache("per_process", memory_capacity=max(1, -(-self._capacity // (1 << 20))))
-        OpenSlideCache._installed = self
+            mib = max(1, -(-self._capacity // (1 << 20)))  # rounded up
+            tile_cache = _configure_cache("per_process", memory_capacity=mib)
+        OpenSlideCache._installed = (self, tile_cache)
 
 
 class ImageSlide(AbstractSlide):
