@@ -35,9 +35,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import wsiarray
-import wsiarray.openslide as wos
 from conftest import BAD_FILES, DATA, NO_DATA_REASON, READABLE_FILES
-from wsiarray.openslide.deepzoom import DeepZoomGenerator as WDeepZoom
 
 try:
     import openslide
@@ -45,7 +43,11 @@ try:
 except Exception as exc:  # openslide-python or its library (openslide-bin) missing
     pytest.skip(f"openslide-python with the OpenSlide library is needed: {exc}", allow_module_level=True)
 
+# openslide-python needs Pillow, so from here on it is installed
 from PIL import Image, ImageCms
+
+import wsiarray.openslide as wos
+from wsiarray.openslide.deepzoom import DeepZoomGenerator as WDeepZoom
 
 QUICKHASH = "openslide.quickhash-1"
 #: Keys OpenSlide sets that wsiarray does not, per file (see the module docstring).
