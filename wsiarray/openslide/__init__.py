@@ -55,6 +55,13 @@ Deliberate differences (see also ``docs/architecture.md``):
   subset of the slide data", and the subset is not documented. The check that makes
   OpenSlide refuse a file whose lowest level's tiles lie past the end of the file
   (it reads them to hash them) is made at open.
+- A level-0 location that falls between two pixels of a downsampled level (``x /
+  downsample`` not a whole number, e.g. any ``x`` but 0 on a level of downsample 4.0002):
+  OpenSlide 4 renders the level shifted by the fraction, resampled (measured: within 1-2
+  of a bilinear blend of the neighbouring pixels, but not equal to any rounding of one
+  that we tried); wsiarray reads whole pixels at ``int(x / downsample)``, which is
+  OpenSlide's answer whenever the location maps to a whole pixel or is negative. Deep Zoom
+  tiles read from such levels differ the same way.
 - ``detect_format`` returns None for files wsiarray cannot open, also where OpenSlide
   names the vendor of a file it then fails to open.
 - The tile cache is process-wide in wsiarray: ``set_cache`` sets the process's cache
