@@ -29,6 +29,7 @@ put back after each doctest, so examples cannot leak into other tests.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import pickle
 import sys
 from collections.abc import Iterator
@@ -41,6 +42,9 @@ from _pytest.doctest import DoctestItem
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
 from wsitest import preserved_cache, write_jpeg_pyramid
+
+# wsiarray.openslide needs Pillow (the "openslide" extra): without it, its examples are not collected
+collect_ignore_glob = [] if importlib.util.find_spec("PIL") else ["wsiarray/openslide/*"]
 
 
 def _write_svs(path: Path) -> None:

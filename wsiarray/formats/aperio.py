@@ -21,7 +21,7 @@ import tifffile
 
 from ..errors import FormatError
 from .base import SlideInfo
-from .properties import make_slide_info, parse_positive_float, tiff_properties
+from .properties import icc_profile, make_slide_info, parse_positive_float, tiff_properties
 from .tiff import (
     PageLoader,
     check_page,
@@ -121,6 +121,7 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
     candidates: list[list[tifffile.TiffPage]] = []
     associated: dict[str, PageLoader] = {}
     descriptions: dict[str, str] = {}
+    icc_profiles: dict[str, bytes] = {}
     for index, page in enumerate(iter_pages(tif)):
         if page.is_tiled:
             if index == 0 or (same_layout(page, first) and not is_mask(page)):
@@ -135,6 +136,9 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
             continue  # a broken label must not make the slide unreadable
         associated[name] = PageLoader(path, name, (index,), int(page.imagewidth), int(page.imagelength))
         descriptions[name] = page.description or ""
+        icc = icc_profile(page)
+        if icc is not None:
+            icc_profiles[name] = icc
 
     levels = pyramid_levels(path, candidates)
     props = tiff_properties(first)
@@ -147,6 +151,8 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
         associated=associated,
         mpp=(mpp, mpp) if mpp is not None else None,
         objective_power=parse_positive_float(props.get("aperio.AppMag")),
+        icc_profile=icc_profile(first),
+        associated_icc_profiles=icc_profiles,
     )
     info.associated_descriptions = descriptions
     return info

@@ -113,3 +113,7 @@ class SlideInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     #: name -> ImageDescription of the page holding that associated image ("" when it has none).
     associated_descriptions: dict[str, str] = field(default_factory=dict)
+    #: The ICC profile of level 0 (the TIFF InterColorProfile tag), None when it has none.
+    icc_profile: bytes | None = None
+    #: name -> ICC profile of that associated image's page (only those that have one).
+    associated_icc_profiles: dict[str, bytes] = field(default_factory=dict)

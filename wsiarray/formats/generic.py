@@ -15,7 +15,7 @@ from __future__ import annotations
 import tifffile
 
 from .base import SlideInfo
-from .properties import make_slide_info, resolution_mpp, tiff_properties
+from .properties import icc_profile, make_slide_info, resolution_mpp, tiff_properties
 from .tiff import (
     check_page,
     is_mask,
@@ -60,4 +60,5 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo:
         pyramid_levels(path, candidates),
         tiff_properties(first),
         mpp=resolution_mpp(first),
+        icc_profile=icc_profile(first),
     )

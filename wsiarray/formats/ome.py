@@ -19,7 +19,7 @@ import tifffile
 
 from ..errors import FormatError, UnsupportedError, WSIError
 from .base import SlideInfo
-from .properties import make_slide_info, parse_positive_float, tiff_properties
+from .properties import icc_profile, make_slide_info, parse_positive_float, tiff_properties
 from .tiff import (
     MAX_PAGES,
     MAX_SAMPLES,
@@ -299,6 +299,7 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
             parse_positive_float(objective.get("NominalMagnification")) if objective is not None else None
         ),
         channel_names=names,
+        icc_profile=icc_profile(first),
     )
     info.associated_descriptions = descriptions
     return info

@@ -18,6 +18,7 @@ from .tiff import PageLoader
 
 __all__ = [
     "format_double",
+    "icc_profile",
     "make_slide_info",
     "parse_positive_float",
     "resolution_mpp",
@@ -115,6 +116,22 @@ def tiff_properties(page: tifffile.TiffPage) -> dict[str, str]:
     return props
 
 
+def icc_profile(page: tifffile.TiffPage) -> bytes | None:
+    """The page's ICC profile (TIFF tag InterColorProfile, 34675), or None when it has none.
+
+    Example:
+        >>> icc_profile(tifffile.TiffFile(path).pages.first) is None
+        True
+    """
+    tag = page.tags.get(34675)
+    if tag is None:
+        return None
+    value = tag.value
+    if isinstance(value, (tuple, list)):
+        value = bytes(value)
+    return bytes(value) if isinstance(value, (bytes, bytearray)) and value else None
+
+
 def resolution_mpp(page: tifffile.TiffPage) -> tuple[float, float] | None:
     """Micrometres per pixel from X/YResolution when ResolutionUnit is a length.
 
@@ -159,12 +176,16 @@ def make_slide_info(
     mpp: tuple[float, float] | None = None,
     objective_power: float | None = None,
     channel_names: Sequence[str] | None = None,
+    icc_profile: bytes | None = None,
+    associated_icc_profiles: Mapping[str, bytes] | None = None,
 ) -> SlideInfo:
     """Assemble a :class:`SlideInfo`, adding the ``openslide.*`` keys.
 
     ``properties`` holds the vendor's own keys plus :func:`tiff_properties`;
     vendor, level, mpp, objective-power and associated-image keys are
-    derived here so every vendor formats them identically.
+    derived here so every vendor formats them identically. ICC profiles (level
+    0's, and associated images' by name) give OpenSlide's ``openslide.icc-size``
+    and ``openslide.associated.<name>.icc-size``.
 
     Example:
         >>> levels = wsiarray.open(path).format_info.levels
@@ -184,6 +205,12 @@ def make_slide_info(
     for name, loader in associated.items():
         props[f"openslide.associated.{name}.width"] = str(loader.width)
         props[f"openslide.associated.{name}.height"] = str(loader.height)
+    if icc_profile:
+        props["openslide.icc-size"] = str(len(icc_profile))
+    associated_icc = {name: icc for name, icc in (associated_icc_profiles or {}).items()
+                      if icc and name in associated}
+    for name, icc in associated_icc.items():
+        props[f"openslide.associated.{name}.icc-size"] = str(len(icc))
     return SlideInfo(
         vendor=vendor,
         levels=list(levels),
@@ -192,4 +219,6 @@ def make_slide_info(
         mpp=mpp,
         objective_power=objective_power,
         channel_names=tuple(channel_names) if channel_names is not None else None,
+        icc_profile=icc_profile or None,
+        associated_icc_profiles=associated_icc,
     )
