@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 from cache_support import write_slide
+from wsitest import preserved_cache
 
 import wsiarray
 
@@ -98,15 +99,11 @@ def small_shm() -> None:
 @pytest.fixture
 def segment() -> Iterator[str]:
     """A fresh segment name; the segment is removed after the test."""
-    saved = os.environ.get("WSIARRAY_CACHE")
-    wsiarray.cache("nocache")
     name = f"/wsiarray-hostile-{os.getpid()}-{uuid.uuid4().hex[:10]}"
-    yield name
-    wsiarray.cache("nocache")
-    if saved is None:
-        os.environ.pop("WSIARRAY_CACHE", None)
-    else:
-        os.environ["WSIARRAY_CACHE"] = saved
+    with preserved_cache():
+        wsiarray.cache("nocache")
+        yield name
+        wsiarray.cache("nocache")  # detached before the segment is removed
     path = Path("/dev/shm" + name)
     if path.exists() or path.is_symlink():
         path.unlink()
