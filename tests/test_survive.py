@@ -33,7 +33,7 @@ from survive_support import checker, crop, final_reader, random_region, victim
 import wsiarray
 
 TIMEOUT = 60
-KILLS = 40  # SIGKILLs of spawned workers per run (at least MIN_KILLS within KILL_SECONDS)
+KILLS = 40  # SIGKILLs of spawned workers per run (at least MIN_KILLS; see the loop)
 MIN_KILLS = 30
 KILL_SECONDS = 25.0
 VICTIMS = 3  # spawned workers alive at once, each killed a moment after it starts reading
@@ -81,7 +81,10 @@ def test_spawned_workers_killed_mid_read(kill_slides: list[str], segment: str) -
             assert conn.poll(TIMEOUT), "a checking worker did not start"
             assert conn.recv() == "ready"
         started = time.monotonic()
-        while kills < KILLS and time.monotonic() - started < KILL_SECONDS:
+        # KILLS, or at least MIN_KILLS once KILL_SECONDS have passed (a loaded machine
+        # starts Python slowly: take longer rather than fail); never more than 3 x KILL_SECONDS.
+        while kills < KILLS and time.monotonic() - started < 3 * KILL_SECONDS and not (
+                kills >= MIN_KILLS and time.monotonic() - started >= KILL_SECONDS):
             while len(victims) < VICTIMS:
                 ready = mp.Event()
                 seed = rng.randrange(1 << 30)
@@ -106,6 +109,7 @@ def test_spawned_workers_killed_mid_read(kill_slides: list[str], segment: str) -
         assert conn.poll(TIMEOUT), "a checking worker stopped answering"
         results.append(conn.recv())
         proc.join(TIMEOUT)
+    print(f"{kills} spawned workers killed in {elapsed:.1f} s")  # shown with pytest -s
     assert kills >= MIN_KILLS, f"only {kills} kills in {elapsed:.1f} s"
     for reads, mismatches, errors, name in results:
         assert not errors, errors[0]
