@@ -8,7 +8,8 @@ parametrize over and no SIGBUS to expect; these tests make sure of it).
   end give :class:`wsiarray.TileReadError` naming the file, through a single
   read, a batch and a dask array, under every cache type; tiles before it and
   tiles read earlier still read correctly. In a child process, so a SIGBUS would
-  fail the test instead of killing pytest.
+  fail the test instead of killing pytest. A new handle on the truncated file is
+  refused at open or gives the same errors.
 - Replaced while open (a new file renamed over the path): a handle whose file the
   manager keeps open reads the old pixels through its descriptor; once that file
   was closed (handle capacity 1, two slides read alternately) the handle is
@@ -102,6 +103,16 @@ for i in within:
     x, y, w, h = tile_region(i)
     out["ok"][f"tile {i}"] = bool(np.array_equal(slide.read_region((x, y), (w, h)), crop(ref, x, y, w, h)))
 out["ok"]["first row again"] = bool(np.array_equal(slide.read_region((0, 0), (W, T)), ref[:T]))
+# A new handle on the truncated file: refused at open, or its tiles past the end are errors.
+try:
+    reopened = wsiarray.open(path)
+except wsiarray.WSIError as exc:
+    out["reopen"] = type(exc).__name__
+else:
+    out["reopen"] = "opened"
+    assert reopened.identity != slide.identity
+    expect_error("new handle", lambda: reopened.read_region((0, 0), (W, H)))
+    out["ok"]["new handle, first row"] = bool(np.array_equal(reopened.read_region((0, 0), (W, T)), ref[:T]))
 print(json.dumps(out))
 """
 
@@ -121,6 +132,7 @@ def test_file_truncated_while_open(tmp_path: Path, kind: str) -> None:
     assert proc.returncode == 0, f"child died (rc {proc.returncode}; -7 is SIGBUS):\n{proc.stderr[-3000:]}"
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["beyond"] >= 10 and out["within"] >= 10, out
+    assert out["reopen"] in ("opened", "OpenError", "FormatError"), out
     assert len(out["errors"]) >= 10, out
     for what, got in out["errors"].items():
         assert got == "TileReadError", f"{kind}, truncated file, {what}: {got}"
