@@ -111,20 +111,24 @@ def segment() -> Iterator[str]:
 
 # -- item 1: /dev/shm smaller than the cache ---------------------------------------------------
 
-FILL = """
-import os, numpy as np, wsiarray
-from cache_support import reference
-path, name, mib, fill_shm = ARGS
-ref = reference(path)
-c = wsiarray.cache("shared_memory", memory_capacity=mib, name=name)
+#: Child code: when ``fill_shm``, take all the rest of /dev/shm, as other processes' segments would.
+FILL_SHM = """
 if fill_shm:
-    # Take all the rest of /dev/shm, as other processes' segments would.
     with open("/dev/shm/filler", "wb") as f:
         try:
             while True:
                 f.write(b"x" * (1 << 20)); f.flush()
         except OSError:
             pass
+"""
+
+FILL = """
+import os, numpy as np, wsiarray
+from cache_support import reference
+path, name, mib, fill_shm = ARGS
+ref = reference(path)
+c = wsiarray.cache("shared_memory", memory_capacity=mib, name=name)
+""" + FILL_SHM + """
 s = wsiarray.open(path)
 w, h = s.level_dimensions[0]
 ok = True
@@ -404,14 +408,7 @@ for i in range(get(L["SHARDS"], "<I")):
     punched += end - start
 held = os.fstat(fd).st_blocks * 512
 assert held < size - (16 << 20), (held, size)  # its pages are no longer reserved
-if fill_shm:
-    # Take all the rest of /dev/shm, as other processes' segments would.
-    with open("/dev/shm/filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"x" * (1 << 20)); f.flush()
-        except OSError:
-            pass
+""" + FILL_SHM + """
 # A child attaches through WSIARRAY_CACHE and reads a slide larger than the cache.
 child = '''
 import json, numpy as np, wsiarray

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from cache_support import tifffile_level, write_slide
 from survive_support import checker, crop, final_reader, random_region, victim
+from wsitest import preserved_cache
 
 import wsiarray
 
@@ -41,15 +42,11 @@ VICTIMS = 3  # spawned workers alive at once, each killed a moment after it star
 
 @pytest.fixture
 def segment() -> Iterator[str]:
-    """A fresh segment name; ``nocache`` and ``WSIARRAY_CACHE`` restored and the segment removed after."""
-    saved = os.environ.get("WSIARRAY_CACHE")
+    """A fresh segment name; the cache and ``WSIARRAY_CACHE`` restored and the segment removed after."""
     name = f"/wsiarray-survive-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    yield name
-    wsiarray.cache("nocache")
-    if saved is None:
-        os.environ.pop("WSIARRAY_CACHE", None)
-    else:
-        os.environ["WSIARRAY_CACHE"] = saved
+    with preserved_cache():
+        yield name
+        wsiarray.cache("nocache")  # detached before the segment is removed
     if os.path.exists("/dev/shm" + name):
         os.unlink("/dev/shm" + name)
 
