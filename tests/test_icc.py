@@ -486,3 +486,18 @@ def test_openslide_facade_keeps_its_color_profile_and_stored_pixels(slides: dict
         assert region.info["icc_profile"] == WIDE
         # openslide-python attaches the profile and leaves the pixels as stored
         np.testing.assert_array_equal(np.asarray(region)[..., :3], reference_level(path, 0)[:32, :32])
+
+
+# -- a scanner's own profile ---------------------------------------------------------------------------
+
+
+def test_a_real_scanners_profile(data_file: Any) -> None:
+    """The TCGA slide's embedded Aperio profile: apply_icc equals a direct transform of the stored pixels."""
+    path = data_file("aperio/tcga-cr-7395-01a-01-ts1.svs")
+    with wsiarray.open(path) as slide:
+        profile = slide.icc_profile
+        assert profile is not None and len(profile) == int(slide.properties["openslide.icc-size"])
+        for level in range(slide.level_count):
+            stored = reference_level(path, level)
+            got = slide.read_region(level=level, num_workers=2, apply_icc=True)
+            np.testing.assert_array_equal(got, direct_srgb(stored, profile))
