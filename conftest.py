@@ -43,8 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
 from wsitest import preserved_cache, write_jpeg_pyramid
 
-# wsiarray.openslide needs Pillow (the "openslide" extra): without it, its examples are not collected
-collect_ignore_glob = [] if importlib.util.find_spec("PIL") else ["wsiarray/openslide/*"]
+# wsiarray.openslide and the ICC transforms need Pillow (the "openslide" and "icc" extras):
+# without it, their examples are not collected
+collect_ignore_glob = [] if importlib.util.find_spec("PIL") else ["wsiarray/openslide/*", "wsiarray/_icc.py"]
 
 
 def _write_svs(path: Path) -> None:

@@ -19,6 +19,11 @@ The rules:
   slide's dtype (256 is not a uint8; silently wrapping it would be wrong).
 - **num_workers**: an integer >= 0; 0 and 1 both mean the calling thread.
 - **device**: ``"cpu"``; ``"cuda"`` is reserved for the GPU path.
+- **apply_icc**: ``True`` or ``False`` (a Python or NumPy bool), or ``None`` for the
+  handle's own setting (``wsiarray.open(path, apply_icc=...)``, default ``False``).
+  ``True`` returns sRGB pixels through the slide's ICC profile; that needs uint8
+  RGB or RGBA pixels (:func:`icc_mode`). A slide without a profile is returned
+  unchanged, as a viewer shows it.
 - Level-0 locations become level locations with OpenSlide's rule
   ``floor(x / downsample)``.
 - **request size**: the output a request allocates (a region, or one batch)
@@ -56,6 +61,8 @@ __all__ = [
     "LIMIT_ENV",
     "FillLike",
     "check_request_size",
+    "icc_mode",
+    "parse_apply_icc",
     "parse_batch_options",
     "parse_device",
     "parse_fill",
@@ -238,6 +245,49 @@ def parse_device(device: Any) -> str:
             f"device={device!r} needs the GPU path, which is not built yet; use device='cpu'"
         )
     return str(device)
+
+
+def parse_apply_icc(apply_icc: Any, default: bool) -> bool:
+    """Whether a read returns sRGB pixels: ``apply_icc``, or ``default`` (the handle's) when None.
+
+    Only bools: ``1`` or ``"yes"`` are refused rather than guessed at.
+
+    Example:
+        >>> parse_apply_icc(None, True), parse_apply_icc(np.False_, True)
+        (True, False)
+        >>> parse_apply_icc(1, False)
+        Traceback (most recent call last):
+        ...
+        wsiarray.errors.ArgumentError: apply_icc must be True, False or None, got 1
+    """
+    if apply_icc is None:
+        return default
+    if isinstance(apply_icc, (bool, np.bool_)):
+        return bool(apply_icc)
+    raise ArgumentError(f"apply_icc must be True, False or None, got {apply_icc!r}")
+
+
+def icc_mode(channels: int, dtype: np.dtype, where: str) -> str:
+    """The pixel mode (``"RGB"``, ``"RGBA"``) in which an ICC profile is applied to these pixels.
+
+    Only 8-bit RGB and RGBA: littleCMS through Pillow transforms those in place;
+    other sample types and channel counts are an :class:`~wsiarray.UnsupportedError`.
+    Alpha is kept as stored.
+
+    Example:
+        >>> icc_mode(4, np.dtype("uint8"), "slide.tif")
+        'RGBA'
+        >>> icc_mode(3, np.dtype("uint16"), "slide.tif")
+        Traceback (most recent call last):
+        ...
+        wsiarray.errors.UnsupportedError: slide.tif: apply_icc=True needs uint8 RGB or RGBA pixels, ...
+    """
+    if np.dtype(dtype) == np.uint8 and channels in (3, 4):
+        return "RGB" if channels == 3 else "RGBA"
+    raise UnsupportedError(
+        f"{where}: apply_icc=True needs uint8 RGB or RGBA pixels, the slide has {channels} channel(s) of "
+        f"{np.dtype(dtype)}; read it with apply_icc=False"
+    )
 
 
 def parse_batch_options(batch_size: Any, prefetch_factor: Any) -> tuple[int, int]:

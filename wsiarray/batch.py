@@ -8,6 +8,10 @@ keeps open, so a batch never holds more descriptors than that); up to
 ``prefetch_factor`` batches are in flight while the caller works on earlier
 ones. Every batch is a fresh array the caller owns: keeping one is always safe.
 
+With ``apply_icc=True`` each batch is transformed to sRGB as a whole after it
+is decoded: one littleCMS call over the ``(batch * h, w, c)`` rows of the
+patches that share a profile (all of them, from one slide), not one per patch.
+
 Order: locations are used in the order given, or, with ``shuffle=True``, in
 the order ``numpy.random.default_rng(seed).permutation(len(locations))``.
 """
@@ -26,6 +30,7 @@ import numpy as np
 
 from . import _native
 from ._handles import manager
+from ._icc import SrgbTransform, apply_srgb
 from ._memory import empty_output
 from ._reader import FileIdentity
 from ._request import check_request_size
@@ -84,6 +89,7 @@ class BatchIterator(Iterator[np.ndarray]):
         prefetch_factor: int,
         shuffle: bool,
         seed: int,
+        transforms: Sequence[SrgbTransform | None] | None = None,
     ) -> None:
         # Arguments arrive parsed by the request layer (wsiarray._request),
         # which also refuses a batch too large to allocate, before any is.
@@ -97,6 +103,11 @@ class BatchIterator(Iterator[np.ndarray]):
         # Files are (re)opened per batch through the handle manager, so a stream
         # over thousands of slides keeps no more open than the manager allows.
         self._sources = list(sources)
+        # The sRGB transform of each source (None: pixels as stored), and the sources by transform
+        transforms = list(transforms) if transforms is not None else [None] * len(self._sources)
+        self._transforms = [t for t in {id(t): t for t in transforms if t is not None}.values()]
+        self._transform_of = np.array([-1 if t is None else self._transforms.index(t) for t in transforms],
+                                      np.int64)
         self._size = size
         self._fill = fill
         self._channels = channels
@@ -130,7 +141,21 @@ class BatchIterator(Iterator[np.ndarray]):
             with self._serial:
                 for start, stop in _file_groups(where[:, 0], manager.capacity):
                     self._read_group(where[start:stop], pixels[start:stop])
+                if self._transforms:  # under the lock too: num_workers threads in all
+                    self._apply_icc(where[:, 0], out)
         return out
+
+    def _apply_icc(self, sources: np.ndarray, out: np.ndarray) -> None:
+        """Transform the batch to sRGB: once per distinct profile, over every patch that has it."""
+        which = self._transform_of[sources]
+        for index, transform in enumerate(self._transforms):
+            mask = which == index
+            if mask.all():
+                apply_srgb(out, transform, self._workers)  # the usual case: the batch as one image
+            elif mask.any():
+                patches = out[mask]  # a contiguous copy of those patches
+                apply_srgb(patches, transform, self._workers)
+                out[mask] = patches
 
     def _read_group(self, where: np.ndarray, pixels: np.ndarray) -> None:
         if len(self._sources) == 1:

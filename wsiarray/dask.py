@@ -11,8 +11,9 @@ process's handle manager, which then shares it with later tasks. So the same arr
 computes with the threaded scheduler, with processes, and on a ``dask.distributed``
 cluster.
 
-Names are deterministic: they hash the file identity, the level, the chunks and
-the device, so two processes that build the same array agree on its keys.
+Names are deterministic: they hash the file identity, the level, the chunks,
+the device and whether pixels are transformed to sRGB (``apply_icc``), so two
+processes that build the same array agree on its keys.
 
 Example:
     >>> import wsiarray
@@ -34,7 +35,7 @@ import dask.array as da
 import numpy as np
 
 from ._chunks import DEFAULT_CHUNK_PIXELS, Chunks3, ChunksLike, level_chunks
-from ._request import parse_device, parse_level
+from ._request import parse_apply_icc, parse_device, parse_level
 from .slide import Slide
 
 __all__ = [
@@ -47,15 +48,19 @@ __all__ = [
 ]
 
 
-def _read_block(slide: Slide, level: int, block_info: dict[Any, Any] | None = None) -> np.ndarray:
-    """Task body: read exactly this block's level-space region."""
+def _read_block(slide: Slide, level: int, apply_icc: bool = False,
+                block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    """Task body: read exactly this block's level-space region (in sRGB with ``apply_icc``)."""
     assert block_info is not None
     (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
-    return slide.read_level_region(level, (x0, y0), (x1 - x0, y1 - y0))
+    return slide.read_level_region(level, (x0, y0), (x1 - x0, y1 - y0), apply_icc=apply_icc)
 
 
-def array_name(slide: Slide, level: int, chunks: Chunks3, device: str = "cpu") -> str:
+def array_name(slide: Slide, level: int, chunks: Chunks3, device: str = "cpu",
+               apply_icc: bool = False) -> str:
     """The deterministic dask name of a level array: a hash of file identity, level, chunks, device.
+
+    ``apply_icc=True`` (sRGB pixels) gives another name; False keeps the name it always had.
 
     Example:
         >>> name = array_name(slide, 0, level_chunks(slide, 0))
@@ -68,12 +73,14 @@ def array_name(slide: Slide, level: int, chunks: Chunks3, device: str = "cpu") -
             int(level),
             tuple(tuple(int(s) for s in axis) for axis in chunks),
             str(device),
+            *(("icc",) if apply_icc else ()),
         )
     )
     return "wsiarray-read-" + hashlib.sha1(token.encode(), usedforsecurity=False).hexdigest()
 
 
-def to_dask(slide: Slide, level: int = 0, chunks: ChunksLike = None, device: str = "cpu") -> da.Array:
+def to_dask(slide: Slide, level: int = 0, chunks: ChunksLike = None, device: str = "cpu",
+            apply_icc: bool | None = None) -> da.Array:
     """Level ``level`` of ``slide`` as a lazy ``(height, width, channels)`` dask array.
 
     Chunks are whole multiples of the tile grid (see :func:`level_chunks` for what
@@ -85,6 +92,10 @@ def to_dask(slide: Slide, level: int = 0, chunks: ChunksLike = None, device: str
     ``device="cuda"`` (CuPy chunks) is reserved for the GPU path and raises
     :class:`~wsiarray.UnsupportedError` until that lands.
 
+    ``apply_icc=True`` gives sRGB pixels (see :meth:`wsiarray.Slide.read_region`):
+    each task transforms its chunk after decoding it. ``None`` means the slide
+    handle's setting. A profile that cannot be applied is refused here, not in a task.
+
     Example:
         >>> level = to_dask(slide, level=1, chunks=256)
         >>> level.shape, level.chunksize
@@ -94,23 +105,28 @@ def to_dask(slide: Slide, level: int = 0, chunks: ChunksLike = None, device: str
     """
     device = parse_device(device)
     level = parse_level(level, slide.level_count)
+    apply_icc = parse_apply_icc(apply_icc, slide.apply_icc) and slide.icc_profile is not None
+    if apply_icc:
+        slide.read_level_region(level, (0, 0), (0, 0), apply_icc=True)  # an empty read: checks the profile
     normalized = level_chunks(slide, level, chunks)
     return da.map_blocks(
         _read_block,
         dtype=slide.dtype,
         chunks=normalized,
         meta=np.empty((0, 0, 0), slide.dtype),
-        name=array_name(slide, level, normalized, device),
+        name=array_name(slide, level, normalized, device, apply_icc),
         slide=copy.copy(slide),  # a handle of its own: closing `slide` leaves the array working
         level=level,
+        apply_icc=apply_icc,
     )
 
 
-def to_dask_pyramid(slide: Slide, chunks: ChunksLike = None, device: str = "cpu") -> list[da.Array]:
+def to_dask_pyramid(slide: Slide, chunks: ChunksLike = None, device: str = "cpu",
+                    apply_icc: bool | None = None) -> list[da.Array]:
     """Every level of ``slide`` as dask arrays, largest first (napari's multiscale input).
 
     Example:
         >>> [a.shape for a in to_dask_pyramid(slide)]
         [(763, 1000, 3), (382, 500, 3), (191, 250, 3)]
     """
-    return [to_dask(slide, level, chunks, device) for level in range(slide.level_count)]
+    return [to_dask(slide, level, chunks, device, apply_icc) for level in range(slide.level_count)]

@@ -17,11 +17,14 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 
 from ._handles import manager
+from ._icc import SrgbTransform, apply_srgb, srgb_transform
 from ._memory import empty_output
 from ._reader import FileIdentity, Level, OpenedSlide
 from ._request import (
     FillLike,
     check_request_size,
+    icc_mode,
+    parse_apply_icc,
     parse_batch_options,
     parse_device,
     parse_fill,
@@ -73,17 +76,22 @@ class Slide:
         (256, 256, 3)
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, fill: FillLike = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, fill: FillLike = None,
+                 apply_icc: bool = False) -> None:
         self._path = os.path.abspath(os.fspath(path))
+        apply_icc = parse_apply_icc(apply_icc, False)
         opened = manager.acquire(self._path)
-        self._setup(opened.identity, fill)
+        self._setup(opened.identity, fill, apply_icc)
         self._checked = True
         if fill is not None:
             self._fill_bytes(None)  # a bad fill is refused when the slide is opened
+        if apply_icc:
+            self._transform(opened, None)  # so is a profile that cannot be applied
 
-    def _setup(self, identity: FileIdentity, fill: FillLike) -> None:
+    def _setup(self, identity: FileIdentity, fill: FillLike, apply_icc: bool) -> None:
         self._identity: FileIdentity = tuple(identity)  # type: ignore[assignment]
         self._fill = fill
+        self._apply_icc = apply_icc
         self._default_fill: bytes | None = None  # the fill pixel's bytes, made on first use
         self._closed = False
         manager.retain(self._path, self._identity)
@@ -91,12 +99,13 @@ class Slide:
         self._finalizer = weakref.finalize(self, manager.release, self._path, self._identity, close=False)
 
     @classmethod
-    def _from_recipe(cls, path: str, identity: FileIdentity, fill: FillLike) -> Slide:
+    def _from_recipe(cls, path: str, identity: FileIdentity, fill: FillLike,
+                     apply_icc: bool = False) -> Slide:
         # Opens nothing: the file is opened (or found open) on first use, so a
         # process that only passes the handle along never touches the file.
         slide = cls.__new__(cls)
         slide._path = path
-        slide._setup(identity, fill)
+        slide._setup(identity, fill, apply_icc)
         slide._checked = False  # the file's identity is checked on first use
         return slide
 
@@ -124,13 +133,13 @@ class Slide:
         # A recipe, not a handle: reopened (and shared) where it is unpickled.
         if self._closed:
             raise ClosedError(f"{self._path}: a closed slide cannot be pickled")
-        return (Slide._from_recipe, (self._path, self._identity, self._fill))
+        return (Slide._from_recipe, (self._path, self._identity, self._fill, self._apply_icc))
 
     def __copy__(self) -> Slide:
         """A new handle on the same file: closing either leaves the other open."""
         if self._closed:
             raise ClosedError(f"{self._path}: slide is closed")
-        twin = Slide._from_recipe(self._path, self._identity, self._fill)
+        twin = Slide._from_recipe(self._path, self._identity, self._fill, self._apply_icc)
         twin._checked = self._checked
         return twin
 
@@ -250,28 +259,70 @@ class Slide:
 
     @property
     def associated_images(self) -> Mapping[str, np.ndarray]:
-        """Associated images by name (``thumbnail``, ``label``, ``macro``), decoded on first access."""
-        return self._opened().associated
+        """Associated images by name (``thumbnail``, ``label``, ``macro``), decoded on first access.
+
+        On a handle opened with ``apply_icc=True``, an image whose page has an ICC
+        profile of its own (:attr:`associated_icc_profiles`) comes back in sRGB; the
+        others as stored.
+        """
+        opened = self._opened()
+        if self._apply_icc and opened.info.associated_icc_profiles:
+            return _SrgbAssociatedImages(opened.associated, opened.info.associated_icc_profiles, self._path)
+        return opened.associated
+
+    @property
+    def apply_icc(self) -> bool:
+        """Whether reads of this handle return sRGB pixels unless told otherwise (``open(apply_icc=)``)."""
+        return self._apply_icc
+
+    @property
+    def icc_profile(self) -> bytes | None:
+        """The slide's ICC profile (TIFF tag InterColorProfile, 34675, of level 0), or None.
+
+        Every level is read with this profile when ``apply_icc=True``, as OpenSlide
+        attaches level 0's profile to every region. The bytes open with
+        ``PIL.ImageCms.ImageCmsProfile(io.BytesIO(profile))``.
+
+        Example:
+            >>> slide.icc_profile is None
+            True
+            >>> profile = b"any ICC profile bytes"
+            >>> tifffile.imwrite("icc.tif", np.zeros((64, 64, 3), np.uint8), tile=(32, 32),
+            ...                  extratags=[(34675, 7, len(profile), profile, True)])
+            >>> wsiarray.open("icc.tif").icc_profile
+            b'any ICC profile bytes'
+        """
+        return self._opened().info.icc_profile
+
+    @property
+    def associated_icc_profiles(self) -> Mapping[str, bytes]:
+        """The ICC profiles of associated images whose own page has one, by name.
+
+        Example:
+            >>> wsiarray.open(svs_path).associated_icc_profiles
+            {}
+        """
+        return dict(self._opened().info.associated_icc_profiles)
 
     # -- pixels --------------------------------------------------------------------
 
     @overload
     def read_region(
         self, location: Location, size: tuple[int, int], level: int = 0, *, fill: FillLike = None,
-        num_workers: int = 0, device: str = "cpu",
+        num_workers: int = 0, device: str = "cpu", apply_icc: bool | None = None,
     ) -> np.ndarray: ...
 
     @overload
     def read_region(
         self, location: None = None, size: None = None, level: int = 0, *, fill: FillLike = None,
-        num_workers: int = 0, device: str = "cpu",
+        num_workers: int = 0, device: str = "cpu", apply_icc: bool | None = None,
     ) -> np.ndarray: ...
 
     @overload
     def read_region(
         self, location: Locations, size: tuple[int, int], level: int = 0, *, fill: FillLike = None,
         num_workers: int = 0, batch_size: int = 1, drop_last: bool = False, prefetch_factor: int = 2,
-        shuffle: bool = False, seed: int = 0, device: str = "cpu",
+        shuffle: bool = False, seed: int = 0, device: str = "cpu", apply_icc: bool | None = None,
     ) -> BatchIterator: ...
 
     def read_region(
@@ -288,6 +339,7 @@ class Slide:
         shuffle: bool = False,
         seed: int = 0,
         device: str = "cpu",
+        apply_icc: bool | None = None,
     ) -> np.ndarray | BatchIterator:
         """Read ``size`` pixels of ``level`` at level-0 ``location``: one region, many, or the level.
 
@@ -305,6 +357,13 @@ class Slide:
         threads of the process's native pool decode each request (0 or 1: the
         calling thread). The GIL is released while tiles are read and decoded.
 
+        ``apply_icc=True`` returns sRGB pixels: the slide's ICC profile
+        (:attr:`icc_profile`) is applied with littleCMS to the whole output once
+        (each batch as a whole), after decoding; ``None`` means the handle's
+        setting (``wsiarray.open(path, apply_icc=...)``, default False). A slide
+        without a profile is returned unchanged. Needs Pillow (``wsiarray[icc]``)
+        and uint8 RGB or RGBA pixels.
+
         Example:
             >>> slide.read_region((0, 0), (512, 512), level=1).shape
             (512, 512, 3)
@@ -317,9 +376,10 @@ class Slide:
         workers = parse_workers(num_workers)
         if device != "cpu":
             parse_device(device)
+        transform = self._transform(opened, apply_icc)
         if location is None and size is None:
             width, height = opened.levels[level].dimensions
-            return self._read(opened, level, 0, 0, width, height, fill, workers, None)
+            return self._read(opened, level, 0, 0, width, height, fill, workers, None, transform)
         if type(location) is tuple and len(location) == 2 and type(location[0]) is int \
                 and type(location[1]) is int:
             many: tuple[int, int] | np.ndarray = location  # the common case, kept cheap
@@ -329,7 +389,7 @@ class Slide:
         downsample = opened.levels[level].downsample
         if isinstance(many, tuple):
             x, y = to_level(many[0], many[1], downsample)
-            return self._read(opened, level, x, y, width, height, fill, workers, None)
+            return self._read(opened, level, x, y, width, height, fill, workers, None, transform)
         count = len(many)
         batch_size, prefetch_factor = parse_batch_options(batch_size, prefetch_factor)
         return BatchIterator(
@@ -337,7 +397,7 @@ class Slide:
             to_level_locations(many, downsample), (width, height),
             fill=self._fill_bytes(fill), channels=opened.channels, dtype=opened.dtype,
             num_workers=workers, batch_size=batch_size, drop_last=drop_last,
-            prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed,
+            prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed, transforms=[transform],
         )
 
     def read_level_region(
@@ -349,6 +409,7 @@ class Slide:
         fill: FillLike = None,
         num_workers: int = 0,
         out: np.ndarray | None = None,
+        apply_icc: bool | None = None,
     ) -> np.ndarray:
         """Like :meth:`read_region`, but ``location`` is in the level's own pixels.
 
@@ -356,6 +417,7 @@ class Slide:
         no rounding through level-0 coordinates. ``out``, a C-contiguous writable
         ``(h, w, c)`` array of the slide's dtype, receives the pixels instead of a
         new array (reusing one saves the page faults of fresh memory).
+        ``apply_icc`` as in :meth:`read_region` (``out`` is transformed in place).
 
         Example:
             >>> slide.read_level_region(1, (128, 0), (128, 128)).shape
@@ -365,10 +427,13 @@ class Slide:
         level = parse_level(level, len(opened.levels))
         x, y = parse_location(location)
         width, height = parse_size(size)
-        return self._read(opened, level, x, y, width, height, fill, parse_workers(num_workers), out)
+        workers = parse_workers(num_workers)
+        transform = self._transform(opened, apply_icc)
+        return self._read(opened, level, x, y, width, height, fill, workers, out, transform)
 
     def _read(self, opened: OpenedSlide, level: int, x: int, y: int, width: int, height: int,
-              fill: FillLike, workers: int, out: np.ndarray | None) -> np.ndarray:
+              fill: FillLike, workers: int, out: np.ndarray | None,
+              transform: SrgbTransform | None) -> np.ndarray:
         """The one single-region read every entry point ends in: level pixels into ``out``."""
         shape = (height, width, opened.channels)
         fill_bytes = self._fill_bytes(fill)
@@ -381,7 +446,18 @@ class Slide:
         if out.size:
             opened.native.read_region(level, x, y, out.view(np.uint8).reshape(height, width, -1),
                                       fill_bytes, workers)
+            if transform is not None:
+                apply_srgb(out, transform, workers)  # the whole region at once, in place
         return out
+
+    def _transform(self, opened: OpenedSlide, apply_icc: bool | None) -> SrgbTransform | None:
+        """The sRGB transform a read with ``apply_icc`` needs: None for none, or no profile to apply."""
+        if not parse_apply_icc(apply_icc, self._apply_icc):
+            return None
+        profile = opened.info.icc_profile
+        if profile is None:
+            return None  # nothing to apply: the pixels as stored, as a viewer shows them
+        return srgb_transform(profile, icc_mode(opened.channels, opened.dtype, self._path), self._path)
 
     def _fill_bytes(self, fill: FillLike) -> bytes:
         if fill is None:
@@ -405,10 +481,12 @@ class Slide:
                 best = i
         return best
 
-    def get_thumbnail(self, max_size: tuple[int, int]) -> np.ndarray:
+    def get_thumbnail(self, max_size: tuple[int, int], *, apply_icc: bool | None = None) -> np.ndarray:
         """The whole slide scaled to fit in ``max_size`` ``(width, height)``, keeping its aspect.
 
-        Reads the best level for the scale and box-filters it down.
+        Reads the best level for the scale and box-filters it down. With
+        ``apply_icc`` (see :meth:`read_region`) the small image is transformed
+        to sRGB after scaling, which costs a fraction of transforming the level.
 
         Example:
             >>> slide.get_thumbnail((256, 256)).shape[:2]
@@ -417,19 +495,25 @@ class Slide:
         max_w, max_h = parse_size(max_size, "max_size")
         if max_w <= 0 or max_h <= 0:
             raise ArgumentError(f"max_size must be positive, got {max_size!r}")
+        transform = self._transform(self._opened(), apply_icc)
         w0, h0 = self.level_dimensions[0]
         scale = max(w0 / max_w, h0 / max_h, 1.0)
         target = (max(1, round(w0 / scale)), max(1, round(h0 / scale)))
         level = self.get_best_level_for_downsample(scale)
-        image = self.read_region(level=level, num_workers=os.cpu_count() or 1)
-        return _box_resize(image, target)
+        image = self.read_region(level=level, num_workers=os.cpu_count() or 1, apply_icc=False)
+        thumbnail = _box_resize(image, target)
+        if transform is not None:
+            apply_srgb(thumbnail, transform)  # a fresh C-contiguous array, the level's or the resized one
+        return thumbnail
 
     # -- arrays (dask, xarray, OME-Zarr); imported on use so `import wsiarray` stays light --
 
-    def to_dask(self, level: int = 0, chunks: Any = None, device: str = "cpu") -> dask.array.Array:
+    def to_dask(self, level: int = 0, chunks: Any = None, device: str = "cpu",
+                apply_icc: bool | None = None) -> dask.array.Array:
         """Level ``level`` as a lazy, tile-aligned ``dask.array.Array`` of shape ``(h, w, c)``.
 
-        See :func:`wsiarray.dask.to_dask` for ``chunks`` (default about 2048 px).
+        See :func:`wsiarray.dask.to_dask` for ``chunks`` (default about 2048 px) and
+        ``apply_icc`` (each chunk is transformed to sRGB as it is read).
 
         Example:
             >>> slide.to_dask(0).chunksize
@@ -437,9 +521,10 @@ class Slide:
         """
         from .dask import to_dask
 
-        return to_dask(self, level=level, chunks=chunks, device=device)
+        return to_dask(self, level=level, chunks=chunks, device=device, apply_icc=apply_icc)
 
-    def to_dask_pyramid(self, chunks: Any = None, device: str = "cpu") -> list[dask.array.Array]:
+    def to_dask_pyramid(self, chunks: Any = None, device: str = "cpu",
+                        apply_icc: bool | None = None) -> list[dask.array.Array]:
         """Every level as a dask array, largest first (napari's ``multiscale=True`` input).
 
         Example:
@@ -448,16 +533,18 @@ class Slide:
         """
         from .dask import to_dask_pyramid
 
-        return to_dask_pyramid(self, chunks=chunks, device=device)
+        return to_dask_pyramid(self, chunks=chunks, device=device, apply_icc=apply_icc)
 
     @overload
-    def to_xarray(self, level: int, device: str = "cpu", chunks: Any = None) -> xarray.Dataset: ...
+    def to_xarray(self, level: int, device: str = "cpu", chunks: Any = None,
+                  apply_icc: bool | None = None) -> xarray.Dataset: ...
 
     @overload
-    def to_xarray(self, level: None = None, device: str = "cpu", chunks: Any = None) -> xarray.DataTree: ...
+    def to_xarray(self, level: None = None, device: str = "cpu", chunks: Any = None,
+                  apply_icc: bool | None = None) -> xarray.DataTree: ...
 
     def to_xarray(self, level: int | None = None, device: str = "cpu",
-                  chunks: Any = None) -> xarray.Dataset | xarray.DataTree:
+                  chunks: Any = None, apply_icc: bool | None = None) -> xarray.Dataset | xarray.DataTree:
         """One level as an ``xarray.Dataset`` (or, with ``level=None``, every level as a ``DataTree``).
 
         Example:
@@ -466,7 +553,7 @@ class Slide:
         """
         from .xarray_backend import to_xarray
 
-        return to_xarray(self, level=level, device=device, chunks=chunks)
+        return to_xarray(self, level=level, device=device, chunks=chunks, apply_icc=apply_icc)
 
     def to_zarr(self, store: Any, levels: Sequence[int] | None = None, **options: Any) -> Any:
         """Write the slide as an OME-Zarr pyramid (NGFF 0.5, Zarr v3); see ``zarr_export.to_zarr``.
@@ -479,6 +566,41 @@ class Slide:
         from .zarr_export import to_zarr
 
         return to_zarr(self, store, levels=levels, **options)
+
+
+class _SrgbAssociatedImages(Mapping[str, np.ndarray]):
+    """Associated images in sRGB: each one with a profile of its own is transformed on access.
+
+    The decoded images stay shared (and read-only) in the opened file; each access
+    returns a transformed copy, small next to a level read.
+    """
+
+    def __init__(self, images: Mapping[str, np.ndarray], profiles: Mapping[str, bytes], path: str) -> None:
+        self._images = images
+        self._profiles = profiles
+        self._path = path
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        image = self._images[name]
+        profile = self._profiles.get(name)
+        if profile is None:
+            return image
+        channels = image.shape[2] if image.ndim == 3 else 1
+        where = f"{self._path}: associated image {name!r}"
+        transform = srgb_transform(profile, icc_mode(channels, image.dtype, where), where)
+        pixels = np.array(image, order="C")  # a writable copy
+        apply_srgb(pixels, transform)
+        pixels.flags.writeable = False
+        return pixels
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._images)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __repr__(self) -> str:
+        return f"<associated images {sorted(self._images)} in sRGB>"
 
 
 def _box_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -497,17 +619,22 @@ def _box_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.astype(image.dtype)
 
 
-def open(path: str | os.PathLike[str], *, fill: FillLike = None) -> Slide:
+def open(path: str | os.PathLike[str], *, fill: FillLike = None, apply_icc: bool = False) -> Slide:
     """Open a whole-slide image (Aperio SVS, OME-TIFF, generic tiled TIFF).
 
     ``fill`` sets the value of pixels outside the image for this handle.
+    ``apply_icc=True`` makes every read of this handle (regions, batches,
+    thumbnails, associated images, dask and xarray arrays) return sRGB pixels
+    through the slide's ICC profile unless a read says ``apply_icc=False``; a
+    profile that cannot be applied is refused here. Slides without a profile
+    read unchanged.
 
     Example:
         >>> slide = wsiarray.open(path)
         >>> slide.level_dimensions
         ((1000, 763), (500, 382), (250, 191))
     """
-    return Slide(path, fill=fill)
+    return Slide(path, fill=fill, apply_icc=apply_icc)
 
 
 def read_regions(
@@ -522,6 +649,7 @@ def read_regions(
     prefetch_factor: int = 2,
     shuffle: bool = False,
     seed: int = 0,
+    apply_icc: bool | None = None,
 ) -> BatchIterator:
     """Patches from many slides in one stream: ``items`` are ``(slide_or_path, (x, y))``.
 
@@ -529,6 +657,10 @@ def read_regions(
     pixels. All slides must share dtype and channel count; ``fill`` defaults to
     the first slide's. Paths are opened once; open files are bounded by the
     handle manager, which reopens them batch by batch as needed.
+
+    ``apply_icc=True`` returns sRGB pixels, each patch through its own slide's
+    ICC profile (patches of slides that share a profile are transformed together,
+    once per batch); ``None`` means each slide's own setting (paths: False).
 
     Example:
         >>> items = [(path, (0, 0)), (path, (500, 300)), (slide, (10, 10))]
@@ -538,7 +670,10 @@ def read_regions(
     width, height = parse_size(size)
     workers = parse_workers(num_workers)
     batch_size, prefetch_factor = parse_batch_options(batch_size, prefetch_factor)
+    if apply_icc is not None:
+        parse_apply_icc(apply_icc, False)  # a bad value is refused before any file is opened
     slides: list[Slide] = []
+    transforms: list[SrgbTransform | None] = []
     index_of: dict[int | str, int] = {}
     which: list[int] = []
     points: list[tuple[int, int]] = []
@@ -558,6 +693,7 @@ def read_regions(
                     f"{first.path} has {first.channels} x {first.dtype}: they cannot share a batch"
                 )
             slides.append(slide)
+            transforms.append(slide._transform(slide._opened(), apply_icc))
             index = parse_level(level, slide.level_count)
             slide_levels.append(index)
             slide_downsamples.append(slide.level_downsamples[index])
@@ -579,5 +715,5 @@ def read_regions(
         [(slide.path, slide.identity) for slide in slides], which_array, levels, level_xy, (width, height),
         fill=first._fill_bytes(fill), channels=first.channels, dtype=first.dtype,
         num_workers=workers, batch_size=batch_size, drop_last=drop_last,
-        prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed,
+        prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed, transforms=transforms,
     )

@@ -45,7 +45,7 @@ from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
 from ._chunks import ChunksLike, level_chunks
-from ._request import parse_level
+from ._request import parse_apply_icc, parse_level
 from .errors import ArgumentError, WSIError
 from .slide import Slide
 
@@ -206,11 +206,15 @@ def _groups(slide: Slide, level_data: Iterable[tuple[int, Any]]) -> dict[str, xr
     return groups
 
 
-def _open_slide(filename_or_obj: Any, fill: Any = None) -> Slide:
+def _open_slide(filename_or_obj: Any, fill: Any = None, apply_icc: Any = None) -> Slide:
     if isinstance(filename_or_obj, Slide):
+        if parse_apply_icc(apply_icc, filename_or_obj.apply_icc) != filename_or_obj.apply_icc:
+            raise ArgumentError(
+                "a Slide brings its own apply_icc: open it with wsiarray.open(path, apply_icc=...)"
+            )
         return copy.copy(filename_or_obj)  # a handle of our own: closing it leaves the caller's open
     if isinstance(filename_or_obj, (str, os.PathLike)):
-        return Slide(filename_or_obj, fill=fill)
+        return Slide(filename_or_obj, fill=fill, apply_icc=parse_apply_icc(apply_icc, False))
     raise ArgumentError(
         f"the wsiarray engine opens paths or wsiarray.Slide objects, not {type(filename_or_obj).__name__}"
     )
@@ -228,9 +232,9 @@ def _drop(ds: xr.Dataset, drop_variables: str | Iterable[str] | None) -> xr.Data
 
 
 def _open_groups(filename_or_obj: Any, drop_variables: str | Iterable[str] | None,
-                 fill: Any) -> tuple[dict[str, xr.Dataset], Slide]:
+                 fill: Any, apply_icc: Any) -> tuple[dict[str, xr.Dataset], Slide]:
     """The DataTree's groups and the handle they read through (closed with the root)."""
-    slide = _open_slide(filename_or_obj, fill)
+    slide = _open_slide(filename_or_obj, fill, apply_icc)
     try:
         levels = [(level, _lazy(slide, level)) for level in range(slide.level_count)]
         groups = {path: _drop(ds, drop_variables) for path, ds in _groups(slide, levels).items()}
@@ -244,9 +248,11 @@ def _open_groups(filename_or_obj: Any, drop_variables: str | Iterable[str] | Non
 class WsiarrayBackendEntrypoint(BackendEntrypoint):
     """The ``wsiarray`` xarray engine: whole-slide TIFFs (SVS, generic pyramidal TIFF, OME-TIFF).
 
-    ``open_dataset(path, level=0, fill=None)`` gives one level; ``open_datatree``
-    gives every level in groups ``/0``, ``/1``, ... and associated images in
-    ``/associated/<name>``, with the slide's metadata on the root.
+    ``open_dataset(path, level=0, fill=None, apply_icc=None)`` gives one level;
+    ``open_datatree`` gives every level in groups ``/0``, ``/1``, ... and
+    associated images in ``/associated/<name>``, with the slide's metadata on the
+    root. ``apply_icc=True`` gives sRGB pixels (see ``wsiarray.open``); a
+    ``Slide`` passed in brings its own setting.
 
     Example:
         >>> xr.open_dataset(path, engine="wsiarray", level=1, chunks={}).image.chunks  # about 2048 px
@@ -257,7 +263,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
 
     description = "Whole-slide images (Aperio SVS, pyramidal TIFF, OME-TIFF) through wsiarray's tile engine"
     url = "https://github.com/wsiarray/wsiarray"
-    open_dataset_parameters = ("filename_or_obj", "drop_variables", "level", "fill")
+    open_dataset_parameters = ("filename_or_obj", "drop_variables", "level", "fill", "apply_icc")
     supports_groups = True
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
@@ -289,6 +295,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
         drop_variables: str | Iterable[str] | None = None,
         level: int = 0,
         fill: Any = None,
+        apply_icc: bool | None = None,
     ) -> xr.Dataset:
         """One level as a Dataset with variable ``image``; attrs hold the slide's metadata.
 
@@ -297,7 +304,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
             >>> ds.attrs["downsample"], ds.attrs["openslide.vendor"]
             (2.0, 'aperio')
         """
-        slide = _open_slide(filename_or_obj, fill)
+        slide = _open_slide(filename_or_obj, fill, apply_icc)
         try:
             level = parse_level(level, slide.level_count)
             attrs = {**_slide_attrs(slide), **_level_attrs(slide, level)}
@@ -314,6 +321,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
         *,
         drop_variables: str | Iterable[str] | None = None,
         fill: Any = None,
+        apply_icc: bool | None = None,
     ) -> dict[str, xr.Dataset]:
         """Groups ``/`` (attributes), ``/0``, ``/1``, ... and ``/associated/<name>``.
 
@@ -322,7 +330,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
             ['/', '/0', '/1', '/associated', '/associated/thumbnail', '/associated/label',
              '/associated/macro']
         """
-        groups, _ = _open_groups(filename_or_obj, drop_variables, fill)
+        groups, _ = _open_groups(filename_or_obj, drop_variables, fill, apply_icc)
         return groups
 
     def open_datatree(  # type: ignore[override]
@@ -331,6 +339,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
         *,
         drop_variables: str | Iterable[str] | None = None,
         fill: Any = None,
+        apply_icc: bool | None = None,
     ) -> xr.DataTree:
         """Every level in sibling groups ``/0``, ``/1``, ...; attributes on the root.
 
@@ -339,21 +348,23 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
             >>> tree["1"].image.shape
             (382, 500, 3)
         """
-        groups, slide = _open_groups(filename_or_obj, drop_variables, fill)
+        groups, slide = _open_groups(filename_or_obj, drop_variables, fill, apply_icc)
         tree = xr.DataTree.from_dict(groups)
         tree.set_close(slide.close)
         return tree
 
 
 def to_xarray(
-    slide: Slide, level: int | None = None, device: str = "cpu", chunks: ChunksLike = None
+    slide: Slide, level: int | None = None, device: str = "cpu", chunks: ChunksLike = None,
+    apply_icc: bool | None = None,
 ) -> xr.Dataset | xr.DataTree:
     """``slide`` as xarray objects built on :func:`wsiarray.dask.to_dask` arrays.
 
     ``level=None`` gives the whole pyramid as a DataTree laid out as
     ``open_datatree`` lays it out; an int gives that level's Dataset, as
     ``open_dataset`` does, but with dask arrays (CuPy chunks with
-    ``device="cuda"``, once the GPU path lands).
+    ``device="cuda"``, once the GPU path lands). ``apply_icc`` as in ``to_dask``
+    (associated images follow the slide handle's own setting).
 
     Example:
         >>> tree = to_xarray(slide)
@@ -365,8 +376,8 @@ def to_xarray(
     from .dask import to_dask
 
     if level is None:
-        levels = [(i, to_dask(slide, i, chunks, device)) for i in range(slide.level_count)]
+        levels = [(i, to_dask(slide, i, chunks, device, apply_icc)) for i in range(slide.level_count)]
         return xr.DataTree.from_dict(_groups(slide, levels))
     level = parse_level(level, slide.level_count)
     attrs = {**_slide_attrs(slide), **_level_attrs(slide, level)}
-    return _level_dataset(slide, level, to_dask(slide, level, chunks, device), attrs)
+    return _level_dataset(slide, level, to_dask(slide, level, chunks, device, apply_icc), attrs)
