@@ -16,13 +16,18 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
+from . import _native
 from ._handles import manager
 from ._memory import empty_output
 from ._reader import FileIdentity, Level, OpenedSlide
 from ._request import (
     FillLike,
+    MppLike,
+    MppTarget,
     check_request_size,
+    mpp_target,
     parse_batch_options,
+    parse_dct,
     parse_device,
     parse_fill,
     parse_level,
@@ -257,28 +262,28 @@ class Slide:
 
     @overload
     def read_region(
-        self, location: Location, size: tuple[int, int], level: int = 0, *, fill: FillLike = None,
-        num_workers: int = 0, device: str = "cpu",
+        self, location: Location, size: tuple[int, int], level: int | None = None, *, fill: FillLike = None,
+        num_workers: int = 0, device: str = "cpu", mpp: MppLike = None, dct: bool = True,
     ) -> np.ndarray: ...
 
     @overload
     def read_region(
-        self, location: None = None, size: None = None, level: int = 0, *, fill: FillLike = None,
-        num_workers: int = 0, device: str = "cpu",
+        self, location: None = None, size: None = None, level: int | None = None, *, fill: FillLike = None,
+        num_workers: int = 0, device: str = "cpu", mpp: MppLike = None, dct: bool = True,
     ) -> np.ndarray: ...
 
     @overload
     def read_region(
-        self, location: Locations, size: tuple[int, int], level: int = 0, *, fill: FillLike = None,
+        self, location: Locations, size: tuple[int, int], level: int | None = None, *, fill: FillLike = None,
         num_workers: int = 0, batch_size: int = 1, drop_last: bool = False, prefetch_factor: int = 2,
-        shuffle: bool = False, seed: int = 0, device: str = "cpu",
+        shuffle: bool = False, seed: int = 0, device: str = "cpu", mpp: MppLike = None, dct: bool = True,
     ) -> BatchIterator: ...
 
     def read_region(
         self,
         location: Any = None,
         size: Any = None,
-        level: int = 0,
+        level: int | None = None,
         *,
         fill: FillLike = None,
         num_workers: int = 0,
@@ -288,6 +293,8 @@ class Slide:
         shuffle: bool = False,
         seed: int = 0,
         device: str = "cpu",
+        mpp: MppLike = None,
+        dct: bool = True,
     ) -> np.ndarray | BatchIterator:
         """Read ``size`` pixels of ``level`` at level-0 ``location``: one region, many, or the level.
 
@@ -305,19 +312,39 @@ class Slide:
         threads of the process's native pool decode each request (0 or 1: the
         calling thread). The GIL is released while tiles are read and decoded.
 
+        ``mpp`` (micrometres per output pixel, a number or ``(x, y)``; not with
+        ``level``) reads at a target resolution: ``size`` is then in output pixels
+        and each output pixel is the area average of the level-0 area it covers,
+        read from the coarsest level no coarser than the target and downsampled the
+        rest of the way (a level of exactly that pixel size is read directly). With
+        ``dct=True`` JPEG tiles are decoded at 1/2, 1/4 or 1/8 size by libjpeg when
+        the rest is a factor of 2 or more (faster, slightly less exact); see
+        ``docs/architecture.md``, "Reads at a target resolution". No location and
+        no size reads the whole slide at ``mpp``.
+
         Example:
             >>> slide.read_region((0, 0), (512, 512), level=1).shape
             (512, 512, 3)
+            >>> slide.read_region((100, 100), (64, 48), mpp=0.7).shape
+            (48, 64, 3)
             >>> for batch in slide.read_region([(0, 0), (224, 0)], (224, 224), batch_size=2):
             ...     batch.shape
             (2, 224, 224, 3)
         """
         opened = self._opened()
-        level = parse_level(level, len(opened.levels))
+        target: MppTarget | None = None
+        if mpp is not None:
+            target = mpp_target(mpp, opened.info.mpp, [lv.dimensions for lv in opened.levels], level)
+            dct = parse_dct(dct)
+            level = target.level
+        else:
+            level = parse_level(0 if level is None else level, len(opened.levels))
         workers = parse_workers(num_workers)
         if device != "cpu":
             parse_device(device)
         if location is None and size is None:
+            if target is not None and not target.exact:
+                return self._read_at(opened, target, 0.0, 0.0, target.shape, fill, workers, dct, None)
             width, height = opened.levels[level].dimensions
             return self._read(opened, level, 0, 0, width, height, fill, workers, None)
         if type(location) is tuple and len(location) == 2 and type(location[0]) is int \
@@ -328,6 +355,9 @@ class Slide:
         width, height = parse_size(size)
         downsample = opened.levels[level].downsample
         if isinstance(many, tuple):
+            if target is not None and not target.exact:
+                lx, ly = target.level_xy(many[0], many[1])
+                return self._read_at(opened, target, lx, ly, (width, height), fill, workers, dct, None)
             x, y = to_level(many[0], many[1], downsample)
             return self._read(opened, level, x, y, width, height, fill, workers, None)
         count = len(many)
@@ -338,6 +368,7 @@ class Slide:
             fill=self._fill_bytes(fill), channels=opened.channels, dtype=opened.dtype,
             num_workers=workers, batch_size=batch_size, drop_last=drop_last,
             prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed,
+            resample=None if target is None else _resample_coords(target, many, downsample), dct=dct,
         )
 
     def read_level_region(
@@ -381,6 +412,59 @@ class Slide:
         if out.size:
             opened.native.read_region(level, x, y, out.view(np.uint8).reshape(height, width, -1),
                                       fill_bytes, workers)
+        return out
+
+    def read_mpp_region(
+        self,
+        mpp: MppLike,
+        location: tuple[int, int],
+        size: tuple[int, int],
+        *,
+        dct: bool = True,
+        fill: FillLike = None,
+        num_workers: int = 0,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Like :meth:`read_region` with ``mpp=``, but ``location`` is in output pixels.
+
+        The slide at ``mpp`` is a virtual level of ``(w0 * mpp0_x / mpp_x, ...)``
+        pixels whose pixel ``(i, j)`` covers level-0 ``[i * t, (i + 1) * t)``
+        (``t = mpp / mpp0``): what chunked consumers (``to_dask(mpp=...)``, the
+        xarray engine) read, block by block, with no rounding through level-0
+        coordinates. At a level's own pixel size this is :meth:`read_level_region`
+        of that level. ``out`` as in :meth:`read_level_region`.
+
+        Example:
+            >>> slide.read_mpp_region(1.0, (10, 20), (32, 16)).shape
+            (16, 32, 3)
+        """
+        opened = self._opened()
+        target = mpp_target(mpp, opened.info.mpp, [lv.dimensions for lv in opened.levels])
+        x, y = parse_location(location)
+        width, height = parse_size(size)
+        workers = parse_workers(num_workers)
+        if target.exact:
+            return self._read(opened, target.level, x, y, width, height, fill, workers, out)
+        lx, ly = x * target.factor[0], y * target.factor[1]
+        return self._read_at(opened, target, lx, ly, (width, height), fill, workers, parse_dct(dct), out)
+
+    def _read_at(self, opened: OpenedSlide, target: MppTarget, x: float, y: float, size: tuple[int, int],
+                 fill: FillLike, workers: int, dct: bool, out: np.ndarray | None) -> np.ndarray:
+        """The one resampled read: output pixels from ``(x, y)`` (level pixels) of ``target``'s level."""
+        width, height = size
+        shape = (height, width, opened.channels)
+        fill_bytes = self._fill_bytes(fill)
+        if out is None:
+            check_request_size(1, width, height, opened.channels, opened.dtype)
+            out = empty_output(shape, opened.dtype)
+        elif not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == opened.dtype
+                  and out.flags.c_contiguous and out.flags.writeable):
+            raise ArgumentError(f"out must be a writable C-contiguous {shape} {opened.dtype} array")
+        if out.size:
+            where = np.array([[0, target.level]], np.int64)
+            coords = np.array([[x, y, target.factor[0], target.factor[1]]], np.float64)
+            _native.read_resampled([opened.native], where, coords, out.view(np.uint8).reshape(1, height, width, -1),
+                           fill_bytes, opened.dtype.str[1:], dct, workers)
         return out
 
     def _fill_bytes(self, fill: FillLike) -> bytes:
@@ -497,6 +581,22 @@ def _box_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.astype(image.dtype)
 
 
+def _resample_coords(target: MppTarget, level0: np.ndarray, downsample: float) -> np.ndarray:
+    """``(N, 4)`` ``(x, y, fx, fy)`` in ``target``'s level pixels for level-0 locations.
+
+    An exact target reads whole level pixels at OpenSlide's ``floor(x / downsample)``
+    with factor 1: the native average then copies them, as a plain read would.
+    """
+    coords = np.empty((len(level0), 4), np.float64)
+    if target.exact:
+        coords[:, :2] = to_level_locations(level0, downsample)
+    else:
+        coords[:, 0] = level0[:, 0] * target.per_level0[0]
+        coords[:, 1] = level0[:, 1] * target.per_level0[1]
+    coords[:, 2:] = target.factor
+    return coords
+
+
 def open(path: str | os.PathLike[str], *, fill: FillLike = None) -> Slide:
     """Open a whole-slide image (Aperio SVS, OME-TIFF, generic tiled TIFF).
 
@@ -514,7 +614,7 @@ def read_regions(
     items: Iterable[tuple[Slide | str | os.PathLike[str], Location]],
     size: tuple[int, int],
     *,
-    level: int = 0,
+    level: int | None = None,
     fill: FillLike = None,
     num_workers: int = 0,
     batch_size: int = 1,
@@ -522,6 +622,8 @@ def read_regions(
     prefetch_factor: int = 2,
     shuffle: bool = False,
     seed: int = 0,
+    mpp: MppLike = None,
+    dct: bool = True,
 ) -> BatchIterator:
     """Patches from many slides in one stream: ``items`` are ``(slide_or_path, (x, y))``.
 
@@ -529,6 +631,10 @@ def read_regions(
     pixels. All slides must share dtype and channel count; ``fill`` defaults to
     the first slide's. Paths are opened once; open files are bounded by the
     handle manager, which reopens them batch by batch as needed.
+
+    ``mpp`` (not with ``level``) reads every patch at that pixel size, ``size``
+    in output pixels, each from its own slide's best level (see
+    :meth:`Slide.read_region`); every slide must know its pixel size.
 
     Example:
         >>> items = [(path, (0, 0)), (path, (500, 300)), (slide, (10, 10))]
@@ -538,6 +644,9 @@ def read_regions(
     width, height = parse_size(size)
     workers = parse_workers(num_workers)
     batch_size, prefetch_factor = parse_batch_options(batch_size, prefetch_factor)
+    if mpp is not None:
+        dct = parse_dct(dct)
+    targets: list[MppTarget] = []
     slides: list[Slide] = []
     index_of: dict[int | str, int] = {}
     which: list[int] = []
@@ -558,7 +667,11 @@ def read_regions(
                     f"{first.path} has {first.channels} x {first.dtype}: they cannot share a batch"
                 )
             slides.append(slide)
-            index = parse_level(level, slide.level_count)
+            if mpp is not None:
+                targets.append(mpp_target(mpp, slide.mpp, slide.level_dimensions, level))
+                index = targets[-1].level
+            else:
+                index = parse_level(0 if level is None else level, slide.level_count)
             slide_levels.append(index)
             slide_downsamples.append(slide.level_downsamples[index])
         which.append(index_of[key])
@@ -575,9 +688,15 @@ def read_regions(
     for downsample in np.unique(downsamples):
         mask = downsamples == downsample
         level_xy[mask] = to_level_locations(level0[mask], float(downsample))
+    resample = None
+    if targets:
+        resample = np.empty((len(which_array), 4), np.float64)
+        for index, target in enumerate(targets):
+            mask = which_array == index
+            resample[mask] = _resample_coords(target, level0[mask], slide_downsamples[index])
     return BatchIterator(
         [(slide.path, slide.identity) for slide in slides], which_array, levels, level_xy, (width, height),
         fill=first._fill_bytes(fill), channels=first.channels, dtype=first.dtype,
         num_workers=workers, batch_size=batch_size, drop_last=drop_last,
-        prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed,
+        prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed, resample=resample, dct=dct,
     )
