@@ -107,14 +107,19 @@ Geometry make_geometry(const ResampleRequest& r, bool dct) {
   return g;
 }
 
-template <class T>
-T round_sample(double v) {
+template <class T, class A>
+T round_sample(A v) {
   if constexpr (std::is_floating_point_v<T>) {
     return T(v);
+  } else if constexpr (std::is_unsigned_v<T>) {
+    // Half up. Samples and weights are >= 0, so truncation is floor; clamped,
+    // as float sums of in-range samples may overshoot by an ulp.
+    const A hi = A(std::numeric_limits<T>::max());
+    const A r = v + A(0.5);
+    return r >= hi ? std::numeric_limits<T>::max() : (r <= A(0) ? T(0) : T(r));
   } else {
-    // Half up; clamped, as float sums of in-range samples may overshoot by an ulp.
-    const double r = std::floor(v + 0.5);
-    const double lo = double(std::numeric_limits<T>::min()), hi = double(std::numeric_limits<T>::max());
+    const A r = std::floor(v + A(0.5));
+    const A lo = A(std::numeric_limits<T>::min()), hi = A(std::numeric_limits<T>::max());
     return T(std::min(hi, std::max(lo, r)));
   }
 }
@@ -146,6 +151,34 @@ A* acc_buffer(size_t n) {
   }
 }
 
+// acc[k] += w * row[k]: restrict, so the compiler vectorises it (a uint8_t
+// row could otherwise alias the sums).
+template <class T, class A>
+void add_row(A* __restrict acc, const T* __restrict row, size_t n, A w) {
+  for (size_t k = 0; k < n; ++k) acc[k] += w * A(row[k]);
+}
+
+// The horizontal pass of one output row; CH > 0 fixes the channel count
+// at compile time (1, 3, 4: the common ones), 0 reads it from `channels`.
+template <size_t CH, class T, class A>
+void average_columns(const A* __restrict acc, T* __restrict out, const Geometry& g, uint32_t width,
+                     size_t channels) {
+  if constexpr (CH > 0) channels = CH;
+  A sums[kMaxSamples];
+  const uint32_t* __restrict first = g.first.data();
+  const uint32_t* __restrict tap_start = g.tap_start.data();
+  const float* __restrict weights = g.weights.data();
+  for (uint32_t i = 0; i < width; ++i) {
+    const A* __restrict p = acc + size_t(first[i]) * channels;
+    for (size_t c = 0; c < channels; ++c) sums[c] = 0;
+    for (uint32_t t = tap_start[i]; t < tap_start[i + 1]; ++t, p += channels) {
+      const A w = A(weights[t]);
+      for (size_t c = 0; c < channels; ++c) sums[c] += w * p[c];
+    }
+    for (size_t c = 0; c < channels; ++c) out[size_t(i) * channels + c] = round_sample<T>(sums[c]);
+  }
+}
+
 // Averages output rows [j0, j1) of `r` from a band's level rows.
 template <class T>
 void average_rows(const ResampleRequest& r, const Geometry& g, const Band& band, const uint8_t* src,
@@ -165,21 +198,17 @@ void average_rows(const ResampleRequest& r, const Geometry& g, const Band& band,
     std::fill(acc, acc + n, A(0));
     for (int64_t l = first; l < end; ++l) {
       double w = std::max(0.0, std::min(b, double(l + 1)) - std::max(a, double(l)));
+      // Normalised by what was kept, so a constant image stays exactly constant.
       w = total > 0 ? w / total : (l == first ? 1.0 : 0.0);
       if (w <= 0) continue;
-      const A wa = A(w);
-      const T* row = reinterpret_cast<const T*>(src + size_t(l - band.sy0) * src_pitch);
-      for (size_t k = 0; k < n; ++k) acc[k] += wa * A(row[k]);
+      add_row<T, A>(acc, reinterpret_cast<const T*>(src + size_t(l - band.sy0) * src_pitch), n, A(w));
     }
     T* out = reinterpret_cast<T*>(r.out + size_t(j) * r.pitch);
-    for (uint32_t i = 0; i < r.width; ++i) {
-      const A* base = acc + size_t(g.first[i]) * channels;
-      const uint32_t t0 = g.tap_start[i], t1 = g.tap_start[i + 1];
-      for (size_t c = 0; c < channels; ++c) {
-        A sum = 0;
-        for (uint32_t t = t0; t < t1; ++t) sum += A(g.weights[t]) * base[size_t(t - t0) * channels + c];
-        out[size_t(i) * channels + c] = round_sample<T>(double(sum));
-      }
+    switch (channels) {
+      case 1: average_columns<1>(acc, out, g, r.width, channels); break;
+      case 3: average_columns<3>(acc, out, g, r.width, channels); break;
+      case 4: average_columns<4>(acc, out, g, r.width, channels); break;
+      default: average_columns<0>(acc, out, g, r.width, channels); break;
     }
   }
 }
