@@ -478,6 +478,12 @@ class MppTarget:
         return x * self.per_level0[0], y * self.per_level0[1]
 
 
+def _tolerance(size: int) -> float:
+    # A level's size is rounded to whole pixels (763 / 2 -> 382), so its
+    # per-axis pixel size is off the nominal one by up to 1 / size.
+    return max(MPP_TOLERANCE, 1.0 / size)
+
+
 def mpp_target(mpp: Any, slide_mpp: tuple[float, float] | None,
                dimensions: Sequence[tuple[int, int]], level: Any = None) -> MppTarget:
     """Choose the level for a read at ``mpp`` and the factors left to downsample.
@@ -486,8 +492,9 @@ def mpp_target(mpp: Any, slide_mpp: tuple[float, float] | None,
     level's ``(width, height)``, largest first. A ``level`` given as well (not
     None) is refused. The level is the coarsest whose per-axis pixel size
     (``mpp0 * w0 / w``) is no larger than the target, within
-    :data:`MPP_TOLERANCE`; when it equals the target within that tolerance the
-    read is ``exact``.
+    :data:`MPP_TOLERANCE` or one pixel over the level (``1 / w``, as level sizes
+    are rounded), whichever is larger; when it equals the target within that
+    tolerance the read is ``exact``.
 
     Example:
         >>> mpp_target(2.0, (0.25, 0.25), ((1000, 800), (250, 200))).factor
@@ -513,11 +520,11 @@ def mpp_target(mpp: Any, slide_mpp: tuple[float, float] | None,
         )
     chosen = 0
     for index, (w, h) in enumerate(dimensions):
-        if w0 / w <= want[0] * (1 + MPP_TOLERANCE) and h0 / h <= want[1] * (1 + MPP_TOLERANCE):
+        if w0 / w <= want[0] * (1 + _tolerance(w)) and h0 / h <= want[1] * (1 + _tolerance(h)):
             chosen = index
     w, h = dimensions[chosen]
     factor = (want[0] * w / w0, want[1] * h / h0)
-    exact = abs(factor[0] - 1) <= MPP_TOLERANCE and abs(factor[1] - 1) <= MPP_TOLERANCE
+    exact = abs(factor[0] - 1) <= _tolerance(w) and abs(factor[1] - 1) <= _tolerance(h)
     if exact:
         return MppTarget(chosen, (1.0, 1.0), (w / w0, h / h0), True, (w, h))
     # The whole slide, its last pixel partly outside (fill) rather than cut off.

@@ -194,8 +194,9 @@ def read_resampled(readers: Sequence[Reader], where: npt.NDArray[np.int64], coor
     (fill outside the image), rounded half up; ``sample`` is the numpy dtype code ("u1", "u2",
     "f4", ...). With ``dct``, JPEG tiles are decoded at 1/2..1/8 by libjpeg when the factors allow."""
 
-def dct_scale(reader: Reader, level: int, fx: float, fy: float, dct: bool = True) -> int:
-    """The DCT scale (1, 2, 4 or 8) ``read_resampled`` decodes the level's tiles at for these factors."""
+def dct_scale(reader: Reader, level: int, x: float, y: float, fx: float, fy: float, dct: bool = True) -> int:
+    """The DCT scale (1, 2, 4 or 8) ``read_resampled`` decodes the level's tiles at for a request at
+    ``(x, y)`` with these factors: at most the factors on the grid of its blocks, else at most a quarter."""
 
 def cache_configure(type: str, memory_capacity: int, capacity: int, record: bool, name: str) -> None:
     """Replaces the process's tile cache: ``"nocache"``, ``"per_process"`` or ``"shared_memory"``

@@ -440,10 +440,10 @@ NB_MODULE(_engine, m) {
       "Reads N regions at a target resolution: level pixels area-averaged by fractional factors.");
   m.def(
       "dct_scale",
-      [](const wsi::Reader& r, size_t level, double fx, double fy, bool dct) {
-        return wsi::dct_scale(r.level(level), fx, fy, dct);
+      [](const wsi::Reader& r, size_t level, double x, double y, double fx, double fy, bool dct) {
+        return wsi::dct_scale(r.level(level), x, y, fx, fy, dct);
       },
-      "reader"_a, "level"_a, "fx"_a, "fy"_a, "dct"_a = true,
+      "reader"_a, "level"_a, "x"_a, "y"_a, "fx"_a, "fy"_a, "dct"_a = true,
       "The DCT scale (1, 2, 4 or 8) read_resampled decodes a level's tiles at for these factors.");
   m.def(
       "cache_configure",

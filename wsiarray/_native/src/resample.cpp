@@ -70,7 +70,7 @@ Geometry make_geometry(const ResampleRequest& r, bool dct) {
     fail("resampled read: position and factors must be finite, factors > 0");
   }
   Geometry g;
-  g.scale = dct_scale(level, r.fx, r.fy, dct);
+  g.scale = dct_scale(level, r.x, r.y, r.fx, r.fy, dct);
   g.x = r.x / g.scale;
   g.y = r.y / g.scale;
   g.fx = r.fx / g.scale;
@@ -279,13 +279,25 @@ SampleType sample_type(const std::string& name) {
   throw Error(ErrorKind::Unsupported, "resampling " + name + " samples is not supported");
 }
 
-uint32_t dct_scale(const LevelDesc& level, double fx, double fy, bool dct) {
+namespace {
+bool whole(double v) { return std::fabs(v - std::round(v)) < 1e-9 * std::max(1.0, std::fabs(v)); }
+}  // namespace
+
+uint32_t dct_scale(const LevelDesc& level, double x, double y, double fx, double fy, bool dct) {
   if (!dct) return 1;
   // A factor a hair under 2 (float noise in a target of exactly twice the
   // level's pixel size) still counts as 2.
   const double factor = std::min(fx, fy) * (1 + 1e-9);
   for (uint32_t s : {8u, 4u, 2u}) {
-    if (factor >= s && can_scale(level, s)) return s;
+    if (factor < s || !can_scale(level, s)) continue;
+    // On the grid of s x s blocks (position and factors whole blocks) a
+    // scaled pixel is one output pixel's block: the rest averages whole
+    // scaled pixels. Off it, each output edge takes part of a scaled pixel,
+    // an extra blur of up to one scaled pixel: measured on tissue 33 dB
+    // PSNR at a rest of 1 and 39.8 dB at 2, so off the grid the rest must
+    // be at least 4.
+    const bool aligned = whole(x / s) && whole(y / s) && whole(fx / s) && whole(fy / s);
+    if (aligned || factor >= 4.0 * s) return s;
   }
   return 1;
 }

@@ -10,9 +10,9 @@
 // the covering level rectangle with `fill` and averaging it.
 //
 // With `dct`, a JPEG level whose remaining factor is 2 or more on both axes
-// is read at 1/2, 1/4 or 1/8 with libjpeg's DCT scaling (the largest that is
-// at most the factor; RegionRequest::scale) and the fractional rest is
-// averaged the same way: much less to decode, a little less exact.
+// is read at 1/2, 1/4 or 1/8 with libjpeg's DCT scaling (RegionRequest::scale;
+// which one: dct_scale) and the fractional rest is averaged the same way:
+// less to decode (the entropy decoding stays), a little less exact.
 //
 // A request is cut into bands of output rows whose covering level rows fit a
 // bounded scratch buffer; bands are read (all tiles of a group of bands on
@@ -46,8 +46,11 @@ struct ResampleRequest {
   uint32_t height = 0;
 };
 
-// The DCT scale read_resampled uses for a request: 1, 2, 4 or 8.
-uint32_t dct_scale(const LevelDesc& level, double fx, double fy, bool dct);
+// The DCT scale read_resampled uses for a request at (x, y) with factors
+// (fx, fy): 1, 2, 4 or 8, the largest s the level allows with s <= the
+// factors when the request lies on the grid of s x s blocks, else with
+// s <= a quarter of the factors (see resample.cpp).
+uint32_t dct_scale(const LevelDesc& level, double x, double y, double fx, double fy, bool dct);
 
 // Reads every request with up to `workers` threads (see above). `fill` is
 // one pixel of the (common) pixel size; every level's samples are `type`.
