@@ -144,7 +144,8 @@ def run(path: str, patches: int, size: int, repeats: int, threads: list[int], se
 def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slide", default=None, help="a slide with a pixel size (default: the benchmark slide)")
+    parser.add_argument("--slide", default=None,
+                        help="a slide with a pixel size (default: the benchmark slide)")
     parser.add_argument("--patches", type=int, default=2000)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)

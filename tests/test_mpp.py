@@ -28,7 +28,7 @@ MIN_PSNR_DB = 40.0
 
 
 def _weights(start: float, factor: float, count: int, first: int, width: int) -> np.ndarray:
-    """``(count, width)``: the part of source pixel ``first + k`` inside output pixel ``i``, over ``factor``."""
+    """``(count, width)``: the part of source pixel ``first + k`` in output pixel ``i``, over ``factor``."""
     a = start + np.arange(count)[:, None] * factor
     b = a + factor
     k = first + np.arange(width)[None, :]
@@ -72,7 +72,8 @@ def _tissue(height: int, width: int) -> np.ndarray:
     """
     data = pytest.importorskip("skimage.data")
     ihc = np.ascontiguousarray(data.immunohistochemistry()[:, :, :3], dtype=np.uint8)
-    period = np.concatenate([np.concatenate([ihc, ihc[:, ::-1]], 1), np.concatenate([ihc[::-1], ihc[::-1, ::-1]], 1)])
+    top = np.concatenate([ihc, ihc[:, ::-1]], 1)
+    period = np.concatenate([top, top[::-1]])
     reps = (-(-height // period.shape[0]), -(-width // period.shape[1]), 1)
     return np.ascontiguousarray(np.tile(period, reps)[:height, :width])
 
@@ -82,8 +83,9 @@ def jpeg_one_level(tmp_path_factory: pytest.TempPathFactory) -> str:
     """RGB uint8 1024x768 tissue, JPEG quality 90 (YCbCr 4:2:0), 128-px tiles, 0.25 um/px, one level."""
     rgb = _tissue(768, 1024)
     path = tmp_path_factory.mktemp("mpp") / "jpeg.tif"
-    tifffile.imwrite(path, rgb, tile=(128, 128), compression="jpeg", compressionargs={"level": 90}, photometric="rgb",
-                     resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER", metadata=None)
+    tifffile.imwrite(path, rgb, tile=(128, 128), compression="jpeg", compressionargs={"level": 90},
+                     photometric="rgb", resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER",
+                     metadata=None)
     return str(path)
 
 
@@ -92,7 +94,8 @@ def _target(slide: wsiarray.Slide, mpp: float) -> tuple[int, float, float]:
     (w0, h0), mpp0 = slide.level_dimensions[0], slide.mpp
     level = 0
     for i, (w, h) in enumerate(slide.level_dimensions):
-        if mpp0[0] * w0 / w <= mpp * (1 + max(1e-3, 1 / w)) and mpp0[1] * h0 / h <= mpp * (1 + max(1e-3, 1 / h)):
+        tx, ty = max(1e-3, 1 / w), max(1e-3, 1 / h)
+        if mpp0[0] * w0 / w <= mpp * (1 + tx) and mpp0[1] * h0 / h <= mpp * (1 + ty):
             level = i
     w, h = slide.level_dimensions[level]
     return level, mpp / mpp0[0] * w / w0, mpp / mpp0[1] * h / h0
@@ -169,12 +172,13 @@ def test_batches_equal_single_reads(lossless: str, jpeg_one_level: str) -> None:
             locations = rng.integers(-50, 600, (7, 2))
             for mpp in (0.7, 1.0, 1.6):
                 for dct in (True, False):
-                    singles = np.stack([slide.read_region(tuple(int(v) for v in xy), (33, 21), mpp=mpp, dct=dct)
-                                        for xy in locations])
+                    singles = np.stack([slide.read_region((int(x), int(y)), (33, 21), mpp=mpp, dct=dct)
+                                        for x, y in locations])
                     batches = list(slide.read_region(locations, (33, 21), mpp=mpp, dct=dct, batch_size=3,
                                                      num_workers=2))
                     np.testing.assert_array_equal(np.concatenate(batches), singles)
-                    items = [(path if i % 2 else slide, tuple(int(v) for v in xy)) for i, xy in enumerate(locations)]
+                    items = [(path if i % 2 else slide, (int(x), int(y)))
+                             for i, (x, y) in enumerate(locations)]
                     streamed = np.concatenate(list(wsiarray.read_regions(items, (33, 21), mpp=mpp, dct=dct,
                                                                          batch_size=4)))
                     np.testing.assert_array_equal(streamed, singles)
@@ -206,7 +210,10 @@ def test_read_mpp_region_tiles_the_virtual_level(lossless: str) -> None:
         np.testing.assert_array_equal(np.concatenate([np.concatenate(row, axis=1) for row in parts]), whole)
 
 
-@pytest.mark.parametrize("mpp", [0, -1.0, math.nan, math.inf, "0.5", True, (1.0, 2.0, 3.0), (1.0,), [0.5, -1]])
+BAD_MPP = [0, -1.0, math.nan, math.inf, "0.5", True, (1.0, 2.0, 3.0), (1.0,), [0.5, -1]]
+
+
+@pytest.mark.parametrize("mpp", BAD_MPP)
 def test_bad_mpp_values(lossless: str, mpp: object) -> None:
     with wsiarray.open(lossless) as slide, pytest.raises(ArgumentError, match="mpp must be"):
         slide.read_region((0, 0), (8, 8), mpp=mpp)

@@ -65,12 +65,12 @@ __all__ = [
     "MppLike",
     "MppTarget",
     "check_request_size",
+    "mpp_target",
     "parse_batch_options",
+    "parse_dct",
     "parse_device",
     "parse_fill",
     "parse_level",
-    "mpp_target",
-    "parse_dct",
     "parse_location",
     "parse_locations",
     "parse_mpp",
@@ -410,7 +410,7 @@ def parse_mpp(mpp: Any) -> tuple[float, float]:
         >>> parse_mpp(0)
         Traceback (most recent call last):
         ...
-        wsiarray.errors.ArgumentError: mpp must be a number > 0 or a pair of them (micrometres per output pixel), got 0
+        wsiarray.errors.ArgumentError: mpp must be a number > 0 or a pair of them (micrometres per ...
     """
     problem = f"mpp must be a number > 0 or a pair of them (micrometres per output pixel), got {mpp!r}"
     values: Any = mpp

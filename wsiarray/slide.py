@@ -463,8 +463,9 @@ class Slide:
         if out.size:
             where = np.array([[0, target.level]], np.int64)
             coords = np.array([[x, y, target.factor[0], target.factor[1]]], np.float64)
-            _native.read_resampled([opened.native], where, coords, out.view(np.uint8).reshape(1, height, width, -1),
-                           fill_bytes, opened.dtype.str[1:], dct, workers)
+            pixels = out.view(np.uint8).reshape(1, height, width, -1)
+            _native.read_resampled([opened.native], where, coords, pixels, fill_bytes, opened.dtype.str[1:],
+                                   dct, workers)
         return out
 
     def _fill_bytes(self, fill: FillLike) -> bytes:
