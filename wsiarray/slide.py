@@ -53,6 +53,16 @@ __all__ = ["DEFAULT_FILL", "FileIdentity", "Level", "Slide", "open", "read_regio
 #: 0 matches tifffile's padding and OpenSlide's colour channels.
 DEFAULT_FILL = 0
 
+class _DefaultLevel(int):
+    """Level 0 when ``level`` is not given: told apart from an explicit 0 (not with ``mpp=``)."""
+
+    def __repr__(self) -> str:
+        return "0"
+
+
+#: The default of ``level=``: 0, but ``mpp=`` can tell that it was not given.
+DEFAULT_LEVEL: int = _DefaultLevel(0)
+
 #: A location: ``(x, y)`` in level-0 pixels.
 Location = tuple[int, int] | Sequence[int] | np.ndarray
 #: Many locations: pairs, an ``(N, 2)`` array, a generator, or a flat ``[x0, y0, ...]``.
@@ -262,19 +272,20 @@ class Slide:
 
     @overload
     def read_region(
-        self, location: Location, size: tuple[int, int], level: int | None = None, *, fill: FillLike = None,
+        self, location: Location, size: tuple[int, int], level: int = DEFAULT_LEVEL, *, fill: FillLike = None,
         num_workers: int = 0, device: str = "cpu", mpp: MppLike = None, dct: bool = True,
     ) -> np.ndarray: ...
 
     @overload
     def read_region(
-        self, location: None = None, size: None = None, level: int | None = None, *, fill: FillLike = None,
+        self, location: None = None, size: None = None, level: int = DEFAULT_LEVEL, *, fill: FillLike = None,
         num_workers: int = 0, device: str = "cpu", mpp: MppLike = None, dct: bool = True,
     ) -> np.ndarray: ...
 
     @overload
     def read_region(
-        self, location: Locations, size: tuple[int, int], level: int | None = None, *, fill: FillLike = None,
+        self, location: Locations, size: tuple[int, int], level: int = DEFAULT_LEVEL, *,
+        fill: FillLike = None,
         num_workers: int = 0, batch_size: int = 1, drop_last: bool = False, prefetch_factor: int = 2,
         shuffle: bool = False, seed: int = 0, device: str = "cpu", mpp: MppLike = None, dct: bool = True,
     ) -> BatchIterator: ...
@@ -283,7 +294,7 @@ class Slide:
         self,
         location: Any = None,
         size: Any = None,
-        level: int | None = None,
+        level: int = DEFAULT_LEVEL,
         *,
         fill: FillLike = None,
         num_workers: int = 0,
@@ -334,11 +345,12 @@ class Slide:
         opened = self._opened()
         target: MppTarget | None = None
         if mpp is not None:
-            target = mpp_target(mpp, opened.info.mpp, [lv.dimensions for lv in opened.levels], level)
+            given = None if level is DEFAULT_LEVEL else level
+            target = mpp_target(mpp, opened.info.mpp, [lv.dimensions for lv in opened.levels], given)
             dct = parse_dct(dct)
             level = target.level
         else:
-            level = parse_level(0 if level is None else level, len(opened.levels))
+            level = parse_level(0 if level is DEFAULT_LEVEL else level, len(opened.levels))
         workers = parse_workers(num_workers)
         if device != "cpu":
             parse_device(device)
@@ -615,7 +627,7 @@ def read_regions(
     items: Iterable[tuple[Slide | str | os.PathLike[str], Location]],
     size: tuple[int, int],
     *,
-    level: int | None = None,
+    level: int = DEFAULT_LEVEL,
     fill: FillLike = None,
     num_workers: int = 0,
     batch_size: int = 1,
@@ -669,10 +681,11 @@ def read_regions(
                 )
             slides.append(slide)
             if mpp is not None:
-                targets.append(mpp_target(mpp, slide.mpp, slide.level_dimensions, level))
+                targets.append(mpp_target(mpp, slide.mpp, slide.level_dimensions,
+                                          None if level is DEFAULT_LEVEL else level))
                 index = targets[-1].level
             else:
-                index = parse_level(0 if level is None else level, slide.level_count)
+                index = parse_level(0 if level is DEFAULT_LEVEL else level, slide.level_count)
             slide_levels.append(index)
             slide_downsamples.append(slide.level_downsamples[index])
         which.append(index_of[key])
