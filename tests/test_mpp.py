@@ -247,3 +247,25 @@ def test_uint16_and_anisotropic(tmp_path: Path) -> None:
         reference = area_reference(slide, 0, 3, 4, 1.5, 2.6, (50, 40))
     assert got.dtype == np.uint16
     assert np.abs(got - reference).max() <= 0.5 + 1e-3
+
+
+def test_to_dask_at_mpp_equals_single_reads(lossless: str, jpeg_one_level: str) -> None:
+    from wsiarray.dask import to_dask
+
+    for path in (lossless, jpeg_one_level):
+        with wsiarray.open(path) as slide:
+            for mpp, chunks in ((0.8, 96), (1.3, None), (1.9, (50, 70, 3))):
+                for dct in (True, False):
+                    array = to_dask(slide, mpp=mpp, chunks=chunks, dct=dct)
+                    whole = slide.read_region(mpp=mpp, dct=dct)
+                    assert array.shape == whole.shape
+                    np.testing.assert_array_equal(array.compute(), whole)
+                    block = array[17:60, 5:77].compute()
+                    expected = slide.read_mpp_region(mpp, (5, 17), (72, 43), dct=dct)
+                    np.testing.assert_array_equal(block, expected)
+            # The same array: the same name; a level's own pixel size is that level's array.
+            assert to_dask(slide, mpp=0.8).name == to_dask(slide, mpp=0.8).name
+    with wsiarray.open(lossless) as slide:
+        np.testing.assert_array_equal(to_dask(slide, mpp=1.0).compute(), slide.read_region(level=1))
+        with pytest.raises(ArgumentError, match="not both"):
+            to_dask(slide, 1, mpp=1.0)
