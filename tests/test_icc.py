@@ -501,3 +501,25 @@ def test_a_real_scanners_profile(data_file: Any) -> None:
             stored = reference_level(path, level)
             got = slide.read_region(level=level, num_workers=2, apply_icc=True)
             np.testing.assert_array_equal(got, direct_srgb(stored, profile))
+
+
+def test_reads_at_a_target_resolution_are_transformed_after_resampling(tmp_path: Path) -> None:
+    """``mpp=`` with ``apply_icc``: the area average first, then the profile, on every entry point."""
+    path = str(tmp_path / "mpp.tif")
+    rgb = texture(300, 410, 3, "uint8", seed=25)
+    tifffile.imwrite(path, rgb, tile=(64, 64), compression="zlib", photometric="rgb", metadata=None,
+                     resolution=(20000, 20000), resolutionunit="CENTIMETER",  # 0.5 µm/px
+                     extratags=[(ICC_TAG, 7, len(WIDE), WIDE, True)])
+    with wsiarray.open(path) as slide:
+        assert slide.mpp == pytest.approx((0.5, 0.5))
+        plain = slide.read_region((10, 20), (64, 48), mpp=1.3)
+        want = direct_srgb(plain, WIDE)
+        np.testing.assert_array_equal(slide.read_region((10, 20), (64, 48), mpp=1.3, apply_icc=True), want)
+        out = np.empty((48, 64, 3), np.uint8)
+        plain_block = slide.read_mpp_region(1.3, (5, 7), (64, 48))
+        assert slide.read_mpp_region(1.3, (5, 7), (64, 48), apply_icc=True, out=out) is out
+        np.testing.assert_array_equal(out, direct_srgb(plain_block, WIDE))
+        (batch,) = list(slide.read_region([(10, 20)], (64, 48), mpp=1.3, apply_icc=True))
+        np.testing.assert_array_equal(batch[0], want)
+        level = slide.to_dask(mpp=1.3, apply_icc=True).compute()
+        np.testing.assert_array_equal(level, direct_srgb(slide.read_region(mpp=1.3), WIDE))

@@ -26,6 +26,11 @@ The rules:
   unchanged, as a viewer shows it.
 - Level-0 locations become level locations with OpenSlide's rule
   ``floor(x / downsample)``.
+- **mpp** (reads at a target resolution): a number > 0 or an ``(x, y)`` pair of
+  them, micrometres per output pixel; not with ``level``; the slide must know
+  its pixel size; no finer than level 0. The level read is the coarsest whose
+  pixels are no larger than the target (within :data:`MPP_TOLERANCE`); one
+  that matches the target within that tolerance is read directly.
 - **request size**: the output a request allocates (a region, or one batch)
   may need at most :func:`request_limit` bytes; a larger one is refused with
   :class:`~wsiarray.RequestTooLargeError` before anything is allocated.
@@ -45,6 +50,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import operator
@@ -59,16 +65,22 @@ from .errors import ArgumentError, RequestTooLargeError, UnsupportedError
 __all__ = [
     "DEVICES",
     "LIMIT_ENV",
+    "MPP_TOLERANCE",
     "FillLike",
+    "MppLike",
+    "MppTarget",
     "check_request_size",
     "icc_mode",
+    "mpp_target",
     "parse_apply_icc",
     "parse_batch_options",
+    "parse_dct",
     "parse_device",
     "parse_fill",
     "parse_level",
     "parse_location",
     "parse_locations",
+    "parse_mpp",
     "parse_pair",
     "parse_size",
     "parse_workers",
@@ -79,6 +91,15 @@ __all__ = [
 
 #: What ``fill=`` accepts: a number, or one number per channel (None: the default).
 FillLike = float | Sequence[float] | None
+
+#: What ``mpp=`` accepts: micrometres per output pixel, one number or ``(x, y)``.
+MppLike = float | tuple[float, float] | Sequence[float] | None
+
+#: Relative tolerance on pixel sizes: a level whose pixel size is within it of
+#: the target counts as the target (it is read directly, not resampled). It
+#: absorbs float noise and the difference between a level's per-axis size
+#: (``w0 / w``) and OpenSlide's averaged downsample.
+MPP_TOLERANCE = 1e-3
 
 #: Devices a read may target; only ``"cpu"`` is built so far.
 DEVICES = ("cpu", "cuda")
@@ -428,3 +449,134 @@ def check_request_size(count: int, width: int, height: int, channels: int, dtype
         f"{dtype.name}), more than the limit of {limit} bytes ({_mib(limit)}); ask for a smaller size or "
         f"batch_size, or raise the limit with wsiarray.request_limit(max_mib=...) or {LIMIT_ENV}"
     )
+
+
+def parse_mpp(mpp: Any) -> tuple[float, float]:
+    """A target pixel size: ``(x, y)`` micrometres per output pixel, both finite and > 0.
+
+    Example:
+        >>> parse_mpp(0.5), parse_mpp((0.5, 1))
+        ((0.5, 0.5), (0.5, 1.0))
+        >>> parse_mpp(0)
+        Traceback (most recent call last):
+        ...
+        wsiarray.errors.ArgumentError: mpp must be a number > 0 or a pair of them (micrometres per ...
+    """
+    problem = f"mpp must be a number > 0 or a pair of them (micrometres per output pixel), got {mpp!r}"
+    values: Any = mpp
+    if not isinstance(mpp, (str, bytes)) and not isinstance(mpp, (bool, np.bool_)):
+        try:
+            values = (mpp, mpp) if np.ndim(mpp) == 0 else tuple(mpp)
+        except (TypeError, ValueError):
+            values = None
+    else:
+        values = None
+    if values is None or len(values) != 2:
+        raise ArgumentError(problem)
+    out = []
+    for value in values:
+        if isinstance(value, (bool, np.bool_, str, bytes)) or not isinstance(value, (int, float, np.number)):
+            raise ArgumentError(problem)
+        number = float(value)
+        if not (math.isfinite(number) and number > 0):
+            raise ArgumentError(problem)
+        out.append(number)
+    return out[0], out[1]
+
+
+def parse_dct(dct: Any) -> bool:
+    """``dct=``: a bool (decode JPEG tiles smaller with libjpeg's DCT scaling when it helps).
+
+    Example:
+        >>> parse_dct(False)
+        False
+    """
+    if not isinstance(dct, (bool, np.bool_)):
+        raise ArgumentError(f"dct must be True or False, got {dct!r}")
+    return bool(dct)
+
+
+@dataclasses.dataclass(frozen=True)
+class MppTarget:
+    """Where a read at a target pixel size comes from (made by :func:`mpp_target`).
+
+    - ``level``: the level read;
+    - ``factor``: ``(fx, fy)`` level pixels per output pixel (``(1.0, 1.0)`` when exact);
+    - ``per_level0``: ``(sx, sy)`` level pixels per level-0 pixel (``w / w0``, ``h / h0``);
+    - ``exact``: the level's own pixel size is the target: read it directly;
+    - ``shape``: ``(width, height)`` of the whole slide at the target, in output pixels.
+
+    Example:
+        >>> t = mpp_target((1.0, 1.0), (0.25, 0.25), ((1000, 800), (250, 200)))
+        >>> t.level, t.factor, t.exact, t.shape
+        (1, (1.0, 1.0), True, (250, 200))
+    """
+
+    level: int
+    factor: tuple[float, float]
+    per_level0: tuple[float, float]
+    exact: bool
+    shape: tuple[int, int]
+
+    def level_xy(self, x: float, y: float) -> tuple[float, float]:
+        """A level-0 position in the read level's pixels (fractional).
+
+        Example:
+            >>> mpp_target(0.5, (0.25, 0.25), ((1000, 800),)).level_xy(10, 3)
+            (10.0, 3.0)
+        """
+        return x * self.per_level0[0], y * self.per_level0[1]
+
+
+def _tolerance(size: int) -> float:
+    # A level's size is rounded to whole pixels (763 / 2 -> 382), so its
+    # per-axis pixel size is off the nominal one by up to 1 / size.
+    return max(MPP_TOLERANCE, 1.0 / size)
+
+
+def mpp_target(mpp: Any, slide_mpp: tuple[float, float] | None,
+               dimensions: Sequence[tuple[int, int]], level: Any = None) -> MppTarget:
+    """Choose the level for a read at ``mpp`` and the factors left to downsample.
+
+    ``slide_mpp`` is level 0's pixel size (``Slide.mpp``), ``dimensions`` every
+    level's ``(width, height)``, largest first. A ``level`` given as well (not
+    None) is refused. The level is the coarsest whose per-axis pixel size
+    (``mpp0 * w0 / w``) is no larger than the target, within
+    :data:`MPP_TOLERANCE` or one pixel over the level (``1 / w``, as level sizes
+    are rounded), whichever is larger; when it equals the target within that
+    tolerance the read is ``exact``.
+
+    Example:
+        >>> mpp_target(2.0, (0.25, 0.25), ((1000, 800), (250, 200))).factor
+        (2.0, 2.0)
+        >>> mpp_target(2.0, None, ((1000, 800),))
+        Traceback (most recent call last):
+        ...
+        wsiarray.errors.ArgumentError: mpp= needs the slide's pixel size, and this slide does not say it ...
+    """
+    if level is not None:
+        raise ArgumentError(f"give level or mpp, not both (got level={level!r}, mpp={mpp!r})")
+    target = parse_mpp(mpp)
+    if slide_mpp is None:
+        raise ArgumentError("mpp= needs the slide's pixel size, and this slide does not say it "
+                            "(slide.mpp is None); read by level instead")
+    w0, h0 = dimensions[0]
+    # Level-0 pixels per output pixel, per axis.
+    want = (target[0] / slide_mpp[0], target[1] / slide_mpp[1])
+    if min(want) < 1 - MPP_TOLERANCE:
+        raise ArgumentError(
+            f"mpp={mpp!r} is finer than level 0's pixel size {tuple(slide_mpp)!r}: reads at a target "
+            "resolution only downsample"
+        )
+    chosen = 0
+    for index, (w, h) in enumerate(dimensions):
+        if w0 / w <= want[0] * (1 + _tolerance(w)) and h0 / h <= want[1] * (1 + _tolerance(h)):
+            chosen = index
+    w, h = dimensions[chosen]
+    factor = (want[0] * w / w0, want[1] * h / h0)
+    exact = abs(factor[0] - 1) <= _tolerance(w) and abs(factor[1] - 1) <= _tolerance(h)
+    if exact:
+        return MppTarget(chosen, (1.0, 1.0), (w / w0, h / h0), True, (w, h))
+    # The whole slide, its last pixel partly outside (fill) rather than cut off.
+    shape = (max(1, math.ceil(w0 / want[0] - 1e-6)), max(1, math.ceil(h0 / want[1] - 1e-6)))
+    return MppTarget(chosen, factor, (w / w0, h / h0), False, shape)

@@ -90,6 +90,8 @@ class BatchIterator(Iterator[np.ndarray]):
         shuffle: bool,
         seed: int,
         transforms: Sequence[SrgbTransform | None] | None = None,
+        resample: np.ndarray | None = None,
+        dct: bool = True,
     ) -> None:
         # Arguments arrive parsed by the request layer (wsiarray._request),
         # which also refuses a batch too large to allocate, before any is.
@@ -100,6 +102,10 @@ class BatchIterator(Iterator[np.ndarray]):
         # (source index, level, x, y) per patch in level pixels, in reading order.
         self._where = np.stack([which, levels, locations[:, 0], locations[:, 1]], axis=1)[order]
         self._where = np.ascontiguousarray(self._where, np.int64)
+        # Reads at a target resolution (mpp=): (x, y, fx, fy) per patch in
+        # level pixels (see _native.read_resampled); None: plain reads.
+        self._coords = None if resample is None else np.ascontiguousarray(resample[order], np.float64)
+        self._dct = dct
         # Files are (re)opened per batch through the handle manager, so a stream
         # over thousands of slides keeps no more open than the manager allows.
         self._sources = list(sources)
@@ -139,8 +145,10 @@ class BatchIterator(Iterator[np.ndarray]):
             # Readers are acquired under the lock too, so one iterator holds one
             # group's descriptors at a time, never those of batches read ahead.
             with self._serial:
+                first = index * self._batch_size
                 for start, stop in _file_groups(where[:, 0], manager.capacity):
-                    self._read_group(where[start:stop], pixels[start:stop])
+                    coords = None if self._coords is None else self._coords[first + start : first + stop]
+                    self._read_group(where[start:stop], pixels[start:stop], coords)
                 if self._transforms:  # under the lock too: num_workers threads in all
                     self._apply_icc(where[:, 0], out)
         return out
@@ -157,7 +165,7 @@ class BatchIterator(Iterator[np.ndarray]):
                 apply_srgb(patches, transform, self._workers)
                 out[mask] = patches
 
-    def _read_group(self, where: np.ndarray, pixels: np.ndarray) -> None:
+    def _read_group(self, where: np.ndarray, pixels: np.ndarray, coords: np.ndarray | None) -> None:
         if len(self._sources) == 1:
             readers = [manager.acquire(*self._sources[0]).native]
         else:
@@ -165,7 +173,11 @@ class BatchIterator(Iterator[np.ndarray]):
             readers = [manager.acquire(*self._sources[int(i)]).native for i in used]
             where = where.copy()
             where[:, 0] = local
-        _native.read_batch(readers, where, pixels, self._fill, self._workers)
+        if coords is None:
+            _native.read_batch(readers, where, pixels, self._fill, self._workers)
+        else:
+            _native.read_resampled(readers, np.ascontiguousarray(where[:, :2]), coords, pixels, self._fill,
+                                   np.dtype(self._dtype).str[1:], self._dct, self._workers)
 
     def __next__(self) -> np.ndarray:
         if self._next >= self._batches:

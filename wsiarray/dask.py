@@ -35,14 +35,15 @@ import dask.array as da
 import numpy as np
 
 from ._chunks import DEFAULT_CHUNK_PIXELS, Chunks3, ChunksLike, level_chunks
-from ._request import parse_apply_icc, parse_device, parse_level
-from .slide import Slide
+from ._request import MppLike, mpp_target, parse_apply_icc, parse_dct, parse_device, parse_level
+from .slide import DEFAULT_LEVEL, Slide
 
 __all__ = [
     "DEFAULT_CHUNK_PIXELS",
     "ChunksLike",
     "array_name",
     "level_chunks",
+    "mpp_chunks",
     "to_dask",
     "to_dask_pyramid",
 ]
@@ -79,8 +80,45 @@ def array_name(slide: Slide, level: int, chunks: Chunks3, device: str = "cpu",
     return "wsiarray-read-" + hashlib.sha1(token.encode(), usedforsecurity=False).hexdigest()
 
 
-def to_dask(slide: Slide, level: int = 0, chunks: ChunksLike = None, device: str = "cpu",
-            apply_icc: bool | None = None) -> da.Array:
+def _read_mpp_block(slide: Slide, mpp: tuple[float, float], dct: bool, apply_icc: bool,
+                    block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    """Task body of an ``mpp=`` array: this block's output pixels of the virtual level."""
+    assert block_info is not None
+    (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
+    return slide.read_mpp_region(mpp, (x0, y0), (x1 - x0, y1 - y0), dct=dct, apply_icc=apply_icc)
+
+
+def mpp_chunks(slide: Slide, mpp: MppLike, chunks: ChunksLike = None) -> Chunks3:
+    """Dask chunks of the slide at ``mpp`` (see :func:`to_dask`): edges near source tile edges.
+
+    With ``chunks=None`` a chunk spans a whole number ``k`` of the source level's
+    tiles (about :data:`DEFAULT_CHUNK_PIXELS` output pixels), rounded to whole output
+    pixels, so a tile is decoded by at most two tasks (only where a rounded edge
+    cuts it). An int or tuple is taken as dask takes it.
+
+    Example:
+        >>> mpp_chunks(slide, 0.75, 256)[1]
+        (256, 256, 155)
+    """
+    opened_mpp = slide.mpp
+    target = mpp_target(mpp, opened_mpp, slide.level_dimensions)
+    width, height = target.shape
+    channels = slide.channels
+    if chunks is None:
+        tile_w, tile_h = slide.level_tile_sizes[target.level]
+        sizes = []
+        for tile, factor in ((tile_h, target.factor[1]), (tile_w, target.factor[0])):
+            k = max(1, round(DEFAULT_CHUNK_PIXELS * factor / tile))
+            sizes.append(max(1, round(k * tile / factor)))
+        chunks = (sizes[0], sizes[1], channels)
+    elif isinstance(chunks, int):
+        chunks = (chunks, chunks, channels)
+    normalized = da.core.normalize_chunks(chunks, (height, width, channels), dtype=slide.dtype)
+    return normalized  # type: ignore[no-any-return]
+
+
+def to_dask(slide: Slide, level: int = DEFAULT_LEVEL, chunks: ChunksLike = None, device: str = "cpu",
+            apply_icc: bool | None = None, *, mpp: MppLike = None, dct: bool = True) -> da.Array:
     """Level ``level`` of ``slide`` as a lazy ``(height, width, channels)`` dask array.
 
     Chunks are whole multiples of the tile grid (see :func:`level_chunks` for what
@@ -96,6 +134,11 @@ def to_dask(slide: Slide, level: int = 0, chunks: ChunksLike = None, device: str
     each task transforms its chunk after decoding it. ``None`` means the slide
     handle's setting. A profile that cannot be applied is refused here, not in a task.
 
+    ``mpp`` (not with ``level``) gives the slide at that pixel size as a virtual
+    level: ``Slide.read_region(mpp=...)`` of the whole slide, chunked by
+    :func:`mpp_chunks`, each task :meth:`~wsiarray.Slide.read_mpp_region` of its
+    block (``dct`` as there). At a level's own pixel size it is that level's array.
+
     Example:
         >>> level = to_dask(slide, level=1, chunks=256)
         >>> level.shape, level.chunksize
@@ -104,6 +147,28 @@ def to_dask(slide: Slide, level: int = 0, chunks: ChunksLike = None, device: str
         (64, 64, 3)
     """
     device = parse_device(device)
+    if mpp is not None:
+        target = mpp_target(mpp, slide.mpp, slide.level_dimensions, None if level is DEFAULT_LEVEL else level)
+        if target.exact:
+            return to_dask(slide, target.level, chunks, device, apply_icc)
+        dct = parse_dct(dct)
+        apply_icc = parse_apply_icc(apply_icc, slide.apply_icc) and slide.icc_profile is not None
+        if apply_icc:
+            slide.read_mpp_region(mpp, (0, 0), (0, 0), apply_icc=True)  # an empty read: checks the profile
+        normalized = mpp_chunks(slide, mpp, chunks)
+        token = repr((tuple(int(v) for v in slide.identity), "mpp", target.factor, target.level, dct,
+                      tuple(tuple(int(c) for c in axis) for axis in normalized), str(device), apply_icc))
+        return da.map_blocks(
+            _read_mpp_block,
+            dtype=slide.dtype,
+            chunks=normalized,
+            meta=np.empty((0, 0, 0), slide.dtype),
+            name="wsiarray-mpp-" + hashlib.sha1(token.encode(), usedforsecurity=False).hexdigest(),
+            slide=copy.copy(slide),
+            mpp=mpp,
+            dct=dct,
+            apply_icc=apply_icc,
+        )
     level = parse_level(level, slide.level_count)
     apply_icc = parse_apply_icc(apply_icc, slide.apply_icc) and slide.icc_profile is not None
     if apply_icc:

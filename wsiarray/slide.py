@@ -16,16 +16,21 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
+from . import _native
 from ._handles import manager
 from ._icc import SrgbTransform, apply_srgb, srgb_transform
 from ._memory import empty_output
 from ._reader import FileIdentity, Level, OpenedSlide
 from ._request import (
     FillLike,
+    MppLike,
+    MppTarget,
     check_request_size,
     icc_mode,
+    mpp_target,
     parse_apply_icc,
     parse_batch_options,
+    parse_dct,
     parse_device,
     parse_fill,
     parse_level,
@@ -50,6 +55,16 @@ __all__ = ["DEFAULT_FILL", "FileIdentity", "Level", "Slide", "open", "read_regio
 #: Value of pixels outside the image, per sample, unless ``fill=`` says otherwise.
 #: 0 matches tifffile's padding and OpenSlide's colour channels.
 DEFAULT_FILL = 0
+
+class _DefaultLevel(int):
+    """Level 0 when ``level`` is not given: told apart from an explicit 0 (not with ``mpp=``)."""
+
+    def __repr__(self) -> str:
+        return "0"
+
+
+#: The default of ``level=``: 0, but ``mpp=`` can tell that it was not given.
+DEFAULT_LEVEL: int = _DefaultLevel(0)
 
 #: A location: ``(x, y)`` in level-0 pixels.
 Location = tuple[int, int] | Sequence[int] | np.ndarray
@@ -308,28 +323,32 @@ class Slide:
 
     @overload
     def read_region(
-        self, location: Location, size: tuple[int, int], level: int = 0, *, fill: FillLike = None,
-        num_workers: int = 0, device: str = "cpu", apply_icc: bool | None = None,
+        self, location: Location, size: tuple[int, int], level: int = DEFAULT_LEVEL, *, fill: FillLike = None,
+        num_workers: int = 0, device: str = "cpu", apply_icc: bool | None = None, mpp: MppLike = None,
+        dct: bool = True,
     ) -> np.ndarray: ...
 
     @overload
     def read_region(
-        self, location: None = None, size: None = None, level: int = 0, *, fill: FillLike = None,
-        num_workers: int = 0, device: str = "cpu", apply_icc: bool | None = None,
+        self, location: None = None, size: None = None, level: int = DEFAULT_LEVEL, *, fill: FillLike = None,
+        num_workers: int = 0, device: str = "cpu", apply_icc: bool | None = None, mpp: MppLike = None,
+        dct: bool = True,
     ) -> np.ndarray: ...
 
     @overload
     def read_region(
-        self, location: Locations, size: tuple[int, int], level: int = 0, *, fill: FillLike = None,
+        self, location: Locations, size: tuple[int, int], level: int = DEFAULT_LEVEL, *,
+        fill: FillLike = None,
         num_workers: int = 0, batch_size: int = 1, drop_last: bool = False, prefetch_factor: int = 2,
         shuffle: bool = False, seed: int = 0, device: str = "cpu", apply_icc: bool | None = None,
+        mpp: MppLike = None, dct: bool = True,
     ) -> BatchIterator: ...
 
     def read_region(
         self,
         location: Any = None,
         size: Any = None,
-        level: int = 0,
+        level: int = DEFAULT_LEVEL,
         *,
         fill: FillLike = None,
         num_workers: int = 0,
@@ -340,6 +359,8 @@ class Slide:
         seed: int = 0,
         device: str = "cpu",
         apply_icc: bool | None = None,
+        mpp: MppLike = None,
+        dct: bool = True,
     ) -> np.ndarray | BatchIterator:
         """Read ``size`` pixels of ``level`` at level-0 ``location``: one region, many, or the level.
 
@@ -364,20 +385,42 @@ class Slide:
         without a profile is returned unchanged. Needs Pillow (``wsiarray[icc]``)
         and uint8 RGB or RGBA pixels.
 
+        ``mpp`` (micrometres per output pixel, a number or ``(x, y)``; not with
+        ``level``) reads at a target resolution: ``size`` is then in output pixels
+        and each output pixel is the area average of the level-0 area it covers,
+        read from the coarsest level no coarser than the target and downsampled the
+        rest of the way (a level of exactly that pixel size is read directly). With
+        ``dct=True`` JPEG tiles are decoded at 1/2, 1/4 or 1/8 size by libjpeg when
+        the rest is a factor of 2 or more (faster, slightly less exact); see
+        ``docs/architecture.md``, "Reads at a target resolution". No location and
+        no size reads the whole slide at ``mpp``.
+
         Example:
             >>> slide.read_region((0, 0), (512, 512), level=1).shape
             (512, 512, 3)
+            >>> slide.read_region((100, 100), (64, 48), mpp=0.7).shape
+            (48, 64, 3)
             >>> for batch in slide.read_region([(0, 0), (224, 0)], (224, 224), batch_size=2):
             ...     batch.shape
             (2, 224, 224, 3)
         """
         opened = self._opened()
-        level = parse_level(level, len(opened.levels))
+        target: MppTarget | None = None
+        if mpp is not None:
+            given = None if level is DEFAULT_LEVEL else level
+            target = mpp_target(mpp, opened.info.mpp, [lv.dimensions for lv in opened.levels], given)
+            dct = parse_dct(dct)
+            level = target.level
+        else:
+            level = parse_level(0 if level is DEFAULT_LEVEL else level, len(opened.levels))
         workers = parse_workers(num_workers)
         if device != "cpu":
             parse_device(device)
         transform = self._transform(opened, apply_icc)
         if location is None and size is None:
+            if target is not None and not target.exact:
+                return self._read_at(opened, target, 0.0, 0.0, target.shape, fill, workers, dct, None,
+                                     transform)
             width, height = opened.levels[level].dimensions
             return self._read(opened, level, 0, 0, width, height, fill, workers, None, transform)
         if type(location) is tuple and len(location) == 2 and type(location[0]) is int \
@@ -388,6 +431,10 @@ class Slide:
         width, height = parse_size(size)
         downsample = opened.levels[level].downsample
         if isinstance(many, tuple):
+            if target is not None and not target.exact:
+                lx, ly = target.level_xy(many[0], many[1])
+                return self._read_at(opened, target, lx, ly, (width, height), fill, workers, dct, None,
+                                     transform)
             x, y = to_level(many[0], many[1], downsample)
             return self._read(opened, level, x, y, width, height, fill, workers, None, transform)
         count = len(many)
@@ -398,6 +445,7 @@ class Slide:
             fill=self._fill_bytes(fill), channels=opened.channels, dtype=opened.dtype,
             num_workers=workers, batch_size=batch_size, drop_last=drop_last,
             prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed, transforms=[transform],
+            resample=None if target is None else _resample_coords(target, many, downsample), dct=dct,
         )
 
     def read_level_region(
@@ -435,14 +483,8 @@ class Slide:
               fill: FillLike, workers: int, out: np.ndarray | None,
               transform: SrgbTransform | None) -> np.ndarray:
         """The one single-region read every entry point ends in: level pixels into ``out``."""
-        shape = (height, width, opened.channels)
         fill_bytes = self._fill_bytes(fill)
-        if out is None:
-            check_request_size(1, width, height, opened.channels, opened.dtype)
-            out = empty_output(shape, opened.dtype)
-        elif not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == opened.dtype
-                  and out.flags.c_contiguous and out.flags.writeable):
-            raise ArgumentError(f"out must be a writable C-contiguous {shape} {opened.dtype} array")
+        out = _output(opened, width, height, out)
         if out.size:
             opened.native.read_region(level, x, y, out.view(np.uint8).reshape(height, width, -1),
                                       fill_bytes, workers)
@@ -458,6 +500,60 @@ class Slide:
         if profile is None:
             return None  # nothing to apply: the pixels as stored, as a viewer shows them
         return srgb_transform(profile, icc_mode(opened.channels, opened.dtype, self._path), self._path)
+
+    def read_mpp_region(
+        self,
+        mpp: MppLike,
+        location: tuple[int, int],
+        size: tuple[int, int],
+        *,
+        dct: bool = True,
+        fill: FillLike = None,
+        num_workers: int = 0,
+        out: np.ndarray | None = None,
+        apply_icc: bool | None = None,
+    ) -> np.ndarray:
+        """Like :meth:`read_region` with ``mpp=``, but ``location`` is in output pixels.
+
+        The slide at ``mpp`` is a virtual level of ``(w0 * mpp0_x / mpp_x, ...)``
+        pixels whose pixel ``(i, j)`` covers level-0 ``[i * t, (i + 1) * t)``
+        (``t = mpp / mpp0``): what chunked consumers (``to_dask(mpp=...)``, the
+        xarray engine) read, block by block, with no rounding through level-0
+        coordinates. At a level's own pixel size this is :meth:`read_level_region`
+        of that level. ``out`` and ``apply_icc`` as in :meth:`read_level_region`.
+
+        Example:
+            >>> slide.read_mpp_region(1.0, (10, 20), (32, 16)).shape
+            (16, 32, 3)
+        """
+        opened = self._opened()
+        target = mpp_target(mpp, opened.info.mpp, [lv.dimensions for lv in opened.levels])
+        x, y = parse_location(location)
+        width, height = parse_size(size)
+        workers = parse_workers(num_workers)
+        transform = self._transform(opened, apply_icc)
+        if target.exact:
+            return self._read(opened, target.level, x, y, width, height, fill, workers, out, transform)
+        lx, ly = x * target.factor[0], y * target.factor[1]
+        return self._read_at(opened, target, lx, ly, (width, height), fill, workers, parse_dct(dct), out,
+                             transform)
+
+    def _read_at(self, opened: OpenedSlide, target: MppTarget, x: float, y: float, size: tuple[int, int],
+                 fill: FillLike, workers: int, dct: bool, out: np.ndarray | None,
+                 transform: SrgbTransform | None) -> np.ndarray:
+        """The one resampled read: output pixels from ``(x, y)`` (level pixels) of ``target``'s level."""
+        width, height = size
+        fill_bytes = self._fill_bytes(fill)
+        out = _output(opened, width, height, out)
+        if out.size:
+            where = np.array([[0, target.level]], np.int64)
+            coords = np.array([[x, y, target.factor[0], target.factor[1]]], np.float64)
+            pixels = out.view(np.uint8).reshape(1, height, width, -1)
+            _native.read_resampled([opened.native], where, coords, pixels, fill_bytes, opened.dtype.str[1:],
+                                   dct, workers)
+            if transform is not None:
+                apply_srgb(out, transform, workers)
+        return out
 
     def _fill_bytes(self, fill: FillLike) -> bytes:
         if fill is None:
@@ -508,20 +604,23 @@ class Slide:
 
     # -- arrays (dask, xarray, OME-Zarr); imported on use so `import wsiarray` stays light --
 
-    def to_dask(self, level: int = 0, chunks: Any = None, device: str = "cpu",
-                apply_icc: bool | None = None) -> dask.array.Array:
+    def to_dask(self, level: int = DEFAULT_LEVEL, chunks: Any = None, device: str = "cpu",
+                apply_icc: bool | None = None, *, mpp: MppLike = None, dct: bool = True) -> dask.array.Array:
         """Level ``level`` as a lazy, tile-aligned ``dask.array.Array`` of shape ``(h, w, c)``.
 
-        See :func:`wsiarray.dask.to_dask` for ``chunks`` (default about 2048 px) and
-        ``apply_icc`` (each chunk is transformed to sRGB as it is read).
+        See :func:`wsiarray.dask.to_dask` for ``chunks`` (default about 2048 px),
+        ``apply_icc`` (each chunk is transformed to sRGB as it is read) and ``mpp``
+        (the slide at a target pixel size, not with ``level``).
 
         Example:
             >>> slide.to_dask(0).chunksize
             (763, 1000, 3)
+            >>> slide.to_dask(mpp=1.0).shape
+            (382, 500, 3)
         """
         from .dask import to_dask
 
-        return to_dask(self, level=level, chunks=chunks, device=device, apply_icc=apply_icc)
+        return to_dask(self, level=level, chunks=chunks, device=device, apply_icc=apply_icc, mpp=mpp, dct=dct)
 
     def to_dask_pyramid(self, chunks: Any = None, device: str = "cpu",
                         apply_icc: bool | None = None) -> list[dask.array.Array]:
@@ -619,6 +718,34 @@ def _box_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.astype(image.dtype)
 
 
+def _output(opened: OpenedSlide, width: int, height: int, out: np.ndarray | None) -> np.ndarray:
+    """The array a single-region read fills: ``out`` checked, or a new one within the request limit."""
+    shape = (height, width, opened.channels)
+    if out is None:
+        check_request_size(1, width, height, opened.channels, opened.dtype)
+        return empty_output(shape, opened.dtype)
+    if not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == opened.dtype
+            and out.flags.c_contiguous and out.flags.writeable):
+        raise ArgumentError(f"out must be a writable C-contiguous {shape} {opened.dtype} array")
+    return out
+
+
+def _resample_coords(target: MppTarget, level0: np.ndarray, downsample: float) -> np.ndarray:
+    """``(N, 4)`` ``(x, y, fx, fy)`` in ``target``'s level pixels for level-0 locations.
+
+    An exact target reads whole level pixels at OpenSlide's ``floor(x / downsample)``
+    with factor 1: the native average then copies them, as a plain read would.
+    """
+    coords = np.empty((len(level0), 4), np.float64)
+    if target.exact:
+        coords[:, :2] = to_level_locations(level0, downsample)
+    else:
+        coords[:, 0] = level0[:, 0] * target.per_level0[0]
+        coords[:, 1] = level0[:, 1] * target.per_level0[1]
+    coords[:, 2:] = target.factor
+    return coords
+
+
 def open(path: str | os.PathLike[str], *, fill: FillLike = None, apply_icc: bool = False) -> Slide:
     """Open a whole-slide image (Aperio SVS, OME-TIFF, generic tiled TIFF).
 
@@ -641,7 +768,7 @@ def read_regions(
     items: Iterable[tuple[Slide | str | os.PathLike[str], Location]],
     size: tuple[int, int],
     *,
-    level: int = 0,
+    level: int = DEFAULT_LEVEL,
     fill: FillLike = None,
     num_workers: int = 0,
     batch_size: int = 1,
@@ -650,6 +777,8 @@ def read_regions(
     shuffle: bool = False,
     seed: int = 0,
     apply_icc: bool | None = None,
+    mpp: MppLike = None,
+    dct: bool = True,
 ) -> BatchIterator:
     """Patches from many slides in one stream: ``items`` are ``(slide_or_path, (x, y))``.
 
@@ -662,6 +791,10 @@ def read_regions(
     ICC profile (patches of slides that share a profile are transformed together,
     once per batch); ``None`` means each slide's own setting (paths: False).
 
+    ``mpp`` (not with ``level``) reads every patch at that pixel size, ``size``
+    in output pixels, each from its own slide's best level (see
+    :meth:`Slide.read_region`); every slide must know its pixel size.
+
     Example:
         >>> items = [(path, (0, 0)), (path, (500, 300)), (slide, (10, 10))]
         >>> [b.shape for b in wsiarray.read_regions(items, (224, 224), batch_size=2)]
@@ -672,6 +805,9 @@ def read_regions(
     batch_size, prefetch_factor = parse_batch_options(batch_size, prefetch_factor)
     if apply_icc is not None:
         parse_apply_icc(apply_icc, False)  # a bad value is refused before any file is opened
+    if mpp is not None:
+        dct = parse_dct(dct)
+    targets: list[MppTarget] = []
     slides: list[Slide] = []
     transforms: list[SrgbTransform | None] = []
     index_of: dict[int | str, int] = {}
@@ -694,7 +830,12 @@ def read_regions(
                 )
             slides.append(slide)
             transforms.append(slide._transform(slide._opened(), apply_icc))
-            index = parse_level(level, slide.level_count)
+            if mpp is not None:
+                targets.append(mpp_target(mpp, slide.mpp, slide.level_dimensions,
+                                          None if level is DEFAULT_LEVEL else level))
+                index = targets[-1].level
+            else:
+                index = parse_level(0 if level is DEFAULT_LEVEL else level, slide.level_count)
             slide_levels.append(index)
             slide_downsamples.append(slide.level_downsamples[index])
         which.append(index_of[key])
@@ -711,9 +852,16 @@ def read_regions(
     for downsample in np.unique(downsamples):
         mask = downsamples == downsample
         level_xy[mask] = to_level_locations(level0[mask], float(downsample))
+    resample = None
+    if targets:
+        resample = np.empty((len(which_array), 4), np.float64)
+        for index, target in enumerate(targets):
+            mask = which_array == index
+            resample[mask] = _resample_coords(target, level0[mask], slide_downsamples[index])
     return BatchIterator(
         [(slide.path, slide.identity) for slide in slides], which_array, levels, level_xy, (width, height),
         fill=first._fill_bytes(fill), channels=first.channels, dtype=first.dtype,
         num_workers=workers, batch_size=batch_size, drop_last=drop_last,
         prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed, transforms=transforms,
+        resample=resample, dct=dct,
     )

@@ -46,6 +46,11 @@ struct JpegParams {
   size_t tables_size = 0;
   int in_colorspace = -1;
   int out_colorspace = -1;
+  // 1, 2, 4 or 8: decode at 1/scale_denom of the tile's size with
+  // libjpeg's DCT scaling (reads at a target resolution, resample.hpp). The
+  // layout a decoder gets is then the scaled tile's; the stream's header is
+  // still checked against the full tile (scale_denom times the layout).
+  uint32_t scale_denom = 1;
 };
 
 // Decodes one tile's bytes (index into the tile tables) into `dst`, a

@@ -94,6 +94,9 @@ bool decode(Decompressor& d, const JpegParams& p, const TileLayout& layout, cons
   }
   if (p.in_colorspace >= 0) cinfo->jpeg_color_space = static_cast<J_COLOR_SPACE>(p.in_colorspace);
   if (p.out_colorspace >= 0) cinfo->out_color_space = static_cast<J_COLOR_SPACE>(p.out_colorspace);
+  // Set on every tile: jpeg_read_header resets it to 1/1.
+  cinfo->scale_num = 1;
+  cinfo->scale_denom = p.scale_denom;
   jpeg_start_decompress(cinfo);
   if (static_cast<uint32_t>(cinfo->output_components) != layout.samples ||
       cinfo->output_width > 65535) {
@@ -119,7 +122,9 @@ bool decode(Decompressor& d, const JpegParams& p, const TileLayout& layout, cons
     return true;
   }
   JDIMENSION first_col = 0;
-  if (exact) {
+  // Scaled decodes (a 1/2..1/8 tile) are cheap enough whole; cropping is
+  // kept to the full-size path it was verified on.
+  if (exact && p.scale_denom == 1) {
     // Only a window of a regular tile: decode just the iMCU columns and the
     // rows it needs (libjpeg-turbo gives the same pixels as a full decode).
     // The crop keeps one extra iMCU on each side: fancy upsampling treats a
@@ -162,6 +167,11 @@ bool decode(Decompressor& d, const JpegParams& p, const TileLayout& layout, cons
 void decode_jpeg(const TileStream& src, const CodecParams& params, const TileLayout& layout,
                  const TileTarget& dst) {
   if (layout.bytes_per_sample != 1) throw Error(ErrorKind::Unsupported, "JPEG with more than 8 bits");
+  const uint32_t scale = params.jpeg.scale_denom;
+  if (scale != 1 && scale != 2 && scale != 4 && scale != 8) throw Error(ErrorKind::Argument, "JPEG scale");
+  // The stream is a full-size tile whatever the scale: its header is checked
+  // against the tile the TIFF declares.
+  const TileLayout full{layout.width * scale, layout.height * scale, layout.samples, layout.bytes_per_sample};
   if (uint64_t(dst.x) + dst.width > layout.width || uint64_t(dst.y) + dst.height > layout.height) {
     throw Error(ErrorKind::Decode, "JPEG window outside the tile");
   }
@@ -175,7 +185,7 @@ void decode_jpeg(const TileStream& src, const CodecParams& params, const TileLay
   const jpeg_decompress_struct& c = d.cinfo;
   const StreamHeader header{c.image_width, c.image_height, uint32_t(c.num_components), uint32_t(c.data_precision)};
   const std::string problem =
-      header_problem("JPEG", header, layout, TileExtent{src.stored_cols, src.stored_rows, params.strips});
+      header_problem("JPEG", header, full, TileExtent{src.stored_cols, src.stored_rows, params.strips});
   if (!problem.empty()) {
     jpeg_abort_decompress(&d.cinfo);
     throw Error(ErrorKind::Decode, problem);

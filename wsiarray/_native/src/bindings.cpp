@@ -20,6 +20,7 @@
 #include "output_memory.hpp"
 #include "plan.hpp"
 #include "reader.hpp"
+#include "resample.hpp"
 #include "thread_pool.hpp"
 
 namespace nb = nanobind;
@@ -393,6 +394,57 @@ NB_MODULE(_engine, m) {
       },
       "readers"_a, "where"_a, "out"_a, "fill"_a, "workers"_a = 1,
       "Reads N equally sized regions (of one or several readers) into out with shared threads.");
+  m.def(
+      "read_resampled",
+      [](nb::list readers, nb::ndarray<const int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> where,
+         nb::ndarray<const double, nb::ndim<2>, nb::c_contig, nb::device::cpu> coords,
+         nb::ndarray<uint8_t, nb::ndim<4>, nb::c_contig, nb::device::cpu> out, nb::bytes fill,
+         const std::string& sample, bool dct, size_t workers) {
+        // where[i] = (reader index, level); coords[i] = (x, y, fx, fy) in level
+        // pixels (see resample.hpp); out[i] receives region i.
+        const size_t n = where.shape(0);
+        if (where.shape(1) != 2 || coords.shape(0) != n || coords.shape(1) != 4 || out.shape(0) != n) {
+          argument_error("read_resampled: where must be (N, 2), coords (N, 4) and out (N, h, w, px)");
+        }
+        std::vector<const wsi::Reader*> pointers;
+        for (nb::handle h : readers) pointers.push_back(nb::cast<const wsi::Reader*>(h));
+        const size_t h = out.shape(1), w = out.shape(2), px = out.shape(3);
+        if (h > UINT32_MAX || w > UINT32_MAX) argument_error("region size must be between 0 and 2**32 - 1");
+        const wsi::SampleType type = wsi::sample_type(sample);
+        std::vector<wsi::ResampleRequest> requests(n);
+        for (size_t i = 0; i < n; ++i) {
+          const int64_t* row = where.data() + 2 * i;
+          if (row[0] < 0 || size_t(row[0]) >= pointers.size() || row[1] < 0) {
+            argument_error("read_resampled: bad reader or level index");
+          }
+          const double* c = coords.data() + 4 * i;
+          wsi::ResampleRequest& r = requests[i];
+          r.reader = pointers[size_t(row[0])];
+          r.level = size_t(row[1]);
+          r.x = c[0];
+          r.y = c[1];
+          r.fx = c[2];
+          r.fy = c[3];
+          r.out = out.data() + i * h * w * px;
+          r.pitch = w * px;
+          r.width = uint32_t(w);
+          r.height = uint32_t(h);
+        }
+        const auto* fill_bytes = static_cast<const uint8_t*>(fill.data());
+        const size_t fill_size = fill.size();
+        if (fill_size != px) argument_error("fill value has the wrong pixel size");
+        nb::gil_scoped_release release;
+        wsi::read_resampled(requests, fill_bytes, fill_size, type, dct, workers);
+      },
+      "readers"_a, "where"_a, "coords"_a, "out"_a, "fill"_a, "sample"_a, "dct"_a = true, "workers"_a = 1,
+      "Reads N regions at a target resolution: level pixels area-averaged by fractional factors.");
+  m.def(
+      "dct_scale",
+      [](const wsi::Reader& r, size_t level, double x, double y, double fx, double fy, bool dct) {
+        return wsi::dct_scale(r.level(level), x, y, fx, fy, dct);
+      },
+      "reader"_a, "level"_a, "x"_a, "y"_a, "fx"_a, "fy"_a, "dct"_a = true,
+      "The DCT scale (1, 2, 4 or 8) read_resampled decodes a level's tiles at for these factors.");
   m.def(
       "cache_configure",
       [](const std::string& type, uint64_t memory_capacity, uint64_t capacity, bool record,

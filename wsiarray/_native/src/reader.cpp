@@ -34,12 +34,15 @@ void fail(ErrorKind kind, const std::string& message) { throw Error(kind, messag
 class RegionRead {
  public:
   RegionRead(const Reader& reader, size_t level_index, const Region& region, uint8_t* out, size_t pitch,
-             const RequestCache& cache, size_t workers)
-      : reader_(reader), level_(reader.level(level_index)), level_index_(level_index), g_(level_.geometry()),
-        label_(reader.label(level_index)), cache_(cache),
-        out_{out, pitch, region.width, region.height, level_.pixel_bytes()}, layout_(level_.tile_layout()),
-        decode_(codec_decoder(level_.codec)), params_(level_.codec_params()) {
-    reader.plan(level_index, region, workers, plan_);
+             const RequestCache& cache, size_t workers, uint32_t scale)
+      : reader_(reader), level_(reader.level(level_index)), level_index_(level_index),
+        g_(scaled_geometry(level_.geometry(), scale)), label_(reader.label(level_index)), cache_(cache),
+        out_{out, pitch, region.width, region.height, level_.pixel_bytes()},
+        layout_{g_.tile_width, g_.tile_height, g_.samples_per_plane, g_.bytes_per_sample},
+        decode_(codec_decoder(level_.codec)), params_(level_.codec_params()), scale_(scale) {
+    if (scale != 1 && !can_scale(level_, scale)) fail(ErrorKind::Argument, "level cannot be read scaled");
+    params_.jpeg.scale_denom = scale;
+    make_plan(g_, level_.tables(), reader.file().size(), region, workers, label_, plan_);
   }
 
   void fill(const uint8_t* pixel) const { fill_rects(out_, plan_.fills, pixel); }
@@ -85,7 +88,8 @@ class RegionRead {
   TileKey key(const PlanTile& t) const {
     TileKey k;
     k.file = reader_.file().identity();
-    k.level = uint32_t(level_index_);
+    // A scaled read's tiles are other pixels than the level's: another key.
+    k.level = uint32_t(level_index_) | (scale_ << 24);
     k.plane = t.plane;
     k.tile = uint64_t(t.ty) * g_.tiles_across() + t.tx;
     return k;
@@ -95,6 +99,14 @@ class RegionRead {
   uint32_t valid_width(const PlanTile& t) const { return std::min(g_.tile_width, g_.width - t.tx * g_.tile_width); }
   uint32_t valid_height(const PlanTile& t) const {
     return std::min(g_.tile_height, g_.height - t.ty * g_.tile_height);
+  }
+
+  // The same in the level's full-size tiles: what the tile's stream may hold.
+  uint32_t stored_width(const PlanTile& t) const {
+    return std::min(level_.tile_width, level_.width - t.tx * level_.tile_width);
+  }
+  uint32_t stored_height(const PlanTile& t) const {
+    return std::min(level_.tile_height, level_.height - t.ty * level_.tile_height);
   }
 
   Coverage coverage(const PlanTile& t) const {
@@ -122,7 +134,7 @@ class RegionRead {
       }
       return;
     }
-    const TileStream src{data, size_t(t.bytecount), t.index, valid_height(t), valid_width(t)};
+    const TileStream src{data, size_t(t.bytecount), t.index, stored_height(t), stored_width(t)};
     auto decode = [&](const TileTarget* entry, bool keep) -> TileCache::Rows {
       if (t.whole && single) {
         const TileTarget target = output_target(out_, t, g_);
@@ -156,10 +168,27 @@ class RegionRead {
   TileLayout layout_;
   DecodeFn decode_;
   CodecParams params_;
+  uint32_t scale_;
   Plan plan_;
 };
 
 }  // namespace
+
+LevelGeometry scaled_geometry(const LevelGeometry& g, uint32_t scale) {
+  if (scale <= 1) return g;
+  LevelGeometry s = g;
+  s.width = (g.width + scale - 1) / scale;
+  s.height = (g.height + scale - 1) / scale;
+  s.tile_width = g.tile_width / scale;
+  s.tile_height = g.tile_height / scale;
+  return s;
+}
+
+bool can_scale(const LevelDesc& level, uint32_t scale) {
+  if (scale == 1) return true;
+  if (scale != 2 && scale != 4 && scale != 8) return false;
+  return level.codec == Codec::Jpeg && level.tile_width % scale == 0 && level.tile_height % scale == 0;
+}
 
 CodecParams LevelDesc::codec_params() const {
   CodecParams params;
@@ -243,7 +272,8 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
     const LevelDesc& level = r.reader->level(r.level);
     if (level.pixel_bytes() != fill_bytes) fail(ErrorKind::Argument, "regions of a batch differ in pixel size");
     if (r.pitch < size_t(r.region.width) * fill_bytes) fail(ErrorKind::Argument, "output rows too short");
-    auto read = std::make_unique<RegionRead>(*r.reader, r.level, r.region, r.out, r.pitch, cache, workers);
+    auto read =
+        std::make_unique<RegionRead>(*r.reader, r.level, r.region, r.out, r.pitch, cache, workers, r.scale);
     read->fill(fill);
     for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
     reads.push_back(std::move(read));

@@ -62,7 +62,22 @@ struct RegionRequest {
   Region region;
   uint8_t* out = nullptr;
   size_t pitch = 0;
+  // 1, or 2/4/8 for a JPEG level whose tiles divide by it: read the level
+  // as if it were `scale` times smaller (scaled_geometry), each tile decoded
+  // by libjpeg's DCT scaling; `region` is then in the scaled level's pixels.
+  uint32_t scale = 1;
 };
+
+// The geometry of a level read at 1/scale (see RegionRequest::scale):
+// ceil(width / scale) x ceil(height / scale) pixels in tiles of
+// tile_width / scale x tile_height / scale, so its tile grid and tables are
+// the level's own.
+LevelGeometry scaled_geometry(const LevelGeometry& g, uint32_t scale);
+
+// Whether `level` can be read at 1/scale: a native JPEG level whose tile
+// sizes divide by it (then every full tile decodes to exactly a tile of the
+// scaled geometry).
+bool can_scale(const LevelDesc& level, uint32_t scale);
 
 // Reads every request, sharing up to `workers` threads among all their
 // tiles. `fill` is one pixel of the (common) output pixel size.

@@ -1,0 +1,160 @@
+"""Reads at a target resolution (issue 13): ``read_region(..., mpp=)`` vs read-and-resize.
+
+Random ``--size`` (512) px output patches at 2x and 8x the level-0 pixel size of the
+benchmark slide (:func:`benchmarks.synthetic.benchmark_slide_path`: levels at 1x, 4x,
+16x, 0.25 um/px), each wholly inside the image, with 1 and 2 workers, no tile cache:
+
+- ``wsiarray mpp (dct)``: ``slide.read_region(locations, size, mpp=m, batch_size=32,
+  num_workers=n)``: JPEG tiles decoded at 1/2..1/8 by libjpeg, the rest area-averaged;
+- ``wsiarray mpp (plain)``: the same with ``dct=False`` (full decode, area average);
+- ``wsiarray + cv2``: per patch, ``read_region`` of the finest level no coarser than the
+  target (the footprint, rounded up), then ``cv2.resize(..., INTER_AREA)``, on an
+  ``n``-thread pool (both release the GIL; OpenCV's own threads set to 1);
+- ``openslide + PIL``: the same with ``OpenSlide.read_region`` (tile cache off) and
+  ``Image.resize(size, Image.BOX)`` (PIL's area average), on an ``n``-thread pool.
+
+Contenders run round-robin, the starting one rotating, for ``--repeats`` rounds; the
+table reports the median time per run, patches per second, and each contender's time
+over ``wsiarray mpp (dct)``'s (the ratio: how many times slower).
+
+Example::
+
+    python -m benchmarks.bench_mpp                         # 2,000 patches, 3 rounds
+    python -m benchmarks.bench_mpp --patches 300 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import wsiarray
+
+from .synthetic import benchmark_slide_path
+
+__all__ = ["main", "run"]
+
+#: Target pixel sizes as multiples of level 0's.
+FACTORS = (2.0, 8.0)
+
+
+def _locations(shape: tuple[int, int], footprint: int, count: int, seed: int) -> np.ndarray:
+    """``count`` level-0 ``(x, y)`` whose ``footprint``-px square lies inside ``shape`` ``(w, h)``."""
+    rng = np.random.default_rng(seed)
+    w, h = shape
+    return np.stack([rng.integers(0, w - footprint, count), rng.integers(0, h - footprint, count)], axis=1)
+
+
+def _contenders(path: str, factor: float, size: int, workers: int,
+                locations: np.ndarray) -> dict[str, Callable[[], None]]:
+    """One callable per contender that reads every patch once."""
+    slide = wsiarray.open(path)
+    mpp0 = slide.mpp[0]
+    mpp = mpp0 * factor
+    level = slide.get_best_level_for_downsample(factor)
+    downsample = slide.level_downsamples[level]
+    source = math.ceil(size * factor / downsample)
+    out: dict[str, Callable[[], None]] = {}
+
+    def batches(dct: bool) -> Callable[[], None]:
+        def run() -> None:
+            for _ in slide.read_region(locations, (size, size), mpp=mpp, dct=dct, batch_size=32,
+                                       num_workers=workers):
+                pass
+        return run
+
+    out["wsiarray mpp (dct)"] = batches(True)
+    out["wsiarray mpp (plain)"] = batches(False)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+
+        def cv_patch(xy: np.ndarray) -> np.ndarray:
+            region = slide.read_region((int(xy[0]), int(xy[1])), (source, source), level=level)
+            return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
+
+        def cv_run() -> None:
+            with ThreadPoolExecutor(workers) as pool:
+                for _ in pool.map(cv_patch, locations):
+                    pass
+
+        out["wsiarray + cv2"] = cv_run
+    except ImportError:
+        print("opencv-python-headless is not installed: skipping wsiarray + cv2")
+    try:
+        import openslide
+        from PIL import Image
+
+        osr = openslide.OpenSlide(path)
+        if hasattr(osr, "set_cache"):
+            osr.set_cache(openslide.OpenSlideCache(0))
+
+        def os_patch(xy: np.ndarray) -> np.ndarray:
+            image = osr.read_region((int(xy[0]), int(xy[1])), level, (source, source)).convert("RGB")
+            return np.asarray(image.resize((size, size), Image.BOX))
+
+        def os_run() -> None:
+            with ThreadPoolExecutor(workers) as pool:
+                for _ in pool.map(os_patch, locations):
+                    pass
+
+        out["openslide + PIL"] = os_run
+    except ImportError:
+        print("openslide-python is not installed: skipping openslide + PIL")
+    return out
+
+
+def run(path: str, patches: int, size: int, repeats: int, threads: list[int], seed: int) -> str:
+    """Time every contender and return the Markdown table.
+
+    Example::
+
+        >>> print(run(benchmark_slide_path(), 50, 512, 1, [1], 0))  # doctest: +SKIP
+    """
+    slide = wsiarray.open(path)
+    rows = ["| target | workers | contender | median s | patches/s | x wsiarray mpp (dct) |",
+            "|---|---|---|---|---|---|"]
+    for factor in FACTORS:
+        locations = _locations(slide.level_dimensions[0], math.ceil(size * factor) + 1, patches, seed)
+        for workers in threads:
+            contenders = _contenders(path, factor, size, workers, locations)
+            names = list(contenders)
+            times: dict[str, list[float]] = {name: [] for name in names}
+            for round_ in range(repeats):
+                order = names[round_ % len(names):] + names[:round_ % len(names)]
+                for name in order:
+                    start = time.perf_counter()
+                    contenders[name]()
+                    times[name].append(time.perf_counter() - start)
+            base = statistics.median(times[names[0]])
+            for name in names:
+                median = statistics.median(times[name])
+                rows.append(f"| {factor:g}x ({slide.mpp[0] * factor:g} um/px) | {workers} | {name} | "
+                            f"{median:.2f} | {patches / median:.0f} | {median / base:.2f} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slide", default=None,
+                        help="a slide with a pixel size (default: the benchmark slide)")
+    parser.add_argument("--patches", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = args.slide or str(benchmark_slide_path())
+    print(run(path, args.patches, args.size, args.repeats, args.threads, args.seed))
+
+
+if __name__ == "__main__":
+    main()
