@@ -269,3 +269,34 @@ def test_to_dask_at_mpp_equals_single_reads(lossless: str, jpeg_one_level: str) 
         np.testing.assert_array_equal(to_dask(slide, mpp=1.0).compute(), slide.read_region(level=1))
         with pytest.raises(ArgumentError, match="not both"):
             to_dask(slide, 1, mpp=1.0)
+
+
+def test_xarray_engine_at_mpp_equals_single_reads(lossless: str, jpeg_one_level: str) -> None:
+    """``xr.open_dataset(..., mpp=)``: a lazy virtual level, micrometre coordinates, dask chunks."""
+    import xarray as xr
+
+    for path in (lossless, jpeg_one_level):
+        with wsiarray.open(path) as slide:
+            for mpp in (0.8, (1.3, 1.9)):
+                for dct in (True, False):
+                    whole = slide.read_region(mpp=mpp, dct=dct)
+                    with xr.open_dataset(path, engine="wsiarray", mpp=mpp, dct=dct) as ds:
+                        image = ds.image
+                        assert image.shape == whole.shape
+                        np.testing.assert_array_equal(image[17:60, 5:77].values,
+                                                      slide.read_mpp_region(mpp, (5, 17), (72, 43), dct=dct))
+                        np.testing.assert_array_equal(image.values, whole)
+                        mx, my = (mpp, mpp) if isinstance(mpp, float) else mpp
+                        np.testing.assert_allclose(image.x.values[:2], [0.5 * mx, 1.5 * mx])
+                        np.testing.assert_allclose(image.y.values[:2], [0.5 * my, 1.5 * my])
+                        assert ds.attrs["mpp"] == [mx, my]
+                    with xr.open_dataset(path, engine="wsiarray", mpp=mpp, dct=dct, chunks={}) as ds:
+                        assert ds.image.chunks is not None
+                        np.testing.assert_array_equal(ds.image.values, whole)
+    with wsiarray.open(lossless) as slide:
+        # a level's own pixel size is that level's dataset
+        with xr.open_dataset(lossless, engine="wsiarray", mpp=1.0) as ds:
+            assert ds.attrs["level"] == 1
+            np.testing.assert_array_equal(ds.image.values, slide.read_region(level=1))
+        with pytest.raises(ArgumentError, match="not both"):
+            xr.open_dataset(lossless, engine="wsiarray", level=1, mpp=1.0)

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
-from ._request import parse_level
+from ._request import MppTarget, parse_level
 from .errors import ArgumentError
 
 if TYPE_CHECKING:
     from .slide import Slide
 
-__all__ = ["DEFAULT_CHUNK_PIXELS", "Chunks3", "ChunksLike", "level_chunks"]
+__all__ = ["DEFAULT_CHUNK_PIXELS", "Chunks3", "ChunksLike", "level_chunks", "mpp_chunk_shape"]
 
 #: Default chunk side in pixels, rounded to whole tiles (about 2048 x 2048 px per chunk).
 DEFAULT_CHUNK_PIXELS = 2048
@@ -158,6 +158,26 @@ def level_chunks(slide: Slide, level: int = 0, chunks: ChunksLike = None) -> Chu
         _axis(spec[1], width, tile_w, auto_w, "x"),
         (channels,),
     )
+
+
+def mpp_chunk_shape(slide: Slide, target: MppTarget) -> tuple[int, int]:
+    """Default ``(height, width)`` of a chunk of the slide at a target pixel size.
+
+    A chunk spans a whole number ``k`` of the source level's tiles (about
+    :data:`DEFAULT_CHUNK_PIXELS` output pixels), rounded to whole output pixels,
+    so a tile is decoded by at most two chunks (only where a rounded edge cuts it).
+
+    Example:
+        >>> from wsiarray._request import mpp_target
+        >>> mpp_chunk_shape(slide, mpp_target(0.75, slide.mpp, slide.level_dimensions))
+        (2048, 2048)
+    """
+    tile_w, tile_h = slide.level_tile_sizes[target.level]
+    sizes = []
+    for tile, factor in ((tile_h, target.factor[1]), (tile_w, target.factor[0])):
+        k = max(1, round(DEFAULT_CHUNK_PIXELS * factor / tile))
+        sizes.append(max(1, round(k * tile / factor)))
+    return sizes[0], sizes[1]
 
 
 def _mentions_auto(chunks: Any) -> bool:

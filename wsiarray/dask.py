@@ -34,7 +34,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ._chunks import DEFAULT_CHUNK_PIXELS, Chunks3, ChunksLike, level_chunks
+from ._chunks import DEFAULT_CHUNK_PIXELS, Chunks3, ChunksLike, level_chunks, mpp_chunk_shape
 from ._request import MppLike, mpp_target, parse_apply_icc, parse_dct, parse_device, parse_level
 from .slide import DEFAULT_LEVEL, Slide
 
@@ -91,26 +91,19 @@ def _read_mpp_block(slide: Slide, mpp: tuple[float, float], dct: bool, apply_icc
 def mpp_chunks(slide: Slide, mpp: MppLike, chunks: ChunksLike = None) -> Chunks3:
     """Dask chunks of the slide at ``mpp`` (see :func:`to_dask`): edges near source tile edges.
 
-    With ``chunks=None`` a chunk spans a whole number ``k`` of the source level's
-    tiles (about :data:`DEFAULT_CHUNK_PIXELS` output pixels), rounded to whole output
-    pixels, so a tile is decoded by at most two tasks (only where a rounded edge
-    cuts it). An int or tuple is taken as dask takes it.
+    With ``chunks=None`` chunks are :func:`~wsiarray._chunks.mpp_chunk_shape`: a
+    whole number of source tiles each, so a tile is decoded by at most two tasks.
+    An int or tuple is taken as dask takes it.
 
     Example:
         >>> mpp_chunks(slide, 0.75, 256)[1]
         (256, 256, 155)
     """
-    opened_mpp = slide.mpp
-    target = mpp_target(mpp, opened_mpp, slide.level_dimensions)
+    target = mpp_target(mpp, slide.mpp, slide.level_dimensions)
     width, height = target.shape
     channels = slide.channels
     if chunks is None:
-        tile_w, tile_h = slide.level_tile_sizes[target.level]
-        sizes = []
-        for tile, factor in ((tile_h, target.factor[1]), (tile_w, target.factor[0])):
-            k = max(1, round(DEFAULT_CHUNK_PIXELS * factor / tile))
-            sizes.append(max(1, round(k * tile / factor)))
-        chunks = (sizes[0], sizes[1], channels)
+        chunks = (*mpp_chunk_shape(slide, target), channels)
     elif isinstance(chunks, int):
         chunks = (chunks, chunks, channels)
     normalized = da.core.normalize_chunks(chunks, (height, width, channels), dtype=slide.dtype)

@@ -44,10 +44,10 @@ import xarray as xr
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
-from ._chunks import ChunksLike, level_chunks
-from ._request import parse_apply_icc, parse_level
+from ._chunks import ChunksLike, level_chunks, mpp_chunk_shape
+from ._request import MppLike, mpp_target, parse_apply_icc, parse_dct, parse_level, parse_mpp
 from .errors import ArgumentError, WSIError
-from .slide import Slide
+from .slide import DEFAULT_LEVEL, Slide
 
 __all__ = [
     "TIFF_EXTENSIONS",
@@ -79,10 +79,16 @@ class WsiarrayBackendArray(BackendArray):
         (10, 20, 3)
     """
 
-    def __init__(self, slide: Slide, level: int) -> None:
+    def __init__(self, slide: Slide, level: int, mpp: tuple[float, float] | None = None,
+                 dct: bool = True) -> None:
         self.slide = copy.copy(slide)  # pickles as a recipe, without opening the file
         self.level = level
-        width, height = slide.level_dimensions[level]
+        self.mpp = mpp  # a virtual level at this pixel size (read_mpp_region), not ``level``
+        self.dct = dct
+        if mpp is None:
+            width, height = slide.level_dimensions[level]
+        else:
+            width, height = mpp_target(mpp, slide.mpp, slide.level_dimensions).shape
         self.shape = (height, width, slide.channels)
         self.dtype = slide.dtype
 
@@ -119,8 +125,10 @@ class WsiarrayBackendArray(BackendArray):
         (y0, y1), (x0, x1) = spans
         if empty:
             region = np.empty((y1 - y0, x1 - x0, self.shape[2]), self.dtype)
-        else:
+        elif self.mpp is None:
             region = self.slide.read_level_region(self.level, (x0, y0), (x1 - x0, y1 - y0))
+        else:
+            region = self.slide.read_mpp_region(self.mpp, (x0, y0), (x1 - x0, y1 - y0), dct=self.dct)
         return region[tuple(cuts)]
 
 
@@ -177,6 +185,23 @@ def _level_dataset(slide: Slide, level: int, data: Any, attrs: dict[str, Any]) -
     encoding = {"preferred_chunks": {dim: axis[0] for dim, axis in zip(DIMS, chunks, strict=True)}}
     image = xr.Variable(DIMS, data, encoding=encoding)
     return xr.Dataset({VARIABLE: image}, coords=level_coords(slide, level), attrs=attrs)
+
+
+def _mpp_dataset(slide: Slide, mpp: MppLike, dct: bool, attrs: dict[str, Any]) -> xr.Dataset:
+    """The slide at pixel size ``mpp`` as a virtual level: lazily read with ``read_mpp_region``."""
+    target = mpp_target(mpp, slide.mpp, slide.level_dimensions)
+    mpp_x, mpp_y = parse_mpp(mpp)
+    array = WsiarrayBackendArray(slide, target.level, (mpp_x, mpp_y), dct)
+    height, width = array.shape[:2]
+    chunk_h, chunk_w = mpp_chunk_shape(slide, target)
+    encoding = {"preferred_chunks": {"y": chunk_h, "x": chunk_w, "c": slide.channels}}
+    coords = level_coords(slide, 0)
+    # output pixel j covers [j, j + 1) * mpp micrometres, as level pixels do
+    coords["x"] = xr.Variable("x", (np.arange(width) + 0.5) * mpp_x, coords["x"].attrs)
+    coords["y"] = xr.Variable("y", (np.arange(height) + 0.5) * mpp_y, coords["y"].attrs)
+    attrs = {**attrs, "level": target.level, "mpp": [mpp_x, mpp_y], "dct": dct}
+    image = xr.Variable(DIMS, indexing.LazilyIndexedArray(array), encoding=encoding)
+    return xr.Dataset({VARIABLE: image}, coords=coords, attrs=attrs)
 
 
 def _associated_datasets(slide: Slide) -> dict[str, xr.Dataset]:
@@ -293,19 +318,37 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
         filename_or_obj: Any,
         *,
         drop_variables: str | Iterable[str] | None = None,
-        level: int = 0,
+        level: int = DEFAULT_LEVEL,
         fill: Any = None,
         apply_icc: bool | None = None,
+        mpp: MppLike = None,
+        dct: bool = True,
     ) -> xr.Dataset:
         """One level as a Dataset with variable ``image``; attrs hold the slide's metadata.
+
+        ``mpp`` (not with ``level``) gives the slide at that pixel size instead, a
+        virtual level read as :meth:`wsiarray.Slide.read_region` with ``mpp=``
+        reads (area average, ``dct`` as there), in output-pixel chunks aligned to
+        the source level's tiles; at a level's own pixel size it is that level.
 
         Example:
             >>> ds = xr.open_dataset(svs_path, engine="wsiarray", level=1)
             >>> ds.attrs["downsample"], ds.attrs["openslide.vendor"]
             (2.0, 'aperio')
+            >>> xr.open_dataset(path, engine="wsiarray", mpp=0.75).image.shape
+            (509, 667, 3)
         """
         slide = _open_slide(filename_or_obj, fill, apply_icc)
         try:
+            if mpp is not None:
+                target = mpp_target(mpp, slide.mpp, slide.level_dimensions,
+                                    None if level is DEFAULT_LEVEL else level)
+                if not target.exact:
+                    dct = parse_dct(dct)
+                    ds = _drop(_mpp_dataset(slide, mpp, dct, _slide_attrs(slide)), drop_variables)
+                    ds.set_close(slide.close)
+                    return ds
+                level = target.level
             level = parse_level(level, slide.level_count)
             attrs = {**_slide_attrs(slide), **_level_attrs(slide, level)}
             ds = _drop(_level_dataset(slide, level, _lazy(slide, level), attrs), drop_variables)
