@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 import tifffile
 from compat_script import run_script
-from conftest import DATA
 from wsitest import preserved_cache, texture
 
 import wsiarray
+from conftest import DATA
 from wsiarray.compat import (
     CacheType,
     CuImage,
