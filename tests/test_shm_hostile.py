@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 from cache_support import write_slide
+from wsitest import preserved_cache
 
 import wsiarray
 
@@ -98,15 +99,11 @@ def small_shm() -> None:
 @pytest.fixture
 def segment() -> Iterator[str]:
     """A fresh segment name; the segment is removed after the test."""
-    saved = os.environ.get("WSIARRAY_CACHE")
-    wsiarray.cache("nocache")
     name = f"/wsiarray-hostile-{os.getpid()}-{uuid.uuid4().hex[:10]}"
-    yield name
-    wsiarray.cache("nocache")
-    if saved is None:
-        os.environ.pop("WSIARRAY_CACHE", None)
-    else:
-        os.environ["WSIARRAY_CACHE"] = saved
+    with preserved_cache():
+        wsiarray.cache("nocache")
+        yield name
+        wsiarray.cache("nocache")  # detached before the segment is removed
     path = Path("/dev/shm" + name)
     if path.exists() or path.is_symlink():
         path.unlink()
@@ -378,3 +375,90 @@ def test_corrupt_live_segment_gives_misses_and_correct_pixels(segment: str, slid
     if corruption != "pending_self":  # that one is a stale entry, reclaimed without a reset
         assert out["repairs"] >= 1, out
     assert out["items"] == 12, "the repaired cache caches again"
+
+
+# -- issue 18: attaching to a segment whose pages are not reserved, on a full /dev/shm ----------
+
+UNRESERVED = """
+import ctypes, os, struct, subprocess, sys
+import wsiarray
+path, name, fill_shm, L = ARGS
+wsiarray.cache("shared_memory", memory_capacity=32, name=name)  # reserved whole by its creator
+seg = "/dev/shm" + name
+size = os.path.getsize(seg)
+fd = os.open(seg, os.O_RDWR)
+def get(offset, fmt):
+    return struct.unpack(fmt, os.pread(fd, struct.calcsize(fmt), offset))[0]
+# Punch holes in every shard's tile pages (the index stays: it was written, so it is
+# allocated, as in a segment made with ftruncate alone or by an older version).
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+punched = 0
+for i in range(get(L["SHARDS"], "<I")):
+    shard = get(L["SHARD_OFF_0"] + 8 * i, "<Q")
+    data, pages = get(shard + L["S_DATA_OFF"], "<Q"), get(shard + L["S_PAGES"], "<I")
+    start, end = -(-data // 4096) * 4096, (data + pages * 16384) // 4096 * 4096
+    if libc.fallocate(fd, PUNCH, start, end - start) != 0:
+        raise OSError(ctypes.get_errno(), "fallocate(PUNCH_HOLE)")
+    punched += end - start
+held = os.fstat(fd).st_blocks * 512
+assert held < size - (16 << 20), (held, size)  # its pages are no longer reserved
+if fill_shm:
+    # Take all the rest of /dev/shm, as other processes' segments would.
+    with open("/dev/shm/filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"x" * (1 << 20)); f.flush()
+        except OSError:
+            pass
+# A child attaches through WSIARRAY_CACHE and reads a slide larger than the cache.
+child = '''
+import json, numpy as np, wsiarray
+from cache_support import tifffile_level
+path = %r
+ref = tifffile_level(path)
+try:
+    c = wsiarray.cache()
+    s = wsiarray.open(path)
+    w, h = s.level_dimensions[0]
+    ok = True
+    for y in range(0, h, 512):
+        ok &= bool(np.array_equal(s.read_region((0, y), (w, min(512, h - y))), ref[y:y + 512]))
+    out = {"error": None, "ok": ok, "name": c.name, "attached": c.attached_processes}
+except wsiarray.WSIError as exc:
+    out = {"error": type(exc).__name__, "message": str(exc)}
+print(json.dumps(out))
+''' % path
+proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+attacher = json.loads(proc.stdout.splitlines()[-1]) if proc.returncode == 0 else None
+print(json.dumps({"rc": proc.returncode, "stderr": proc.stderr[-3000:], "attacher": attacher,
+                  "punched": punched, "held": held, "size": size}))
+"""
+
+
+@pytest.mark.parametrize("fill_shm", [True, False], ids=["full", "room"])
+def test_attach_to_unreserved_segment_never_sigbus(small_shm: None, big_slide_path: str,
+                                                   fill_shm: bool) -> None:
+    """A segment whose tile pages are holes (punched), attached on a full /dev/shm: CacheError or correct.
+
+    The attacher sees fewer blocks than the segment's size and reserves them
+    itself (``cache.cpp``, attach: ``st_blocks``); on a full /dev/shm that fails,
+    which must be a :class:`wsiarray.CacheError`, never SIGBUS when a page is touched.
+    """
+    layout = {"SHARDS": 40, "SHARD_OFF_0": SHARD_OFF_0, "S_DATA_OFF": 152, "S_PAGES": S_PAGES}
+    out = result(run_child(UNRESERVED, big_slide_path, "/unreserved", fill_shm, layout, unshare=True))
+    assert out["punched"] >= 30 << 20, out
+    assert out["rc"] == 0, f"the attaching process died (rc {out['rc']}; -7 is SIGBUS):\n{out['stderr']}"
+    attacher = out["attacher"]
+    if fill_shm:
+        # No room to reserve the pages: refused with the reason (or, were it to work, correct pixels).
+        if attacher["error"] is not None:
+            assert attacher["error"] == "CacheError", attacher
+            message = attacher["message"]
+            assert "/unreserved" in message and "free" in message, message
+        else:
+            assert attacher["ok"], attacher
+    else:
+        assert attacher["error"] is None and attacher["ok"], attacher
+        assert (attacher["name"], attacher["attached"]) == ("/unreserved", 2), attacher
