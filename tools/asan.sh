@@ -23,7 +23,7 @@ mkdir -p "$work"
 # What the build depends on: reinstall only when this changes.
 stamp=$(
   cd "$repo"
-  echo "$sanitize"
+  echo "$sanitize ${CC:-} ${CXX:-}"
   find CMakeLists.txt pyproject.toml wsiarray -type f \
     \( -name '*.py' -o -name '*.pyi' -o -name '*.cpp' -o -name '*.hpp' -o -name '*.txt' -o -name '*.toml' \) \
     -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum | sha256sum
