@@ -3,10 +3,10 @@
 Every crasher, hang or untyped exception the fuzzer finds is kept here as a test
 that *generates* its bytes (a small slide written with tifffile, then patched),
 asserts the :class:`wsiarray.WSIError` it must now raise, and runs ``exercise``
-(the harness's read paths) over it. The campaigns so far (fuzz/README.md; gcc
-ASan+UBSan with Python coverage, clang with native edge coverage too, and a
-tag-by-tag edge-value sweep over the seeds) found none, so the cases below are the
-hostile inputs the harness was checked against by hand: they keep every read
+(the harness's read paths) over it. The campaigns so far (fuzz/README.md: 32
+minutes and 61,000 inputs, gcc ASan+UBSan with Python coverage and clang with native
+edge coverage too; and 22,500 tag edge values swept over the seeds) found none, so
+the cases below are the hostile inputs the harness was checked against by hand: they keep every read
 path of the harness running in the normal suite and under the sanitizers
 (``tools/asan.sh``), where a memory error would fail them.
 """
