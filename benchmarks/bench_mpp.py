@@ -44,6 +44,18 @@ __all__ = ["main", "run"]
 FACTORS = (2.0, 8.0)
 
 
+
+def _threaded(patch: Callable[[np.ndarray], np.ndarray], locations: np.ndarray,
+              workers: int) -> Callable[[], None]:
+    """A run of ``patch`` over every location on ``workers`` Python threads (a peer's best)."""
+
+    def run() -> None:
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(patch, locations):
+                pass
+
+    return run
+
 def _locations(shape: tuple[int, int], footprint: int, count: int, seed: int) -> np.ndarray:
     """``count`` level-0 ``(x, y)`` whose ``footprint``-px square lies inside ``shape`` ``(w, h)``."""
     rng = np.random.default_rng(seed)
@@ -80,12 +92,7 @@ def _contenders(path: str, factor: float, size: int, workers: int,
             region = slide.read_region((int(xy[0]), int(xy[1])), (source, source), level=level)
             return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
 
-        def cv_run() -> None:
-            with ThreadPoolExecutor(workers) as pool:
-                for _ in pool.map(cv_patch, locations):
-                    pass
-
-        out["wsiarray + cv2"] = cv_run
+        out["wsiarray + cv2"] = _threaded(cv_patch, locations, workers)
     except ImportError:
         print("opencv-python-headless is not installed: skipping wsiarray + cv2")
     try:
@@ -100,12 +107,7 @@ def _contenders(path: str, factor: float, size: int, workers: int,
             image = osr.read_region((int(xy[0]), int(xy[1])), level, (source, source)).convert("RGB")
             return np.asarray(image.resize((size, size), Image.BOX))
 
-        def os_run() -> None:
-            with ThreadPoolExecutor(workers) as pool:
-                for _ in pool.map(os_patch, locations):
-                    pass
-
-        out["openslide + PIL"] = os_run
+        out["openslide + PIL"] = _threaded(os_patch, locations, workers)
     except ImportError:
         print("openslide-python is not installed: skipping openslide + PIL")
     return out

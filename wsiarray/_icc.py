@@ -31,16 +31,15 @@ Example:
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import os
-import threading
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
 import numpy as np
 
+from ._threads import LazyPool
 from .errors import FormatError, UnsupportedError
 
 __all__ = ["INTENT", "SrgbTransform", "apply_srgb", "srgb_transform"]
@@ -54,8 +53,6 @@ INTENT = 0
 #: the copy in, the transform and the copy out.
 BAND_BYTES = 1 << 20
 
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +128,7 @@ def apply_srgb(pixels: np.ndarray, transform: SrgbTransform, workers: int = 1) -
         _apply_bands(image, transform, starts, band)
         return
     groups = [starts[i::parts] for i in range(parts)]
-    futures = [_pool().submit(_apply_bands, image, transform, group, band) for group in groups[1:]]
+    futures = [_POOL.get().submit(_apply_bands, image, transform, group, band) for group in groups[1:]]
     _apply_bands(image, transform, groups[0], band)
     for future in futures:
         future.result()
@@ -157,23 +154,5 @@ def _apply_bands(image: np.ndarray, transform: SrgbTransform, starts: list[int],
         rows.reshape(-1)[:] = np.frombuffer(pil.tobytes(), np.uint8)
 
 
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    """Threads that run bands of a transform; they spend their time in littleCMS, GIL released."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="wsiarray-icc"
-            )
-        return _executor
-
-
-def _after_fork() -> None:
-    # The parent's threads do not exist in a forked child.
-    global _executor, _executor_lock
-    _executor = None
-    _executor_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+#: Threads that run bands of a transform; they spend their time in littleCMS, GIL released.
+_POOL = LazyPool("wsiarray-icc", max(1, os.cpu_count() or 1))

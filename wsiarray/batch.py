@@ -34,33 +34,14 @@ from ._icc import SrgbTransform, apply_srgb
 from ._memory import empty_output
 from ._reader import FileIdentity
 from ._request import check_request_size
+from ._threads import LazyPool
 
 __all__ = ["BatchIterator"]
 
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
 
 
-def _driver() -> concurrent.futures.ThreadPoolExecutor:
-    """Threads that wait on native batch calls (the decoding happens on the native pool)."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=max(4, 4 * (os.cpu_count() or 1)), thread_name_prefix="wsiarray-batch"
-            )
-        return _executor
-
-
-def _after_fork() -> None:
-    # The parent's driver threads do not exist in a forked child.
-    global _executor, _executor_lock
-    _executor = None
-    _executor_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+#: Threads that wait on native batch calls (the decoding happens on the native pool).
+_DRIVER = LazyPool("wsiarray-batch", max(4, 4 * (os.cpu_count() or 1)))
 
 
 class BatchIterator(Iterator[np.ndarray]):
@@ -183,7 +164,7 @@ class BatchIterator(Iterator[np.ndarray]):
         if self._next >= self._batches:
             raise StopIteration
         while self._queued < self._batches and len(self._pending) < self._prefetch:
-            self._pending.append(_driver().submit(self._read, self._queued))
+            self._pending.append(_DRIVER.get().submit(self._read, self._queued))
             self._queued += 1
         future = self._pending.popleft()
         self._next += 1
