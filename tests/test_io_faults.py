@@ -157,7 +157,10 @@ if kind == "shared_memory":
             "c = wsiarray.cache(); s = wsiarray.open(%r); w, h = s.level_dimensions[0]; "
             "ok = bool(np.array_equal(s.read_region((0, 0), (w, h)), tifffile_level(%r))); "
             "print(json.dumps([c.type, c.name, ok, c.hit_count, c.attached_processes]))") % (path, path)
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAULTSHIM")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTSHIM")}
+    # keep what else is preloaded (a sanitizer's runtime under tools/asan.sh), not the shim
+    env["LD_PRELOAD"] = ":".join(p for p in env.get("LD_PRELOAD", "").split(":")
+                                 if p and "faultshim" not in p)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     out["second"] = json.loads(proc.stdout.splitlines()[-1]) if proc.returncode == 0 else proc.stderr[-2000:]
 print(json.dumps(out))
@@ -167,7 +170,9 @@ print(json.dumps(out))
 def run_child(shim: str, *args: object) -> subprocess.CompletedProcess[str]:
     """Run ``CHILD`` (``ARGS`` = the arguments) in a fresh interpreter with the shim preloaded."""
     script = f"import json, sys\nARGS = json.loads(sys.argv[1])\nMATCH = {MATCH!r}\n" + textwrap.dedent(CHILD)
-    env = dict(os.environ, LD_PRELOAD=shim,
+    # After what is preloaded already: a sanitizer's runtime (tools/asan.sh) must come first.
+    preload = ":".join(p for p in (os.environ.get("LD_PRELOAD", ""), shim) if p)
+    env = dict(os.environ, LD_PRELOAD=preload,
                PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     env.pop("WSIARRAY_CACHE", None)
     env.pop("FAULTSHIM_MATCH", None)  # the child turns the shim on once its imports are done
