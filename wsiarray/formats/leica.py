@@ -208,6 +208,9 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
 
     base_page = pages[head.dimensions[0][2]]
     props = tiff_properties(base_page)
+    # OpenSlide does not report the SCN XML (IFD 0's description) as the comment
+    for key in ("tiff.ImageDescription", "openslide.comment"):
+        props.pop(key, None)
     props.update(_properties(head, _barcode(collection, namespace)))
     for i, layer in enumerate(levels[0].layers):
         placement = layer.placement
