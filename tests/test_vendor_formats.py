@@ -32,8 +32,9 @@ wos = pytest.importorskip("wsiarray.openslide")
 
 #: The shared generators (beside ``shared/data``, as tests/conftest.py finds it).
 FORMATS = Path(__file__).resolve().parents[2] / "shared" / "formats"
-pytestmark = pytest.mark.skipif(not (FORMATS / "make_bif.py").is_file(),
-                                reason=f"vendor file generators not found: {FORMATS} is missing")
+pytestmark = pytest.mark.skipif(
+    not (FORMATS / "make_bif.py").is_file(), reason=f"vendor file generators not found: {FORMATS} is missing"
+)
 
 
 def _module(name: str) -> ModuleType:
@@ -62,19 +63,44 @@ SCN = {
     "no-macro": ("--no-macro",),
     "regions2": ("--regions", "2"),
     "regions3-tile512": ("--regions", "3", "--tile", "512", "--levels", "2"),
-    "odd-444-factor2": ("--width", "1000", "--height", "777", "--factor", "2", "--levels", "4", "--tile", "128",
-                        "--subsampling", "444", "--mpp", "0.2527"),
+    "odd-444-factor2": (
+        "--width",
+        "1000",
+        "--height",
+        "777",
+        "--factor",
+        "2",
+        "--levels",
+        "4",
+        "--tile",
+        "128",
+        "--subsampling",
+        "444",
+        "--mpp",
+        "0.2527",
+    ),
 }
 BIF = {
     "no-overlap": ("--no-overlap",),
     "overlap16": ("--overlap", "16"),
     "jitter": ("--overlap", "16", "--overlap-jitter", "5", "--width", "1000", "--height", "700"),
-    "label-iscan-prob": ("--overlap", "32", "--levels", "6", "--label-desc", "Label Image", "--xmp-root", "iscan",
-                         "--probability"),
+    "label-iscan-prob": (
+        "--overlap",
+        "32",
+        "--levels",
+        "6",
+        "--label-desc",
+        "Label Image",
+        "--xmp-root",
+        "iscan",
+        "--probability",
+    ),
     "fractional": ("--overlap", "24", "--overlap-y", "8", "--tile", "512", "--levels", "5"),
     "ventana-tiff": ("--no-encodeinfo",),
 }
-FILES = [("scn", name, args) for name, args in SCN.items()] + [("bif", name, args) for name, args in BIF.items()]
+FILES = [("scn", name, args) for name, args in SCN.items()] + [
+    ("bif", name, args) for name, args in BIF.items()
+]
 
 
 @pytest.fixture(params=FILES, ids=[f"{kind}-{name}" for kind, name, _ in FILES])
@@ -85,8 +111,12 @@ def vendor_file(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 def _regions(rng: np.random.Generator, width: int, height: int, n: int) -> list[tuple[int, int, int, int]]:
     """Level regions: the whole level with a margin, corners, beyond the level, and random ones."""
-    out = [(-3, -5, width + 9, height + 7), (width - 7, height - 5, 20, 20), (width + 2, 0, 5, 5),
-           (-40, -40, 30, 30)]
+    out = [
+        (-3, -5, width + 9, height + 7),
+        (width - 7, height - 5, 20, 20),
+        (width + 2, 0, 5, 5),
+        (-40, -40, 30, 30),
+    ]
     for _ in range(n):
         w, h = int(rng.integers(1, 300)), int(rng.integers(1, 300))
         out.append((int(rng.integers(-50, width)), int(rng.integers(-50, height)), w, h))
@@ -105,8 +135,12 @@ def _exact_levels(path: str) -> list[bool]:
     out = []
     for level in model["levels"]:
         tiles = check.bif_tiles(model["bif"], level["ds"], level["tw"], level["th"])
-        out.append(all(float(t[2]).is_integer() and float(t[3]).is_integer()
-                       and float(t[4]).is_integer() for t in tiles))
+        out.append(
+            all(
+                float(t[2]).is_integer() and float(t[3]).is_integer() and float(t[4]).is_integer()
+                for t in tiles
+            )
+        )
     return out
 
 
@@ -131,7 +165,9 @@ def test_metadata_equals_openslide(vendor_file: tuple[str, str]) -> None:
     assert dict(ours.properties) == want
     assert sorted(ours.associated_images) == sorted(ref.associated_images)
     for name in ref.associated_images:
-        assert np.array_equal(np.asarray(ours.associated_images[name]), np.asarray(ref.associated_images[name]))
+        assert np.array_equal(
+            np.asarray(ours.associated_images[name]), np.asarray(ref.associated_images[name])
+        )
     slide = wsiarray.open(path)
     assert slide.vendor == {"scn": "leica", "bif": "ventana"}[kind]
     assert [lv.dimensions for lv in slide.levels] == list(ref.level_dimensions)
@@ -141,7 +177,7 @@ def _crop(canvas: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:
     out = np.zeros((h, w, canvas.shape[2]), canvas.dtype)
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, canvas.shape[1]), min(y + h, canvas.shape[0])
     if x1 > x0 and y1 > y0:
-        out[y0 - y:y1 - y, x0 - x:x1 - x] = canvas[y0:y1, x0:x1]
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = canvas[y0:y1, x0:x1]
     return out
 
 
@@ -167,13 +203,15 @@ def test_pixels_equal_openslide(vendor_file: tuple[str, str]) -> None:
             canvas = _floor_canvas(path, level)
         direct = exact[level] and (kind == "bif" or level == 0)
         for x, y, w, h in _regions(rng, width, height, 12):
-            lx, ly = int(round(x * ds)), int(round(y * ds))
+            lx, ly = round(x * ds), round(y * ds)
             x0, y0 = int(lx / ds), int(ly / ds)
             want = _crop(canvas, x0, y0, w, h)
             got = np.asarray(ours.read_region((lx, ly), level, (w, h)))
             np.testing.assert_array_equal(got, want, err_msg=f"level {level} region {(x0, y0, w, h)}")
             plain = slide.read_level_region(level, (x0, y0), (w, h))
-            np.testing.assert_array_equal(plain, want[..., :3], err_msg=f"level {level} region {(x0, y0, w, h)}")
+            np.testing.assert_array_equal(
+                plain, want[..., :3], err_msg=f"level {level} region {(x0, y0, w, h)}"
+            )
             if direct:
                 np.testing.assert_array_equal(got, np.asarray(ref.read_region((lx, ly), level, (w, h))))
 
@@ -210,10 +248,13 @@ def test_entry_points(tmp_path_factory: pytest.TempPathFactory) -> None:
         np.testing.assert_array_equal(tree[f"/{level}"].ds.to_array().values.squeeze(), whole)
         patches = [(slide, (int(x), int(y))) for x, y in [(0, 0), (300, 200), (1200, 700)]]
         batch = np.concatenate(list(wsiarray.read_regions(patches, (64, 48))))
-        np.testing.assert_array_equal(batch, np.stack([slide.read_region(loc, (64, 48)) for _, loc in patches]))
+        np.testing.assert_array_equal(
+            batch, np.stack([slide.read_region(loc, (64, 48)) for _, loc in patches])
+        )
         cu = wsiarray.CuImage(path)
-        np.testing.assert_array_equal(np.asarray(cu.read_region((300, 200), (64, 48), 0)),
-                                      slide.read_region((300, 200), (64, 48)))
+        np.testing.assert_array_equal(
+            np.asarray(cu.read_region((300, 200), (64, 48), 0)), slide.read_region((300, 200), (64, 48))
+        )
         out = io.StringIO()
         with redirect_stdout(out):
             assert main(["info", path]) == 0
@@ -242,12 +283,21 @@ def _rewrite_xmp(src: str, dst: Path, page: int, edit) -> str:
     return str(dst)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda x: x.replace(">brightfield<", ">fluorescence<"), "no brightfield main image"),
-    (lambda x: x.replace("<objective>20</objective>", "<objective>40</objective>", 1), "different objectives"),
-    (lambda x: x.replace('sizeX="1500" sizeY="1200" r="0"', 'sizeX="1400" sizeY="1200" r="0"'),
-     "resolutions differ"),
-], ids=["fluorescence", "dissimilar", "resolutions"])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda x: x.replace(">brightfield<", ">fluorescence<"), "no brightfield main image"),
+        (
+            lambda x: x.replace("<objective>20</objective>", "<objective>40</objective>", 1),
+            "different objectives",
+        ),
+        (
+            lambda x: x.replace('sizeX="1500" sizeY="1200" r="0"', 'sizeX="1400" sizeY="1200" r="0"'),
+            "resolutions differ",
+        ),
+    ],
+    ids=["fluorescence", "dissimilar", "resolutions"],
+)
 def test_leica_refusals(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, edit, message: str) -> None:
     path = _rewrite_scn(_make(tmp_path_factory, "scn", SCN["regions2"]), tmp_path / "bad.scn", edit)
     with pytest.raises(UnsupportedError, match=message):
@@ -274,13 +324,19 @@ def _joints(xml: str, direction: str) -> str:
     return xml.replace('Direction="RIGHT"', f'Direction="{direction}"')
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda x: _joints(x, "LEFT"), "direction 'LEFT'"),
-    (lambda x: x.replace('Width="256"', 'Width="128"'), "snapshot size"),
-    (lambda x: re.sub(r'OriginX="\d+"', 'OriginX="300"', x), "not a multiple"),
-    (lambda x: x.replace('Confidence="100"', 'Confidence="0"'), "non-zero confidence"),
-], ids=["left", "tile-size", "origin", "zero-confidence"])
-def test_ventana_refusals(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, edit, message: str) -> None:
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda x: _joints(x, "LEFT"), "direction 'LEFT'"),
+        (lambda x: x.replace('Width="256"', 'Width="128"'), "snapshot size"),
+        (lambda x: re.sub(r'OriginX="\d+"', 'OriginX="300"', x), "not a multiple"),
+        (lambda x: x.replace('Confidence="100"', 'Confidence="0"'), "non-zero confidence"),
+    ],
+    ids=["left", "tile-size", "origin", "zero-confidence"],
+)
+def test_ventana_refusals(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, edit, message: str
+) -> None:
     src = _make(tmp_path_factory, "bif", BIF["overlap16"])
     with tifffile.TiffFile(src) as tif:
         level0 = next(i for i, p in enumerate(tif.pages) if "level=0" in (p.description or ""))
@@ -309,7 +365,9 @@ def test_ventana_one_row(tmp_path: Path, tmp_path_factory: pytest.TempPathFactor
     assert slide.levels[0].dimensions == (1696, 256)
     normal = wsiarray.open(src)
     # the first row of snapshots, as stitched in the full file (the row below covers nothing of it here)
-    np.testing.assert_array_equal(slide.read_region((0, 0), (1696, 240)), normal.read_region((0, 0), (1696, 240)))
+    np.testing.assert_array_equal(
+        slide.read_region((0, 0), (1696, 240)), normal.read_region((0, 0), (1696, 240))
+    )
 
 
 def test_ventana_level_order(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -333,26 +391,62 @@ def _tables(across: int, down: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _add(reader: _native.Reader, layers: list[tuple], width: int = 100, height: int = 100) -> int:
     offsets, counts = _tables(2, 2)
-    return reader.add_level(width=width, height=height, tile_width=16, tile_height=16, samples_per_plane=3,
-                            bytes_per_sample=1, codec=0, byteswap=False, predictor=1, jpeg_tables=b"", jpeg_in=-1,
-                            jpeg_out=-1, offsets=offsets, bytecounts=counts, external=None, page_index=0,
-                            layers=layers)
+    return reader.add_level(
+        width=width,
+        height=height,
+        tile_width=16,
+        tile_height=16,
+        samples_per_plane=3,
+        bytes_per_sample=1,
+        codec=0,
+        byteswap=False,
+        predictor=1,
+        jpeg_tables=b"",
+        jpeg_in=-1,
+        jpeg_out=-1,
+        offsets=offsets,
+        bytecounts=counts,
+        external=None,
+        page_index=0,
+        layers=layers,
+    )
 
 
-def _layer(xs, ys, cell: int = 16, first: tuple[int, int] = (0, 0), size: tuple[int, int] = (32, 32)) -> tuple:
+def _layer(
+    xs, ys, cell: int = 16, first: tuple[int, int] = (0, 0), size: tuple[int, int] = (32, 32)
+) -> tuple:
     across, down = -(-size[0] // 16), -(-size[1] // 16)
     offsets, counts = _tables(across, down)
-    return (size[0], size[1], 16, 16, b"", offsets, counts, None, 1, cell, cell, first[0], first[1],
-            np.asarray(xs, np.int64), np.asarray(ys, np.int64))
+    return (
+        size[0],
+        size[1],
+        16,
+        16,
+        b"",
+        offsets,
+        counts,
+        None,
+        1,
+        cell,
+        cell,
+        first[0],
+        first[1],
+        np.asarray(xs, np.int64),
+        np.asarray(ys, np.int64),
+    )
 
 
-@pytest.mark.parametrize("layer, message", [
-    (_layer([0, 0], [0, 16]), "positions must increase"),
-    (_layer([0, 16], [0, 16], cell=12), "must divide"),
-    (_layer([0, 16, 32], [0, 16]), "do not fit"),
-    (_layer([0, 16], [0, 16], first=(2, 0)), "do not fit"),
-    (_layer([0, 1 << 41], [0, 16]), "out of range"),
-], ids=["not-increasing", "cell", "too-many", "first", "range"])
+@pytest.mark.parametrize(
+    "layer, message",
+    [
+        (_layer([0, 0], [0, 16]), "positions must increase"),
+        (_layer([0, 16], [0, 16], cell=12), "must divide"),
+        (_layer([0, 16, 32], [0, 16]), "do not fit"),
+        (_layer([0, 16], [0, 16], first=(2, 0)), "do not fit"),
+        (_layer([0, 1 << 41], [0, 16]), "out of range"),
+    ],
+    ids=["not-increasing", "cell", "too-many", "first", "range"],
+)
 def test_placement_is_checked(tmp_path: Path, layer: tuple, message: str) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"\0" * 64)
@@ -376,8 +470,23 @@ def test_placed_pixels(tmp_path: Path) -> None:
 
     def layer(k: int, xs: list[int], ys: list[int]) -> tuple:
         offsets = (np.arange(4, dtype=np.uint64).reshape(1, 2, 2) + 4 * k) * n
-        return (32, 32, 16, 16, b"", offsets, np.full((1, 2, 2), n, np.uint64), None, k, 8, 8, 0, 0,
-                np.asarray(xs, np.int64), np.asarray(ys, np.int64))
+        return (
+            32,
+            32,
+            16,
+            16,
+            b"",
+            offsets,
+            np.full((1, 2, 2), n, np.uint64),
+            None,
+            k,
+            8,
+            8,
+            0,
+            0,
+            np.asarray(xs, np.int64),
+            np.asarray(ys, np.int64),
+        )
 
     # layer 0: cells overlapping their neighbours; layer 1 overlaps layer 0 and ends inside the level
     layers = [layer(0, [3, 11, 13, 21], [5, 13, 19, 27]), layer(1, [20, 28, 30, 38], [0, 8, 16, 24])]
@@ -392,7 +501,7 @@ def test_placed_pixels(tmp_path: Path) -> None:
         for j, y in enumerate(ys):
             for i, x in enumerate(xs):
                 y1, x1 = min(y + 8, 50), min(x + 8, 60)
-                want[y:y1, x:x1] = stored[k, j * 8:j * 8 + y1 - y, i * 8:i * 8 + x1 - x]
+                want[y:y1, x:x1] = stored[k, j * 8 : j * 8 + y1 - y, i * 8 : i * 8 + x1 - x]
     for x, y, w, h in [(0, 0, 60, 50), (-5, -3, 70, 60), (10, 10, 7, 9), (25, 4, 30, 30), (61, 0, 3, 3)]:
         for workers in (1, 3):
             out = np.empty((h, w, 3), np.uint8)
@@ -400,5 +509,5 @@ def test_placed_pixels(tmp_path: Path) -> None:
             ref = np.full((h, w, 3), 7, np.uint8)
             x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, 60), min(y + h, 50)
             if x1 > x0 and y1 > y0:
-                ref[y0 - y:y1 - y, x0 - x:x1 - x] = want[y0:y1, x0:x1]
+                ref[y0 - y : y1 - y, x0 - x : x1 - x] = want[y0:y1, x0:x1]
             np.testing.assert_array_equal(out, ref, err_msg=str((x, y, w, h)))

@@ -126,7 +126,7 @@ class LevelSpec:
     tile_hint: bool = True
 
     def present(self, x: int, y: int, width: int, height: int) -> np.ndarray | None:
-        """Where the level region at ``(x, y)`` shows stored pixels (rows x columns), None when all of it does.
+        """Where the level region at ``(x, y)`` shows stored pixels (rows x columns); None: all of it.
 
         False outside the level, outside a placed level's layers, and in tiles
         never written (offset and byte count 0).
@@ -138,17 +138,17 @@ class LevelSpec:
         """
         columns = np.arange(x, x + width)
         rows = np.arange(y, y + height)
+        level = ((rows >= 0) & (rows < self.height))[:, None] & ((columns >= 0) & (columns < self.width))[None, :]
         if self.layers:
             inside = np.zeros((height, width), bool)
             for layer in self.layers:
                 if layer.placement is not None:
                     inside |= layer.placement.covered(columns, rows, layer.width, layer.height)
-            inside &= ((rows >= 0) & (rows < self.height))[:, None] & ((columns >= 0) & (columns < self.width))[None, :]
-            return inside
+            return inside & level
         missing = ((self.offsets == 0) & (self.bytecounts == 0)).all(axis=0)  # no plane of it written
-        if x >= 0 and y >= 0 and x + width <= self.width and y + height <= self.height and not missing.any():
+        if level.all() and not missing.any():
             return None
-        inside = ((rows >= 0) & (rows < self.height))[:, None] & ((columns >= 0) & (columns < self.width))[None, :]
+        inside = level
         if missing.any():
             tile_col = np.clip(columns // self.tile_width, 0, missing.shape[1] - 1)
             tile_row = np.clip(rows // self.tile_height, 0, missing.shape[0] - 1)

@@ -30,14 +30,17 @@ import numpy as np
 import tifffile
 
 from ..errors import FormatError, UnsupportedError
-from .base import LevelSpec, Placement, SlideInfo
+from .base import Placement, SlideInfo
 from .properties import make_slide_info, resolution_mpp, tiff_properties
 from .tiff import PageLoader, check_page, level_from_pages, pages_at
 
 __all__ = ["detect"]
 
 #: The SCN XML namespaces OpenSlide accepts.
-NAMESPACES = ("http://www.leica-microsystems.com/scn/2010/10/01", "http://www.leica-microsystems.com/scn/2010/03/10")
+NAMESPACES = (
+    "http://www.leica-microsystems.com/scn/2010/10/01",
+    "http://www.leica-microsystems.com/scn/2010/03/10",
+)
 #: More images or dimensions than this are refused.
 MAX_IMAGES = 1024
 #: Main images whose nm/px differ by more than this fraction are refused, as OpenSlide does.
@@ -102,14 +105,16 @@ def _images(collection: ET.Element, size: tuple[int, int], what: str) -> list[_I
                 raise FormatError(f"{what}: a dimension of {width}x{height} at IFD {ifd}")
             dimensions.append((width, height, ifd))
         dimensions.sort(key=lambda d: -d[0])  # stable, as OpenSlide sorts them
-        images.append(_Image(
-            element=element,
-            illumination=_text(element, "scanSettings/illuminationSettings/illuminationSource"),
-            objective=_text(element, "scanSettings/objectiveSettings/objective"),
-            view=box,  # type: ignore[arg-type]
-            dimensions=dimensions,
-            macro=box == (0, 0, size[0], size[1]),
-        ))
+        images.append(
+            _Image(
+                element=element,
+                illumination=_text(element, "scanSettings/illuminationSettings/illuminationSource"),
+                objective=_text(element, "scanSettings/objectiveSettings/objective"),
+                view=box,  # type: ignore[arg-type]
+                dimensions=dimensions,
+                macro=box == (0, 0, size[0], size[1]),
+            )
+        )
     return images
 
 
@@ -177,7 +182,9 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
     macros = [im for im in images if im.macro and im.illumination == "brightfield"]
     if not mains:
         kinds = sorted({im.illumination or "unknown" for im in images if not im.macro})
-        raise UnsupportedError(f"{what}: no brightfield main image (main images: {', '.join(kinds) or 'none'})")
+        raise UnsupportedError(
+            f"{what}: no brightfield main image (main images: {', '.join(kinds) or 'none'})"
+        )
     if len(macros) > 1:
         raise UnsupportedError(f"{what}: several macro images")
     head = mains[0]
@@ -204,7 +211,9 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
             ys = int(image.view[1] / npp) + np.arange(spec.tiles_down, dtype=np.int64) * spec.tile_height
             layers.append(replace(spec, placement=Placement(spec.tile_width, spec.tile_height, xs, ys)))
         width_px, height_px = math.ceil(size[0] / npp), math.ceil(size[1] / npp)
-        levels.append(replace(layers[0], width=width_px, height=height_px, layers=tuple(layers), tile_hint=False))
+        levels.append(
+            replace(layers[0], width=width_px, height=height_px, layers=tuple(layers), tile_hint=False)
+        )
 
     base_page = pages[head.dimensions[0][2]]
     props = tiff_properties(base_page)
@@ -215,23 +224,38 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
     for i, layer in enumerate(levels[0].layers):
         placement = layer.placement
         assert placement is not None
-        for key, value in zip(("x", "y", "width", "height"),
-                              (placement.xs[0], placement.ys[0], layer.width, layer.height)):
+        for key, value in zip(
+            ("x", "y", "width", "height"),
+            (placement.xs[0], placement.ys[0], layer.width, layer.height),
+            strict=False,
+        ):
             props[f"openslide.region[{i}].{key}"] = str(int(value))
     x0 = min(int(layer.placement.xs[0]) for layer in levels[0].layers if layer.placement is not None)
     y0 = min(int(layer.placement.ys[0]) for layer in levels[0].layers if layer.placement is not None)
-    x1 = max(int(layer.placement.xs[0]) + layer.width for layer in levels[0].layers if layer.placement is not None)
-    y1 = max(int(layer.placement.ys[0]) + layer.height for layer in levels[0].layers if layer.placement is not None)
-    props.update({"openslide.bounds-x": str(x0), "openslide.bounds-y": str(y0),
-                  "openslide.bounds-width": str(x1 - x0), "openslide.bounds-height": str(y1 - y0)})
+    x1 = max(
+        int(layer.placement.xs[0]) + layer.width for layer in levels[0].layers if layer.placement is not None
+    )
+    y1 = max(
+        int(layer.placement.ys[0]) + layer.height for layer in levels[0].layers if layer.placement is not None
+    )
+    props.update(
+        {
+            "openslide.bounds-x": str(x0),
+            "openslide.bounds-y": str(y0),
+            "openslide.bounds-width": str(x1 - x0),
+            "openslide.bounds-height": str(y1 - y0),
+        }
+    )
 
     associated: dict[str, PageLoader] = {}
     if macros and macros[0].dimensions:
-        width, height, ifd = macros[0].dimensions[0]
+        width, _height, ifd = macros[0].dimensions[0]
         page = pages_at(tif, (ifd,), what)[ifd]
         try:
             check_page(page, f"{what}: macro (IFD {ifd})")
-            associated["macro"] = PageLoader(path, "macro", (ifd,), int(page.imagewidth), int(page.imagelength))
+            associated["macro"] = PageLoader(
+                path, "macro", (ifd,), int(page.imagewidth), int(page.imagelength)
+            )
         except FormatError:
             pass  # a broken macro must not make the slide unreadable
     objective = head.objective.strip() if head.objective else None

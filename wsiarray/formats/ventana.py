@@ -101,7 +101,7 @@ def _stitching(xmp: bytes, tile_width: int, tile_height: int, what: str) -> _Sti
     areas: list[_Area] = []
     sum_x = sum_y = 0.0
     weight_x = weight_y = 0.0
-    for info, aoi in zip(infos, origins):
+    for info, aoi in zip(infos, origins, strict=False):
         if not int(_number(info, "AOIScanned", what)):
             continue
         if (_number(info, "Width", what), _number(info, "Height", what)) != (tile_width, tile_height):
@@ -125,9 +125,19 @@ def _stitching(xmp: bytes, tile_width: int, tile_height: int, what: str) -> _Sti
                 weight_y += confidence
             else:
                 # LEFT (DP 200) joints would need per-joint placement; OpenSlide refuses them too
-                raise UnsupportedError(f"{what}: tile joint direction {direction!r} (only RIGHT and UP are read)")
-        areas.append(_Area(ox // tile_width, oy // tile_height, columns, rows,
-                           float(int(_number(info, "Pos-X", what))), float(int(_number(info, "Pos-Y", what)))))
+                raise UnsupportedError(
+                    f"{what}: tile joint direction {direction!r} (only RIGHT and UP are read)"
+                )
+        areas.append(
+            _Area(
+                ox // tile_width,
+                oy // tile_height,
+                columns,
+                rows,
+                float(int(_number(info, "Pos-X", what))),
+                float(int(_number(info, "Pos-Y", what))),
+            )
+        )
     if not areas:
         raise FormatError(f"{what}: no scanned area")
 
@@ -146,20 +156,29 @@ def _stitching(xmp: bytes, tile_width: int, tile_height: int, what: str) -> _Sti
     advance_y = advance(sum_y, weight_y, tile_height, [a.rows for a in areas], "UP")
     # Stage y grows upwards: flip it, as OpenSlide does
     heights = [int((a.rows - 1) * advance_y + tile_height) for a in areas]
-    top = max(a.y + h for a, h in zip(areas, heights))
-    for a, h in zip(areas, heights):
+    top = max(a.y + h for a, h in zip(areas, heights, strict=False))
+    for a, h in zip(areas, heights, strict=False):
         a.y = top - a.y - h
     return _Stitching(areas, advance_x, advance_y)
 
 
-def _placed_level(spec: LevelSpec, stitching: _Stitching, downsample: float, tile: tuple[int, int],
-                  what: str) -> LevelSpec:
+def _placed_level(
+    spec: LevelSpec, stitching: _Stitching, downsample: float, tile: tuple[int, int], what: str
+) -> LevelSpec:
     """Level ``spec`` (downsample 2**k) as the snapshots' cells placed by ``stitching``."""
     cell_w, cell_h = tile[0] / downsample, tile[1] / downsample
-    if cell_w != int(cell_w) or cell_h != int(cell_h) or cell_w < 1 or cell_h < 1 \
-            or spec.tile_width % int(cell_w) or spec.tile_height % int(cell_h):
-        raise UnsupportedError(f"{what}: snapshots of {tile[0]}x{tile[1]} do not shrink to whole cells "
-                               f"at downsample {downsample}")
+    if (
+        cell_w != int(cell_w)
+        or cell_h != int(cell_h)
+        or cell_w < 1
+        or cell_h < 1
+        or spec.tile_width % int(cell_w)
+        or spec.tile_height % int(cell_h)
+    ):
+        raise UnsupportedError(
+            f"{what}: snapshots of {tile[0]}x{tile[1]} do not shrink to whole cells "
+            f"at downsample {downsample}"
+        )
     layers = []
     right = bottom = 0.0
     for area in stitching.areas:
@@ -167,12 +186,20 @@ def _placed_level(spec: LevelSpec, stitching: _Stitching, downsample: float, til
         y = (area.y + np.arange(area.rows) * stitching.advance_y) / downsample
         xs, ys = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
         if np.any(np.diff(xs) <= 0) or np.any(np.diff(ys) <= 0):
-            raise UnsupportedError(f"{what}: snapshots advance by less than a pixel at downsample {downsample}")
+            raise UnsupportedError(
+                f"{what}: snapshots advance by less than a pixel at downsample {downsample}"
+            )
         right, bottom = max(right, x[-1] + cell_w), max(bottom, y[-1] + cell_h)
         placement = Placement(int(cell_w), int(cell_h), xs, ys, area.first_column, area.first_row)
         layers.append(replace(spec, placement=placement))
-    return replace(spec, width=math.ceil(right), height=math.ceil(bottom), layers=tuple(layers),
-                   downsample=downsample, tile_hint=False)
+    return replace(
+        spec,
+        width=math.ceil(right),
+        height=math.ceil(bottom),
+        layers=tuple(layers),
+        downsample=downsample,
+        tile_hint=False,
+    )
 
 
 def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
@@ -206,7 +233,9 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
             except ValueError:
                 raise FormatError(f"{what}: IFD {index} description {description!r}") from None
             if number != len(level_pages) or not (mag > 0) or (level_pages and mag >= level_pages[-1][2]):
-                raise FormatError(f"{what}: unexpected level or magnification in IFD {index} ({description!r})")
+                raise FormatError(
+                    f"{what}: unexpected level or magnification in IFD {index} ({description!r})"
+                )
             level_pages.append((index, page, mag))
         elif description in ASSOCIATED and ASSOCIATED[description] not in associated:
             name = ASSOCIATED[description]
@@ -220,22 +249,30 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
 
     base = level_pages[0][1]
     mag0 = level_pages[0][2]
-    specs = [level_from_pages([page], f"{what}: level {n} (IFD {index})")
-             for n, (index, page, _) in enumerate(level_pages)]
+    specs = [
+        level_from_pages([page], f"{what}: level {n} (IFD {index})")
+        for n, (index, page, _) in enumerate(level_pages)
+    ]
     encode_info = _xmp(base)
     levels: list[LevelSpec] = []
     if encode_info is None:
-        levels = [replace(spec, downsample=mag0 / mag) for spec, (_, _, mag) in zip(specs, level_pages)]
+        levels = [
+            replace(spec, downsample=mag0 / mag)
+            for spec, (_, _, mag) in zip(specs, level_pages, strict=False)
+        ]
     else:
         tile = (specs[0].tile_width, specs[0].tile_height)
         stitching = _stitching(encode_info, *tile, f"{what}: level 0")
-        for n, (spec, (_, _, mag)) in enumerate(zip(specs, level_pages)):
+        for n, (spec, (_, _, mag)) in enumerate(zip(specs, level_pages, strict=False)):
             levels.append(_placed_level(spec, stitching, mag0 / mag, tile, f"{what}: level {n}"))
         for i, area in enumerate(stitching.areas):
-            box = (int(stitching.advance_x * area.first_column), int(stitching.advance_y * area.first_row),
-                   math.ceil(stitching.advance_x * (area.columns - 1) + tile[0]),
-                   math.ceil(stitching.advance_y * (area.rows - 1) + tile[1]))
-            for key, value in zip(("x", "y", "width", "height"), box):
+            box = (
+                int(stitching.advance_x * area.first_column),
+                int(stitching.advance_y * area.first_row),
+                math.ceil(stitching.advance_x * (area.columns - 1) + tile[0]),
+                math.ceil(stitching.advance_y * (area.rows - 1) + tile[1]),
+            )
+            for key, value in zip(("x", "y", "width", "height"), box, strict=False):
                 props[f"openslide.region[{i}].{key}"] = str(value)
 
     properties = tiff_properties(base)
