@@ -138,7 +138,8 @@ class LevelSpec:
         """
         columns = np.arange(x, x + width)
         rows = np.arange(y, y + height)
-        level = ((rows >= 0) & (rows < self.height))[:, None] & ((columns >= 0) & (columns < self.width))[None, :]
+        in_rows, in_columns = (rows >= 0) & (rows < self.height), (columns >= 0) & (columns < self.width)
+        level = in_rows[:, None] & in_columns[None, :]
         if self.layers:
             inside = np.zeros((height, width), bool)
             for layer in self.layers:
