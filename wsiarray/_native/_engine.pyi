@@ -140,12 +140,20 @@ class Reader:
         page_index: int,
         compression: int = 0,
         strips: bool = False,
+        layers: list[tuple] = ...,
     ) -> int:
         """Validates and adds a level; returns its index. Tables are ``(planes, down, across)``.
 
         ``external(data, index)`` decodes one tile (index into the flattened tables) for codecs
         the engine does not decode itself; it must return the tile's bytes (any dtype). Its
         exceptions become ``TileDecodeError`` (their one-line message, chained as ``__cause__``).
+
+        With ``layers``, a placed level (docs/architecture.md, "Placed levels") of width x
+        height: each layer is ``(width, height, tile_width, tile_height, jpeg_tables, offsets,
+        bytecounts, external, page_index, cell_width, cell_height, first_column, first_row,
+        xs, ys)`` (``xs``/``ys`` int64), sharing this level's codec and samples; this level's
+        own tables are then ignored.
+
         ``compression`` (the TIFF tag value) picks the stream header that is checked against the
         tile before any decode; ``strips``: the tiles are strips, the last may be shorter.
         """
