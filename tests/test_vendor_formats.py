@@ -511,3 +511,32 @@ def test_placed_pixels(tmp_path: Path) -> None:
             if x1 > x0 and y1 > y0:
                 ref[y0 - y : y1 - y, x0 - x : x1 - x] = want[y0:y1, x0:x1]
             np.testing.assert_array_equal(out, ref, err_msg=str((x, y, w, h)))
+
+
+@pytest.mark.parametrize("kind, name", [("scn", "regions3-tile512"), ("bif", "label-iscan-prob")])
+def test_random_regions(tmp_path_factory: pytest.TempPathFactory, kind: str, name: str) -> None:
+    """Hypothesis: any level region (partly or wholly outside, any size) is the crop of OpenSlide's level."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    path = _make(tmp_path_factory, kind, (SCN if kind == "scn" else BIF)[name])
+    ref = openslide.OpenSlide(path)
+    slide = wsiarray.open(path, fill=(1, 2, 3))
+    canvases = [
+        np.asarray(ref.read_region((0, 0), level, ref.level_dimensions[level]))
+        for level in range(ref.level_count)
+    ]
+
+    @settings(max_examples=30, deadline=None)
+    @given(st.data())
+    def check(data: st.DataObject) -> None:
+        level = data.draw(st.integers(0, ref.level_count - 1))
+        width, height = ref.level_dimensions[level]
+        x = data.draw(st.integers(-300, width + 50))
+        y = data.draw(st.integers(-300, height + 50))
+        w, h = data.draw(st.integers(1, 400)), data.draw(st.integers(1, 400))
+        want = _crop(canvases[level], x, y, w, h)
+        rgb = np.where(want[..., 3:] == 255, want[..., :3], np.array([1, 2, 3], np.uint8))
+        np.testing.assert_array_equal(slide.read_level_region(level, (x, y), (w, h)), rgb)
+
+    check()
