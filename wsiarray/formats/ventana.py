@@ -264,7 +264,12 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
         tile = (specs[0].tile_width, specs[0].tile_height)
         stitching = _stitching(encode_info, *tile, f"{what}: level 0")
         for n, (spec, (_, _, mag)) in enumerate(zip(specs, level_pages, strict=False)):
-            levels.append(_placed_level(spec, stitching, mag0 / mag, tile, f"{what}: level {n}"))
+            try:
+                levels.append(_placed_level(spec, stitching, mag0 / mag, tile, f"{what}: level {n}"))
+            except UnsupportedError:
+                if n == 0:
+                    raise
+                break  # snapshots smaller than a pixel: this and smaller levels are left out
         for i, area in enumerate(stitching.areas):
             box = (
                 int(stitching.advance_x * area.first_column),
