@@ -190,7 +190,7 @@ def _run(contenders: Sequence[Contender], path: Path, locations: np.ndarray, rep
             except Exception as exc:
                 c.diff[what] = -2
                 c.times[what] = []
-                c.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+                c.reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[-60:]}"
                 continue
             if what == "patches":
                 tasks.append((c, what, lambda fn=fn: fn(path, locations)))  # type: ignore[misc]
