@@ -74,6 +74,14 @@ class LevelSpec:
     page_index: int = 0
     #: Strips (full-width tiles of RowsPerStrip rows; the last may be shorter), not tiles.
     strips: bool = False
+    #: The file holding the tiles when it is not the slide's own path (a DICOM level's file).
+    file: str | None = None
+    #: Tiles never written (offset and byte count 0) are the request's fill, not black
+    #: (a DICOM TILED_SPARSE level's missing tiles).
+    missing_is_fill: bool = False
+    #: The compression's name when ``compression`` is only the stream-header check's value
+    #: (DICOM transfer syntaxes: ``"JPEG_LS"`` is checked as a JPEG stream).
+    codec_name: str = ""
 
     @property
     def planes(self) -> int:
@@ -93,9 +101,45 @@ class LevelSpec:
 
     @property
     def compression_name(self) -> str:
+        if self.codec_name:
+            return self.codec_name
         from .tiff import compression_name
 
         return compression_name(self.compression)
+
+    def add_to(self, native: Any, file: int = 0) -> int:
+        """Hand this level to a native ``Reader`` (``file``: its ``add_file`` index); returns the level index.
+
+        Example:
+            >>> from wsiarray import _native
+            >>> spec = wsiarray.open(path).format_info.levels[0]
+            >>> reader = _native.Reader(path)
+            >>> spec.add_to(reader), reader.level_count
+            (0, 1)
+            >>> reader.close()
+        """
+        return int(native.add_level(
+            width=self.width,
+            height=self.height,
+            tile_width=self.tile_width,
+            tile_height=self.tile_height,
+            samples_per_plane=self.samples_per_plane,
+            bytes_per_sample=self.dtype.itemsize,
+            codec=int(self.codec),
+            byteswap=self.byteswap,
+            predictor=self.predictor,
+            jpeg_tables=self.jpeg_tables,
+            jpeg_in=int(self.jpeg_colorspace),
+            jpeg_out=int(self.jpeg_out_colorspace),
+            offsets=np.ascontiguousarray(self.offsets, np.uint64),
+            bytecounts=np.ascontiguousarray(self.bytecounts, np.uint64),
+            external=self.external_decoder,
+            page_index=self.page_index,
+            compression=self.compression,
+            strips=self.strips,
+            file=file,
+            missing_fill=self.missing_is_fill,
+        ))
 
 
 @dataclass(eq=False)
@@ -117,3 +161,6 @@ class SlideInfo:
     icc_profile: bytes | None = None
     #: name -> ICC profile of that associated image's page (only those that have one).
     associated_icc_profiles: dict[str, bytes] = field(default_factory=dict)
+    #: path -> ``(st_dev, st_ino, st_size, st_mtime_ns)`` when parsed, of each other file
+    #: (``LevelSpec.file``) the levels' tiles live in: the reader refuses a file that changed since.
+    file_identities: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)

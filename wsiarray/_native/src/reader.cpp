@@ -34,18 +34,19 @@ void fail(ErrorKind kind, const std::string& message) { throw Error(kind, messag
 class RegionRead {
  public:
   RegionRead(const Reader& reader, size_t level_index, const Region& region, uint8_t* out, size_t pitch,
-             const RequestCache& cache, size_t workers, uint32_t scale)
+             const RequestCache& cache, size_t workers, uint32_t scale, const uint8_t* fill)
       : reader_(reader), level_(reader.level(level_index)), level_index_(level_index),
+        file_(reader.level_file(level_index)), source_(reader.level_source(level_index)), fill_(fill),
         g_(scaled_geometry(level_.geometry(), scale)), label_(reader.label(level_index)), cache_(cache),
         out_{out, pitch, region.width, region.height, level_.pixel_bytes()},
         layout_{g_.tile_width, g_.tile_height, g_.samples_per_plane, g_.bytes_per_sample},
         decode_(codec_decoder(level_.codec)), params_(level_.codec_params()), scale_(scale) {
     if (scale != 1 && !can_scale(level_, scale)) fail(ErrorKind::Argument, "level cannot be read scaled");
     params_.jpeg.scale_denom = scale;
-    make_plan(g_, level_.tables(), reader.file().size(), region, workers, label_, plan_);
+    make_plan(g_, level_.tables(), file_.size(), region, workers, label_, plan_);
   }
 
-  void fill(const uint8_t* pixel) const { fill_rects(out_, plan_.fills, pixel); }
+  void fill() const { fill_rects(out_, plan_.fills, fill_); }
   size_t run_count() const { return plan_.runs.size(); }
 
   void read_run(size_t index) const {
@@ -72,7 +73,7 @@ class RegionRead {
     prefault_rows(out_, std::min(a.out_y, b.out_y),
                   std::max(a.out_y + a.in_tile.height, b.out_y + b.in_tile.height));
     const uint8_t* bytes =
-        fetch_span(reader_.source(), plan_, run.first + first, run.first + last, scratch.bytes, g_, label_);
+        fetch_span(source_, plan_, run.first + first, run.first + last, scratch.bytes, g_, label_);
     for (size_t k = first; k < last; ++k) {
       if (served[k]) continue;
       const PlanTile& t = plan_.tiles[run.first + k];
@@ -87,7 +88,7 @@ class RegionRead {
  private:
   TileKey key(const PlanTile& t) const {
     TileKey k;
-    k.file = reader_.file().identity();
+    k.file = file_.identity();
     // A scaled read's tiles are other pixels than the level's: another key.
     k.level = uint32_t(level_index_) | (scale_ << 24);
     k.plane = t.plane;
@@ -121,8 +122,11 @@ class RegionRead {
     const bool single = g_.planes == 1;
     const size_t row_bytes = layout_.row_bytes();
     if (t.bytecount == 0) {
-      // Never written (offset and count 0): black, as in tifffile; not cached.
-      if (single) {
+      // Never written (offset and count 0): black, as in tifffile, or the
+      // fill where the format says missing tiles are background; not cached.
+      if (level_.missing_is_fill) {
+        place_missing(t, scratch);
+      } else if (single) {
         uint8_t* origin = tile_origin(out_, t, g_);
         const size_t span = size_t(t.in_tile.width) * out_.pixel_bytes;
         for (uint32_t r = 0; r < t.in_tile.height; ++r) std::memset(origin + size_t(r) * out_.pitch, 0, span);
@@ -158,9 +162,26 @@ class RegionRead {
     cache_.get(key(t), layout_, coverage(t), [&](const TileView& v) { place_tile(out_, t, g_, v); }, decode);
   }
 
+  // A missing tile as the fill pixel (this tile's plane of it).
+  void place_missing(const PlanTile& t, Scratch& scratch) const {
+    if (g_.planes == 1) {
+      fill_rects(out_, {Rect{t.out_x, t.out_y, t.in_tile.width, t.in_tile.height}}, fill_);
+      return;
+    }
+    const size_t plane_bytes = g_.plane_bytes();
+    uint8_t* tile = grow(scratch.tile, layout_.bytes());
+    const uint8_t* sample = fill_ + size_t(t.plane) * plane_bytes;
+    for (size_t i = 0; i + plane_bytes <= layout_.bytes(); i += plane_bytes) std::memcpy(tile + i, sample, plane_bytes);
+    const uint8_t* pages[1] = {tile};
+    place_tile(out_, t, g_, TileView{pages, layout_.bytes(), layout_.bytes()});
+  }
+
   const Reader& reader_;
   const LevelDesc& level_;
   size_t level_index_;
+  const File& file_;
+  const ByteSource& source_;
+  const uint8_t* fill_;
   LevelGeometry g_;
   TileLabel label_;
   const RequestCache& cache_;
@@ -204,25 +225,38 @@ CodecParams LevelDesc::codec_params() const {
   return params;
 }
 
-Reader::Reader(const std::string& path) : file_(path), source_(file_) {}
+Reader::Reader(const std::string& path) { add_file(path); }
+
+size_t Reader::add_file(const std::string& path) {
+  if (files_.size() >= kMaxFiles) fail(ErrorKind::Format, path + ": more than " + std::to_string(kMaxFiles) + " files");
+  files_.push_back(std::make_unique<File>(path));
+  sources_.push_back(std::make_unique<FileSource>(*files_.back()));
+  return files_.size() - 1;
+}
 
 const LevelDesc& Reader::level(size_t index) const {
   if (index >= levels_.size()) {
-    fail(ErrorKind::Argument, file_.path() + ": no level " + std::to_string(index) + " (the slide has " +
+    fail(ErrorKind::Argument, file().path() + ": no level " + std::to_string(index) + " (the slide has " +
                                   std::to_string(levels_.size()) + ")");
   }
   return *levels_[index];
 }
 
-TileLabel Reader::label(size_t index) const { return TileLabel{&file_.path(), index, level(index).page_index}; }
+TileLabel Reader::label(size_t index) const {
+  return TileLabel{&level_file(index).path(), index, level(index).page_index};
+}
 
 void Reader::plan(size_t index, const Region& region, size_t workers, Plan& plan) const {
   const LevelDesc& l = level(index);
-  make_plan(l.geometry(), l.tables(), file_.size(), region, workers, label(index), plan);
+  make_plan(l.geometry(), l.tables(), file(l.file).size(), region, workers, label(index), plan);
 }
 
 size_t Reader::add_level(LevelDesc level) {
-  const std::string what = file_.path() + ": IFD " + std::to_string(level.page_index);
+  if (level.file >= files_.size()) {
+    fail(ErrorKind::Argument, file().path() + ": level in file " + std::to_string(level.file) + " of " +
+                                  std::to_string(files_.size()));
+  }
+  const std::string what = file(level.file).path() + ": IFD " + std::to_string(level.page_index);
   if (level.width == 0 || level.height == 0 || level.tile_width == 0 || level.tile_height == 0) {
     fail(ErrorKind::Format, what + ": zero image or tile size");
   }
@@ -273,8 +307,8 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
     if (level.pixel_bytes() != fill_bytes) fail(ErrorKind::Argument, "regions of a batch differ in pixel size");
     if (r.pitch < size_t(r.region.width) * fill_bytes) fail(ErrorKind::Argument, "output rows too short");
     auto read =
-        std::make_unique<RegionRead>(*r.reader, r.level, r.region, r.out, r.pitch, cache, workers, r.scale);
-    read->fill(fill);
+        std::make_unique<RegionRead>(*r.reader, r.level, r.region, r.out, r.pitch, cache, workers, r.scale, fill);
+    read->fill();
     for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
     reads.push_back(std::move(read));
   }
