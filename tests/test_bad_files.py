@@ -119,6 +119,7 @@ KNOWN_BAD = {
     "tile-offsets-past-eof.tif": Expect("TileReadError", (r"tile \(\d+, \d+\)", r"outside the file")),
     "absurd-samples-per-pixel.tif": Expect("FormatError", (r"SamplesPerPixel", r"65535")),
     "corrupted-ifd-88-bytes.tif": Expect("FormatError", (r"corrupt",)),
+    "dicom-no-image-type.dcm": Expect("FormatError", (r"ImageType", r"not a conformant")),
 }
 
 

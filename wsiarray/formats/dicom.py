@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -256,15 +257,16 @@ def _frame_table(image: _Image, frames: int) -> tuple[np.ndarray, np.ndarray]:
     return table[:, 0].copy(), table[:, 1].copy()
 
 
-def _jpeg_colorspaces(image: _Image, first_frame: bytes) -> tuple[JpegColor, JpegColor]:
-    # The Photometric rule of formats/tiff.py: RGB components without a JFIF
-    # marker are RGB (no YCbCr transform); YBR is YCbCr; with JFIF libjpeg decides.
+def _jpeg_colorspaces(image: _Image) -> tuple[JpegColor, JpegColor]:
+    # The Photometric rule of formats/tiff.py, with DICOM's attribute as the
+    # only word: RGB components are RGB (libjpeg must not apply the YCbCr
+    # transform a JFIF marker would make it guess), YBR is YCbCr. wsidicom and
+    # OpenSlide decode so, also for files whose RGB frames carry a JFIF marker.
     photometric = str(image.ds.PhotometricInterpretation)
     if photometric.startswith("YBR"):
-        return JpegColor.AUTO, JpegColor.RGB
+        return JpegColor.YCBCR, JpegColor.RGB
     if photometric == "RGB":
-        jfif = first_frame[2:4] == b"\xff\xe0" and first_frame[6:11] == b"JFIF\x00"
-        return (JpegColor.AUTO if jfif else JpegColor.RGB), JpegColor.RGB
+        return JpegColor.RGB, JpegColor.RGB
     return JpegColor.AUTO, JpegColor.GRAYSCALE
 
 
@@ -371,9 +373,7 @@ def _level_spec(image: _Image) -> LevelSpec:
         frame_offsets, frame_counts = offsets[None, :], counts[None, :]
         if syntax == _JPEG_BASELINE and bits == 8 and samples in (1, 3) and planar == 0:
             codec, compression, name = Codec.JPEG, 7, "JPEG"
-            with open(path, "rb") as fh:
-                fh.seek(int(offsets[0]))
-                jpeg_in, jpeg_out = _jpeg_colorspaces(image, fh.read(32) if needed else b"")
+            jpeg_in, jpeg_out = _jpeg_colorspaces(image)
         elif syntax in _EXTERNAL or syntax == _JPEG_BASELINE:
             name, function, compression = _EXTERNAL.get(syntax, ("JPEG", "jpeg8_decode", 7))
             codec = Codec.EXTERNAL
@@ -538,6 +538,13 @@ def read_slide_info(path: str) -> SlideInfo:
         >>> info.vendor                            # doctest: +SKIP
         'dicom'
     """
+    with warnings.catch_warnings():
+        # pydicom warns about values its VRs do not allow (a 65-character UID): not our user's business
+        warnings.simplefilter("ignore")
+        return _read_series(path)
+
+
+def _read_series(path: str) -> SlideInfo:
     folder, files, named = _series_files(path)
     images: list[_Image] = []
     series = None
