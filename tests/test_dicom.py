@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, NO_DATA_REASON
 from hypothesis import given
 from hypothesis import strategies as st
 
 import wsiarray
+from conftest import DATA, NO_DATA_REASON
 from wsiarray import cli
 from wsiarray.errors import FormatError, UnsupportedError, WSIError
 
@@ -63,8 +63,10 @@ def cmu_levels() -> list[np.ndarray]:
     if not CMU.is_dir():
         pytest.skip(NO_DATA_REASON)
     ref = _openslide(CMU_BASE)
-    return [np.asarray(ref.read_region((0, 0), i, size))[..., :3].copy()
-            for i, size in enumerate(ref.level_dimensions)]
+    return [
+        np.asarray(ref.read_region((0, 0), i, size))[..., :3].copy()
+        for i, size in enumerate(ref.level_dimensions)
+    ]
 
 
 # -- real files -------------------------------------------------------------------------
@@ -78,8 +80,12 @@ def test_cmu_geometry_and_properties_match_openslide(opened: str) -> None:
     with wsiarray.open(path) as slide:
         assert [lv.dimensions for lv in slide.levels] == list(ref.level_dimensions)
         assert [lv.tile_size for lv in slide.levels] == [
-            (int(ref.properties[f"openslide.level[{i}].tile-width"]),
-             int(ref.properties[f"openslide.level[{i}].tile-height"])) for i in range(ref.level_count)]
+            (
+                int(ref.properties[f"openslide.level[{i}].tile-width"]),
+                int(ref.properties[f"openslide.level[{i}].tile-height"]),
+            )
+            for i in range(ref.level_count)
+        ]
         np.testing.assert_allclose([lv.downsample for lv in slide.levels], ref.level_downsamples)
         props = slide.properties
         assert props["openslide.vendor"] == "dicom"
@@ -130,7 +136,7 @@ def test_cmu_random_regions(cmu_levels: list[np.ndarray], data: st.DataObject) -
     want[:] = (7, 8, 9)
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + rw, w), min(y + rh, h)
     if x0 < x1 and y0 < y1:
-        want[y0 - y:y1 - y, x0 - x:x1 - x] = ref[y0:y1, x0:x1]
+        want[y0 - y : y1 - y, x0 - x : x1 - x] = ref[y0:y1, x0:x1]
     np.testing.assert_array_equal(got, want)
 
 
@@ -155,8 +161,9 @@ def test_jpeg_ls_equals_uncompressed_and_openslide_where_it_opens() -> None:
         np.testing.assert_array_equal(raw.read_region((0, 0), (50, 50)), ls.read_region((0, 0), (50, 50)))
     ref = _openslide(SM)
     with wsiarray.open(SM) as raw:
-        np.testing.assert_array_equal(raw.read_region((0, 0), (50, 50)),
-                                      np.asarray(ref.read_region((0, 0), 0, (50, 50)))[..., :3])
+        np.testing.assert_array_equal(
+            raw.read_region((0, 0), (50, 50)), np.asarray(ref.read_region((0, 0), 0, (50, 50)))[..., :3]
+        )
 
 
 @needs_dicom
@@ -196,15 +203,24 @@ def _frames(image: np.ndarray, tile: int) -> list[np.ndarray]:
     for ty in range(0, h, tile):
         for tx in range(0, w, tile):
             frame = np.zeros((tile, tile, 3), np.uint8)
-            part = image[ty:ty + tile, tx:tx + tile]
-            frame[:part.shape[0], :part.shape[1]] = part
+            part = image[ty : ty + tile, tx : tx + tile]
+            frame[: part.shape[0], : part.shape[1]] = part
             out.append(frame)
     return out
 
 
-def write_wsi(path: Path, image: np.ndarray, *, tile: int = 32, codec: str = "raw", flavor: str = "VOLUME",
-              series: str = "1.2.3.4", table: str = "none", keep: list[int] | None = None,
-              split: bool = False) -> list[np.ndarray]:
+def write_wsi(
+    path: Path,
+    image: np.ndarray,
+    *,
+    tile: int = 32,
+    codec: str = "raw",
+    flavor: str = "VOLUME",
+    series: str = "1.2.3.4",
+    table: str = "none",
+    keep: list[int] | None = None,
+    split: bool = False,
+) -> list[np.ndarray]:
     """Write ``image`` as one VL WSI file; returns each frame as a decoder gives it back.
 
     ``table``: "none" (empty Basic Offset Table), "bot", or "eot"; ``keep``: the
@@ -280,15 +296,16 @@ def write_wsi(path: Path, image: np.ndarray, *, tile: int = 32, codec: str = "ra
     return decoded
 
 
-def _assemble(decoded: list[np.ndarray], size: tuple[int, int], tile: int, fill=(0, 0, 0),
-              keep: list[int] | None = None) -> np.ndarray:
+def _assemble(
+    decoded: list[np.ndarray], size: tuple[int, int], tile: int, fill=(0, 0, 0), keep: list[int] | None = None
+) -> np.ndarray:
     w, h = size
     across, down = -(-w // tile), -(-h // tile)
     out = np.empty((down * tile, across * tile, 3), np.uint8)
     out[:] = fill
     for frame, index in zip(decoded, keep if keep is not None else range(across * down), strict=True):
         ty, tx = divmod(index, across)
-        out[ty * tile:(ty + 1) * tile, tx * tile:(tx + 1) * tile] = frame
+        out[ty * tile : (ty + 1) * tile, tx * tile : (tx + 1) * tile] = frame
     return out[:h, :w]
 
 
@@ -301,12 +318,17 @@ def series(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np
     want = {
         "0": _assemble(write_wsi(folder / "a-level0.dcm", base, codec="jpeg"), (150, 110), 32),
         "1": _assemble(write_wsi(folder / "b-level1.dcm", small, codec="jpeg", table="bot"), (75, 55), 32),
-        "label": _assemble(write_wsi(folder / "c-label.dcm", _image(40, 20, 3), tile=40, flavor="LABEL"),
-                           (40, 20), 40),
-        "macro": _assemble(write_wsi(folder / "d-overview.dcm", _image(60, 30, 4), tile=16, flavor="OVERVIEW"),
-                           (60, 30), 16),
-        "thumbnail": _assemble(write_wsi(folder / "e-thumb.dcm", _image(30, 22, 5), codec="jpeg",
-                                         flavor="THUMBNAIL"), (30, 22), 32),
+        "label": _assemble(
+            write_wsi(folder / "c-label.dcm", _image(40, 20, 3), tile=40, flavor="LABEL"), (40, 20), 40
+        ),
+        "macro": _assemble(
+            write_wsi(folder / "d-overview.dcm", _image(60, 30, 4), tile=16, flavor="OVERVIEW"), (60, 30), 16
+        ),
+        "thumbnail": _assemble(
+            write_wsi(folder / "e-thumb.dcm", _image(30, 22, 5), codec="jpeg", flavor="THUMBNAIL"),
+            (30, 22),
+            32,
+        ),
     }
     (folder / "notes.txt").write_text("not DICOM")
     return folder, want
@@ -386,8 +408,8 @@ def test_fragment_length_past_the_file_is_a_format_error(tmp_path: Path) -> None
     write_wsi(path, _image(100, 70), codec="jpeg")
     data = bytearray(path.read_bytes())
     at = data.index(b"\xe0\x7f\x10\x00") + 12 + 8  # Pixel Data header, empty BOT item
-    assert data[at:at + 4] == b"\xfe\xff\x00\xe0"
-    data[at + 4:at + 8] = (0x7FFFFFF0).to_bytes(4, "little")
+    assert data[at : at + 4] == b"\xfe\xff\x00\xe0"
+    data[at + 4 : at + 8] = (0x7FFFFFF0).to_bytes(4, "little")
     path.write_bytes(bytes(data))
     with pytest.raises(FormatError, match="past the end of the file"):
         wsiarray.open(path)

@@ -24,7 +24,7 @@ from .cache import ensure_configured
 from .errors import OpenError, WSIError
 
 if TYPE_CHECKING:
-    from .formats import LevelSpec, SlideInfo
+    from .formats import SlideInfo
 
 __all__ = ["AssociatedImages", "FileIdentity", "Level", "OpenedSlide"]
 
@@ -164,4 +164,3 @@ class OpenedSlide:
             native.close()
             raise
         return cls(path, identity, info, native)
-

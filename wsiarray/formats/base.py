@@ -118,28 +118,30 @@ class LevelSpec:
             (0, 1)
             >>> reader.close()
         """
-        return int(native.add_level(
-            width=self.width,
-            height=self.height,
-            tile_width=self.tile_width,
-            tile_height=self.tile_height,
-            samples_per_plane=self.samples_per_plane,
-            bytes_per_sample=self.dtype.itemsize,
-            codec=int(self.codec),
-            byteswap=self.byteswap,
-            predictor=self.predictor,
-            jpeg_tables=self.jpeg_tables,
-            jpeg_in=int(self.jpeg_colorspace),
-            jpeg_out=int(self.jpeg_out_colorspace),
-            offsets=np.ascontiguousarray(self.offsets, np.uint64),
-            bytecounts=np.ascontiguousarray(self.bytecounts, np.uint64),
-            external=self.external_decoder,
-            page_index=self.page_index,
-            compression=self.compression,
-            strips=self.strips,
-            file=file,
-            missing_fill=self.missing_is_fill,
-        ))
+        return int(
+            native.add_level(
+                width=self.width,
+                height=self.height,
+                tile_width=self.tile_width,
+                tile_height=self.tile_height,
+                samples_per_plane=self.samples_per_plane,
+                bytes_per_sample=self.dtype.itemsize,
+                codec=int(self.codec),
+                byteswap=self.byteswap,
+                predictor=self.predictor,
+                jpeg_tables=self.jpeg_tables,
+                jpeg_in=int(self.jpeg_colorspace),
+                jpeg_out=int(self.jpeg_out_colorspace),
+                offsets=np.ascontiguousarray(self.offsets, np.uint64),
+                bytecounts=np.ascontiguousarray(self.bytecounts, np.uint64),
+                external=self.external_decoder,
+                page_index=self.page_index,
+                compression=self.compression,
+                strips=self.strips,
+                file=file,
+                missing_fill=self.missing_is_fill,
+            )
+        )
 
 
 @dataclass(eq=False)

@@ -156,13 +156,17 @@ def _read_image(path: str, *, required: bool) -> _Image | None:
         raise FormatError(f"{path}: corrupt DICOM data set: {type(exc).__name__}: {exc}") from exc
     if str(ds.get("SOPClassUID", "")) != WSI_SOP_CLASS:
         if required:
-            raise UnsupportedError(f"{path}: not a VL Whole Slide Microscopy image "
-                                   f"(SOP class {ds.get('SOPClassUID', 'missing')})")
+            raise UnsupportedError(
+                f"{path}: not a VL Whole Slide Microscopy image "
+                f"(SOP class {ds.get('SOPClassUID', 'missing')})"
+            )
         return None
     image_type = ds.get("ImageType")
     if not image_type or len(image_type) < 3:
-        raise FormatError(f"{path}: VL WSI image without ImageType (value 3 must say VOLUME, LABEL, "
-                          "OVERVIEW or THUMBNAIL): not a conformant DICOM WSI file")
+        raise FormatError(
+            f"{path}: VL WSI image without ImageType (value 3 must say VOLUME, LABEL, "
+            "OVERVIEW or THUMBNAIL): not a conformant DICOM WSI file"
+        )
     pixel_value, pixel_length = _pixel_data_header(path, ds, header_at, header, identity[2])
     return _Image(path, ds, identity, pixel_value, pixel_length, str(image_type[2]).upper())
 
@@ -208,8 +212,10 @@ def _fragments(path: str, fh: Any, start: int, file_size: int, limit: int) -> It
         if tag != _ITEM:
             raise FormatError(f"{path}: expected a fragment item at byte {pos}, found tag {tag:#010x}")
         if length == 0xFFFFFFFF or pos + 8 + length > file_size:
-            raise FormatError(f"{path}: fragment at byte {pos} claims {length} bytes, past the end of the "
-                              f"file ({file_size} bytes)")
+            raise FormatError(
+                f"{path}: fragment at byte {pos} claims {length} bytes, past the end of the "
+                f"file ({file_size} bytes)"
+            )
         yield pos + 8, length
         pos += 8 + length
     raise FormatError(f"{path}: more than {limit} fragment items")
@@ -232,8 +238,10 @@ def _frame_table(image: _Image, frames: int) -> tuple[np.ndarray, np.ndarray]:
             offsets = np.frombuffer(bytes(eot), "<u8")
             lengths = np.frombuffer(bytes(ds.get("ExtendedOffsetTableLengths") or b""), "<u8")
             if len(offsets) < frames or len(lengths) != len(offsets):
-                raise FormatError(f"{path}: Extended Offset Table has {len(offsets)} offsets and "
-                                  f"{len(lengths)} lengths for {frames} frames")
+                raise FormatError(
+                    f"{path}: Extended Offset Table has {len(offsets)} offsets and "
+                    f"{len(lengths)} lengths for {frames} frames"
+                )
             offsets, lengths = offsets[:frames], lengths[:frames]
             if np.any(offsets > size) or np.any(first + 8 + offsets + lengths > size):
                 raise FormatError(f"{path}: Extended Offset Table points past the end of the file")
@@ -243,16 +251,20 @@ def _frame_table(image: _Image, frames: int) -> tuple[np.ndarray, np.ndarray]:
     declared = int(ds.get("NumberOfFrames", 1) or 1)
     if bot is not None:
         if len(items) != len(bot):
-            raise UnsupportedError(f"{path}: {len(items)} fragments for {len(bot)} frames: frames split "
-                                   "over several fragments are not supported")
+            raise UnsupportedError(
+                f"{path}: {len(items)} fragments for {len(bot)} frames: frames split "
+                "over several fragments are not supported"
+            )
         starts = np.array([offset - 8 - first for offset, _ in items], np.int64)
         if not np.array_equal(starts, bot):
             raise FormatError(f"{path}: the Basic Offset Table does not point at the fragment items")
     if len(items) < max(frames, declared):
         raise FormatError(f"{path}: {len(items)} fragments for {declared} frames (truncated pixel data?)")
     if len(items) > declared:
-        raise UnsupportedError(f"{path}: {len(items)} fragments for {declared} frames: frames split over "
-                               "several fragments are not supported")
+        raise UnsupportedError(
+            f"{path}: {len(items)} fragments for {declared} frames: frames split over "
+            "several fragments are not supported"
+        )
     table = np.array(items[:frames], np.uint64).reshape(-1, 2)
     return table[:, 0].copy(), table[:, 1].copy()
 
@@ -270,8 +282,12 @@ def _jpeg_colorspaces(image: _Image) -> tuple[JpegColor, JpegColor]:
     return JpegColor.AUTO, JpegColor.GRAYSCALE
 
 
-def _external_decoder(name: str, function: str, shape: tuple[int, int, int], dtype: np.dtype,
-                      ) -> Callable[[bytes, int], np.ndarray]:
+def _external_decoder(
+    name: str,
+    function: str,
+    shape: tuple[int, int, int],
+    dtype: np.dtype,
+) -> Callable[[bytes, int], np.ndarray]:
     import imagecodecs
 
     decode = getattr(imagecodecs, function)
@@ -291,16 +307,19 @@ def _tile_positions(image: _Image, frames: int, tiles_across: int, tiles_down: i
     organisation = str(ds.get("DimensionOrganizationType", "")).upper()
     if organisation == "TILED_FULL" or (not organisation and frames == 1 == tiles_across * tiles_down):
         if frames < tiles_across * tiles_down:
-            raise FormatError(f"{path}: {frames} frames for a TILED_FULL grid of "
-                              f"{tiles_across}x{tiles_down} tiles")
+            raise FormatError(
+                f"{path}: {frames} frames for a TILED_FULL grid of {tiles_across}x{tiles_down} tiles"
+            )
         # Frames beyond the first grid are further focal planes or optical paths.
         index = np.full(frames, -1, np.int64)
         index[: tiles_across * tiles_down] = np.arange(tiles_across * tiles_down)
         return index
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is None or len(per_frame) != frames:
-        raise FormatError(f"{path}: {organisation or 'no DimensionOrganizationType'} and no per-frame "
-                          "positions for every frame")
+        raise FormatError(
+            f"{path}: {organisation or 'no DimensionOrganizationType'} and no per-frame "
+            "positions for every frame"
+        )
     width, height = int(ds.Columns), int(ds.Rows)
     index = np.full(frames, -1, np.int64)
     seen: set[int] = set()
@@ -360,8 +379,10 @@ def _level_spec(image: _Image) -> LevelSpec:
         if syntax not in _LITTLE_NATIVE and syntax != _BIG_NATIVE:
             raise FormatError(f"{path}: transfer syntax {syntax} with native (unencapsulated) pixel data")
         if image.pixel_length < frames * frame_bytes:
-            raise FormatError(f"{path}: Pixel Data holds {image.pixel_length} bytes, {frames} frames need "
-                              f"{frames * frame_bytes}")
+            raise FormatError(
+                f"{path}: Pixel Data holds {image.pixel_length} bytes, {frames} frames need "
+                f"{frames * frame_bytes}"
+            )
         planes = samples if planar == 1 and samples > 1 else 1
         plane_bytes = frame_bytes // planes
         starts = image.pixel_value + np.arange(frames, dtype=np.uint64) * np.uint64(frame_bytes)
@@ -430,11 +451,14 @@ class DicomImageLoader:
         assert image is not None
         spec = _level_spec(image)
         if (spec.width, spec.height) != (self.width, self.height):
-            raise FormatError(f"{self.path}: associated image {self.name!r} changed since the slide was opened")
+            raise FormatError(
+                f"{self.path}: associated image {self.name!r} changed since the slide was opened"
+            )
         nbytes = spec.width * spec.height * spec.samples * spec.dtype.itemsize
         if nbytes > MAX_ASSOCIATED_BYTES:
-            raise UnsupportedError(f"{self.path}: associated image {self.name!r} is {nbytes >> 20} MiB, "
-                                   "too large to load whole")
+            raise UnsupportedError(
+                f"{self.path}: associated image {self.name!r} is {nbytes >> 20} MiB, too large to load whole"
+            )
         reader = _native.Reader(self.path)
         try:
             spec.add_to(reader)
@@ -564,8 +588,10 @@ def _read_series(path: str) -> SlideInfo:
             series = uid
         elif uid != series:
             if named is None:
-                raise UnsupportedError(f"{folder}: holds more than one DICOM WSI series ({series}, {uid}): "
-                                       "open one of its files instead")
+                raise UnsupportedError(
+                    f"{folder}: holds more than one DICOM WSI series ({series}, {uid}): "
+                    "open one of its files instead"
+                )
             continue
         images.append(image)
     if not images:
