@@ -595,7 +595,7 @@ def _read_series(path: str) -> SlideInfo:
             continue
         images.append(image)
     if not images:
-        raise OpenError(f"{path}: no DICOM VL Whole Slide Microscopy images")
+        raise OpenError(f"{path}: cannot open: a folder without DICOM VL Whole Slide Microscopy images")
     volumes: dict[tuple[int, int], _Image] = {}
     associated: dict[str, DicomImageLoader] = {}
     for image in images:
