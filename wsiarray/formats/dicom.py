@@ -26,6 +26,7 @@ tiles no frame covers are the request's fill.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import struct
@@ -368,6 +369,10 @@ def _level_spec(image: _Image) -> LevelSpec:
         raise UnsupportedError(f"{path}: {samples} samples of {bits} bits")
     dtype = np.dtype(("i" if signed else "u") + str(bits // 8)).newbyteorder("=")
     across, down = -(-width // tile_width), -(-height // tile_height)
+    if across * down > MAX_FRAMES:
+        raise FormatError(
+            f"{path}: {across}x{down} tiles of {tile_width}x{tile_height} (more than {MAX_FRAMES})"
+        )
     position = _tile_positions(image, frames, across, down)
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     frame_bytes = tile_width * tile_height * samples * dtype.itemsize
@@ -447,9 +452,11 @@ class DicomImageLoader:
         """Return the image as an ``(height, width, channels)`` array."""
         from .. import _native
 
-        image = _read_image(self.path, required=True)
-        assert image is not None
-        spec = _level_spec(image)
+        with warnings.catch_warnings(), _wrap_errors(self.path):
+            warnings.simplefilter("ignore")
+            image = _read_image(self.path, required=True)
+            assert image is not None
+            spec = _level_spec(image)
         if (spec.width, spec.height) != (self.width, self.height):
             raise FormatError(
                 f"{self.path}: associated image {self.name!r} changed since the slide was opened"
@@ -562,10 +569,24 @@ def read_slide_info(path: str) -> SlideInfo:
         >>> info.vendor                            # doctest: +SKIP
         'dicom'
     """
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _wrap_errors(path):
         # pydicom warns about values its VRs do not allow (a 65-character UID): not our user's business
         warnings.simplefilter("ignore")
         return _read_series(path)
+
+
+@contextlib.contextmanager
+def _wrap_errors(path: str) -> Iterator[None]:
+    # pydicom and numpy raise a zoo of exception types on corrupt data sets
+    # (lazily converted values included): callers of wsiarray catch one family.
+    try:
+        yield
+    except WSIError:
+        raise
+    except OSError as exc:
+        raise OpenError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except Exception as exc:
+        raise FormatError(f"{path}: corrupt DICOM data set: {type(exc).__name__}: {exc}") from exc
 
 
 def _read_series(path: str) -> SlideInfo:
