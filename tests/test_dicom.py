@@ -29,20 +29,13 @@ from wsiarray.errors import FormatError, UnsupportedError, WSIError
 
 pydicom = pytest.importorskip("pydicom")
 imagecodecs = pytest.importorskip("imagecodecs")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.encaps import encapsulate, encapsulate_extended  # noqa: E402
-from pydicom.sequence import Sequence  # noqa: E402
-from pydicom.uid import generate_uid  # noqa: E402
+from wsitest import write_dicom_wsi as write_wsi  # noqa: E402
 
 CMU = DATA / "dicom" / "cmu-1-small-region"
 CMU_BASE = CMU / "level-0-frames-0-30.dcm"
 SM = DATA / "dicom" / "sm_image" / "sm_image.dcm"
 SM_JPEGLS = DATA / "dicom" / "sm_image" / "sm_image_jpegls.dcm"
 needs_dicom = pytest.mark.skipif(not CMU.is_dir(), reason=NO_DATA_REASON)
-
-WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 
 
 def _openslide(path: Path):
@@ -195,105 +188,6 @@ def _image(width: int, height: int, seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[:height, :width]
     base = np.stack([(xx * 3) % 256, (yy * 5) % 256, (xx + yy) % 256], -1).astype(np.int16)
     return np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
-
-
-def _frames(image: np.ndarray, tile: int) -> list[np.ndarray]:
-    h, w = image.shape[:2]
-    out = []
-    for ty in range(0, h, tile):
-        for tx in range(0, w, tile):
-            frame = np.zeros((tile, tile, 3), np.uint8)
-            part = image[ty : ty + tile, tx : tx + tile]
-            frame[: part.shape[0], : part.shape[1]] = part
-            out.append(frame)
-    return out
-
-
-def write_wsi(
-    path: Path,
-    image: np.ndarray,
-    *,
-    tile: int = 32,
-    codec: str = "raw",
-    flavor: str = "VOLUME",
-    series: str = "1.2.3.4",
-    table: str = "none",
-    keep: list[int] | None = None,
-    split: bool = False,
-) -> list[np.ndarray]:
-    """Write ``image`` as one VL WSI file; returns each frame as a decoder gives it back.
-
-    ``table``: "none" (empty Basic Offset Table), "bot", or "eot"; ``keep``: the
-    frames kept in a TILED_SPARSE file (None: TILED_FULL); ``split``: the JPEG
-    frames are cut into two fragments each.
-    """
-    h, w = image.shape[:2]
-    frames = _frames(image, tile)
-    across = -(-w // tile)
-    positions = [(i % across, i // across) for i in range(len(frames))]
-    if keep is not None:
-        frames = [frames[i] for i in keep]
-        positions = [positions[i] for i in keep]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = WSI
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = JPEG_BASELINE if codec == "jpeg" else EXPLICIT_LE
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = WSI
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID = series
-    ds.StudyInstanceUID = "1.2.3"
-    ds.Modality = "SM"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", flavor, "NONE"]
-    ds.DimensionOrganizationType = "TILED_FULL" if keep is None else "TILED_SPARSE"
-    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = w, h
-    ds.Columns = ds.Rows = tile
-    ds.NumberOfFrames = len(frames)
-    ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "YBR_FULL_422" if codec == "jpeg" else "RGB"
-    ds.PlanarConfiguration = 0
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    measures = Dataset()
-    measures.PixelSpacing = [0.00025, 0.0005]
-    shared = Dataset()
-    shared.PixelMeasuresSequence = Sequence([measures])
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    optical = Dataset()
-    optical.ObjectiveLensPower = 20
-    ds.OpticalPathSequence = Sequence([optical])
-    if keep is not None:
-        groups = []
-        for tx, ty in positions:
-            pos = Dataset()
-            pos.ColumnPositionInTotalImagePixelMatrix = tx * tile + 1
-            pos.RowPositionInTotalImagePixelMatrix = ty * tile + 1
-            group = Dataset()
-            group.PlanePositionSlideSequence = Sequence([pos])
-            groups.append(group)
-        ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
-    if codec == "jpeg":
-        encoded = [imagecodecs.jpeg8_encode(f, level=90) for f in frames]
-        decoded = [imagecodecs.jpeg8_decode(e) for e in encoded]
-        if split:
-            ds.PixelData = encapsulate(encoded, fragments_per_frame=2, has_bot=False)
-        elif table == "eot":
-            data, offsets, lengths = encapsulate_extended(encoded)
-            ds.PixelData = data
-            ds.ExtendedOffsetTable = offsets
-            ds.ExtendedOffsetTableLengths = lengths
-        else:
-            ds.PixelData = encapsulate(encoded, has_bot=table == "bot")
-        ds["PixelData"].VR = "OB"
-        ds["PixelData"].is_undefined_length = True
-    else:
-        decoded = frames
-        ds.PixelData = np.stack(frames).tobytes()
-        ds["PixelData"].VR = "OB"
-    ds.save_as(path, enforce_file_format=True)
-    return decoded
 
 
 def _assemble(

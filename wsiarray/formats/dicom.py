@@ -84,8 +84,8 @@ def is_dicom(path: str) -> bool:
     """True for a folder or a file with the DICOM preamble (``DICM`` at byte 128).
 
     Example:
-        >>> is_dicom(svs_path)
-        False
+        >>> is_dicom(svs_path), is_dicom(f"{dicom_path}/level-0.dcm"), is_dicom(dicom_path)
+        (False, True, True)
     """
     if os.path.isdir(path):
         return True
@@ -440,7 +440,9 @@ class DicomImageLoader:
     frames are read by the native engine like a level's.
 
     Example:
-        >>> loader = DicomImageLoader(dicom_path, "label", 50, 50)   # doctest: +SKIP
+        >>> loader = DicomImageLoader(f"{dicom_path}/label.dcm", "label", 40, 20)
+        >>> loader().shape
+        (20, 40, 3)
     """
 
     path: str
@@ -565,9 +567,11 @@ def read_slide_info(path: str) -> SlideInfo:
     folder holding several series or a transfer syntax wsiarray cannot read.
 
     Example:
-        >>> info = read_slide_info(dicom_folder)   # doctest: +SKIP
-        >>> info.vendor                            # doctest: +SKIP
-        'dicom'
+        >>> info = read_slide_info(dicom_path)
+        >>> info.vendor, [(level.width, level.codec_name) for level in info.levels], list(info.associated)
+        ('dicom', [(300, 'JPEG'), (150, 'RAW')], ['label'])
+        >>> info.properties["openslide.mpp-x"], info.properties["openslide.objective-power"]
+        ('0.5', '20')
     """
     with warnings.catch_warnings(), _wrap_errors(path):
         # pydicom warns about values its VRs do not allow (a 65-character UID): not our user's business
