@@ -261,6 +261,16 @@ def test_offset_tables(tmp_path: Path, table: str) -> None:
         np.testing.assert_array_equal(slide.read_region((0, 0), (100, 70)), _assemble(decoded, (100, 70), 32))
 
 
+@pytest.mark.parametrize("codec", ["raw", "planar", "j2k"])
+def test_codecs(tmp_path: Path, codec: str) -> None:
+    image = _image(100, 70)
+    write_wsi(tmp_path / "c.dcm", image, codec=codec)
+    with wsiarray.open(tmp_path / "c.dcm") as slide:
+        assert slide.levels[0].native_codec == (codec != "j2k")
+        np.testing.assert_array_equal(slide.read_region((0, 0), (100, 70)), image)  # all lossless
+        np.testing.assert_array_equal(slide.read_region((31, 17), (40, 30)), image[17:47, 31:71])
+
+
 @pytest.mark.parametrize("codec", ["raw", "jpeg"])
 def test_tiled_sparse_missing_tiles_are_fill(tmp_path: Path, codec: str) -> None:
     image = _image(100, 70)

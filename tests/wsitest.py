@@ -576,7 +576,9 @@ def write_dicom_wsi(
 ) -> list[np.ndarray]:
     """Write ``image`` (RGB uint8) as one VL WSI file with pydicom; returns each frame as decoded.
 
-    JPEG frames are YBR_FULL_422 (imagecodecs' default encoding), raw ones RGB; the
+    ``codec``: "jpeg" (baseline, YBR_FULL_422 as imagecodecs encodes it), "j2k"
+    (lossless JPEG 2000 codestreams), "raw" or "planar" (uncompressed RGB, samples
+    interleaved or PlanarConfiguration 1). The
     pixel spacing is 0.5 (x) by 0.25 (y) µm, the objective 20x.
 
     ``table``: "none" (empty Basic Offset Table), "bot", or "eot"; ``keep``: the
@@ -598,7 +600,10 @@ def write_dicom_wsi(
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DICOM_WSI
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50" if codec == "jpeg" else "1.2.840.10008.1.2.1"
+    explicit_le = "1.2.840.10008.1.2.1"
+    syntaxes = {"jpeg": "1.2.840.10008.1.2.4.50", "j2k": "1.2.840.10008.1.2.4.90", "raw": explicit_le,
+                "planar": explicit_le}
+    meta.TransferSyntaxUID = syntaxes[codec]
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = DICOM_WSI
@@ -613,7 +618,7 @@ def write_dicom_wsi(
     ds.NumberOfFrames = len(frames)
     ds.SamplesPerPixel = 3
     ds.PhotometricInterpretation = "YBR_FULL_422" if codec == "jpeg" else "RGB"
-    ds.PlanarConfiguration = 0
+    ds.PlanarConfiguration = 1 if codec == "planar" else 0
     ds.BitsAllocated = ds.BitsStored = 8
     ds.HighBit = 7
     ds.PixelRepresentation = 0
@@ -635,9 +640,12 @@ def write_dicom_wsi(
             group.PlanePositionSlideSequence = Sequence([pos])
             groups.append(group)
         ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
-    if codec == "jpeg":
-        encoded = [imagecodecs.jpeg8_encode(f, level=90) for f in frames]
-        decoded = [imagecodecs.jpeg8_decode(e) for e in encoded]
+    if codec in ("jpeg", "j2k"):
+        if codec == "jpeg":
+            encoded = [imagecodecs.jpeg8_encode(f, level=90) for f in frames]
+        else:  # lossless JPEG 2000 codestreams
+            encoded = [imagecodecs.jpeg2k_encode(f, level=0, codecformat="J2K") for f in frames]
+        decoded = [imagecodecs.imread(e) for e in encoded]
         if split:
             ds.PixelData = encapsulate(encoded, fragments_per_frame=2, has_bot=False)
         elif table == "eot":
@@ -651,7 +659,9 @@ def write_dicom_wsi(
         ds["PixelData"].is_undefined_length = True
     else:
         decoded = frames
-        ds.PixelData = np.stack(frames).tobytes()
+        stacked = np.stack(frames)
+        # PlanarConfiguration 1: each frame's samples one plane after another
+        ds.PixelData = (stacked.transpose(0, 3, 1, 2) if codec == "planar" else stacked).tobytes()
         ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
     return decoded
