@@ -76,6 +76,9 @@ _EXTERNAL = {
     "1.2.840.10008.1.2.4.202": ("HTJ2K", "jpeg2k_decode", 34712),
     "1.2.840.10008.1.2.4.203": ("HTJ2K", "jpeg2k_decode", 34712),
 }
+#: PhotometricInterpretation values read, by samples per pixel (YBR only compressed:
+#: the decoder turns it into RGB).
+_PHOTOMETRIC = {1: {"MONOCHROME2"}, 3: {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}}
 #: Value representations whose values are bytes, not text: not properties.
 _BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 
@@ -244,7 +247,12 @@ def _frame_table(image: _Image, frames: int) -> tuple[np.ndarray, np.ndarray]:
                     f"{len(lengths)} lengths for {frames} frames"
                 )
             offsets, lengths = offsets[:frames], lengths[:frames]
-            if np.any(offsets > size) or np.any(first + 8 + offsets + lengths > size):
+            # each term checked alone first: their uint64 sum must not wrap around
+            if (
+                np.any(offsets > size)
+                or np.any(lengths > size)
+                or np.any(first + 8 + offsets + lengths > size)
+            ):
                 raise FormatError(f"{path}: Extended Offset Table points past the end of the file")
             return (first + 8 + offsets).astype(np.uint64), lengths.astype(np.uint64)
         bot = np.frombuffer(fh.read(bot_length), "<u4").astype(np.int64) if bot_length else None
@@ -365,8 +373,16 @@ def _level_spec(image: _Image) -> LevelSpec:
         raise FormatError(f"{path}: image size {width}x{height}, frames {tile_width}x{tile_height}")
     if not 0 < frames <= MAX_FRAMES:
         raise FormatError(f"{path}: NumberOfFrames {frames}")
-    if samples not in (1, 3, 4) or bits not in (8, 16):
+    if samples not in (1, 3) or bits not in (8, 16):
         raise UnsupportedError(f"{path}: {samples} samples of {bits} bits")
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    # Pixels come back as stored: only interpretations that are RGB or gray once decoded.
+    if photometric not in _PHOTOMETRIC[samples] or (
+        photometric.startswith("YBR") and image.pixel_length is not None
+    ):
+        raise UnsupportedError(
+            f"{path}: PhotometricInterpretation {photometric or 'missing'} with {samples} samples"
+        )
     dtype = np.dtype(("i" if signed else "u") + str(bits // 8)).newbyteorder("=")
     across, down = -(-width // tile_width), -(-height // tile_height)
     if across * down > MAX_FRAMES:
