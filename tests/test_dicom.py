@@ -346,3 +346,28 @@ def test_a_changed_level_file_is_refused_when_reopened(tmp_path: Path) -> None:
     wsiarray.file_handles().clear()
     with pytest.raises(WSIError):
         slide.read_region((0, 0), (8, 8))
+
+
+@needs_dicom
+def test_openslide_facade_matches_openslide_python() -> None:
+    facade = pytest.importorskip("wsiarray.openslide")
+    ref = _openslide(CMU_BASE)
+    with facade.OpenSlide(str(CMU_BASE)) as ours:
+        assert ours.level_dimensions == ref.level_dimensions
+        np.testing.assert_allclose(ours.level_downsamples, ref.level_downsamples)
+        assert ours.properties["openslide.vendor"] == "dicom"
+        # (0, 0) on the downsampled levels: OpenSlide resamples a level-0 location that falls
+        # between two of their pixels (a documented difference of the facade)
+        for level, location in ((0, (1900, 2700)), (0, (-100, 300)), (1, (0, 0)), (3, (0, 0))):
+            want = np.asarray(ref.read_region(location, level, (300, 260)))
+            np.testing.assert_array_equal(np.asarray(ours.read_region(location, level, (300, 260))), want)
+
+
+def test_openslide_facade_sparse_tiles_are_transparent(tmp_path: Path) -> None:
+    facade = pytest.importorskip("wsiarray.openslide")
+    decoded = write_wsi(tmp_path / "s.dcm", _image(64, 32), keep=[1])  # 2 x 1 tiles, the left one missing
+    with facade.OpenSlide(str(tmp_path / "s.dcm")) as ours:
+        rgba = np.asarray(ours.read_region((0, 0), 0, (64, 32)))
+    assert not rgba[:, :32].any()
+    np.testing.assert_array_equal(rgba[:, 32:, :3], decoded[0])
+    assert (rgba[:, 32:, 3] == 255).all()
