@@ -152,14 +152,14 @@ class OpenedSlide:
             native.close()
             raise OpenError(f"{path}: the file changed while it was being opened")
         try:
-            files: dict[str, int] = {}
+            files: dict[str | None, int] = {None: 0, path: 0}  # the path opened is file 0
             for spec in info.levels:
-                if spec.file is not None and spec.file not in files:
+                if spec.file not in files:
                     files[spec.file] = native.add_file(spec.file)
-                    expected = info.file_identities.get(spec.file)
-                    if expected is not None and tuple(native.file_identity(files[spec.file])) != expected:
-                        raise OpenError(f"{spec.file}: the file changed while the slide was being opened")
-                spec.add_to(native, 0 if spec.file is None else files[spec.file])
+                expected = info.file_identities.get(spec.file) if spec.file is not None else None
+                if expected is not None and tuple(native.file_identity(files[spec.file])) != expected:
+                    raise OpenError(f"{spec.file}: the file changed while the slide was being opened")
+                spec.add_to(native, files[spec.file])
         except BaseException:
             native.close()
             raise
