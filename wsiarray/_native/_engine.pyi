@@ -110,7 +110,7 @@ class OutputMemoryStats(TypedDict):
     max_idle_seconds: float
 
 class Reader:
-    """One open file (one descriptor, pread) and its levels' tile tables."""
+    """Open files (one descriptor each, pread; file 0 is ``path``) and the levels' tile tables."""
 
     def __init__(self, path: str) -> None: ...
     @property
@@ -120,6 +120,12 @@ class Reader:
         """``(st_dev, st_ino, st_size, st_mtime_ns)`` at open time."""
     @property
     def level_count(self) -> int: ...
+    @property
+    def file_count(self) -> int: ...
+    def add_file(self, path: str) -> int:
+        """Opens another file whose tiles levels may hold (``add_level(file=...)``); returns its index."""
+    def file_identity(self, index: int) -> tuple[int, int, int, int]:
+        """``(st_dev, st_ino, st_size, st_mtime_ns)`` of file ``index`` at open time."""
     def add_level(
         self,
         width: int,
@@ -140,6 +146,8 @@ class Reader:
         page_index: int,
         compression: int = 0,
         strips: bool = False,
+        file: int = 0,
+        missing_fill: bool = False,
         layers: list[tuple] = ...,
     ) -> int:
         """Validates and adds a level; returns its index. Tables are ``(planes, down, across)``.
@@ -155,7 +163,9 @@ class Reader:
         own tables are then ignored.
 
         ``compression`` (the TIFF tag value) picks the stream header that is checked against the
-        tile before any decode; ``strips``: the tiles are strips, the last may be shorter.
+        tile before any decode; ``strips``: the tiles are strips, the last may be shorter;
+        ``file``: the index (``add_file``) of the file holding the tiles; ``missing_fill``: tiles
+        never written (offset and byte count 0) get the request's fill pixel instead of zeros.
         """
     def read_region(self, level: int, x: int, y: int, out: U8, fill: bytes, workers: int = 1) -> None:
         """Reads pixels at level coordinates (x, y) into out, a C-contiguous (h, w, pixel_bytes)

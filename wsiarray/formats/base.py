@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import FormatError
+
 __all__ = ["Codec", "LevelSpec", "Placement", "SlideInfo", "TileDecoder"]
 
 #: Decodes the raw bytes of one tile (plane, tile index in the plane) into an
@@ -113,6 +115,14 @@ class LevelSpec:
     page_index: int = 0
     #: Strips (full-width tiles of RowsPerStrip rows; the last may be shorter), not tiles.
     strips: bool = False
+    #: The file holding the tiles when it is not the slide's own path (a DICOM level's file).
+    file: str | None = None
+    #: Tiles never written (offset and byte count 0) are the request's fill, not black
+    #: (a DICOM TILED_SPARSE level's missing tiles).
+    missing_is_fill: bool = False
+    #: The compression's name when ``compression`` is only the stream-header check's value
+    #: (DICOM transfer syntaxes: ``"JPEG_LS"`` is checked as a JPEG stream).
+    codec_name: str = ""
     #: A placed level: ``width`` x ``height`` composed of these stored images (each a
     #: LevelSpec with a ``placement``, same codec and samples); this spec's own tile
     #: tables and tile size are its first layer's.
@@ -174,9 +184,72 @@ class LevelSpec:
 
     @property
     def compression_name(self) -> str:
+        if self.codec_name:
+            return self.codec_name
         from .tiff import compression_name
 
         return compression_name(self.compression)
+
+    def add_to(self, native: Any, file: int = 0) -> int:
+        """Hand this level to a native ``Reader`` (``file``: its ``add_file`` index); returns the level index.
+
+        Example:
+            >>> from wsiarray import _native
+            >>> spec = wsiarray.open(path).format_info.levels[0]
+            >>> reader = _native.Reader(path)
+            >>> spec.add_to(reader), reader.level_count
+            (0, 1)
+            >>> reader.close()
+        """
+        return int(
+            native.add_level(
+                width=self.width,
+                height=self.height,
+                tile_width=self.tile_width,
+                tile_height=self.tile_height,
+                samples_per_plane=self.samples_per_plane,
+                bytes_per_sample=self.dtype.itemsize,
+                codec=int(self.codec),
+                byteswap=self.byteswap,
+                predictor=self.predictor,
+                jpeg_tables=self.jpeg_tables,
+                jpeg_in=int(self.jpeg_colorspace),
+                jpeg_out=int(self.jpeg_out_colorspace),
+                offsets=np.ascontiguousarray(self.offsets, np.uint64),
+                bytecounts=np.ascontiguousarray(self.bytecounts, np.uint64),
+                external=self.external_decoder,
+                page_index=self.page_index,
+                compression=self.compression,
+                strips=self.strips,
+                file=file,
+                missing_fill=self.missing_is_fill,
+                layers=[_layer_tuple(layer) for layer in self.layers],
+            )
+        )
+
+
+def _layer_tuple(layer: LevelSpec) -> tuple:
+    """A placed level's layer as the native ``add_level``'s ``layers`` entry."""
+    placement = layer.placement
+    if placement is None:
+        raise FormatError(f"layer at IFD {layer.page_index} has no placement")
+    return (
+        layer.width,
+        layer.height,
+        layer.tile_width,
+        layer.tile_height,
+        layer.jpeg_tables,
+        np.ascontiguousarray(layer.offsets, np.uint64),
+        np.ascontiguousarray(layer.bytecounts, np.uint64),
+        layer.external_decoder,
+        layer.page_index,
+        placement.cell_width,
+        placement.cell_height,
+        placement.first_column,
+        placement.first_row,
+        np.ascontiguousarray(placement.xs, np.int64),
+        np.ascontiguousarray(placement.ys, np.int64),
+    )
 
 
 @dataclass(eq=False)
@@ -198,3 +271,6 @@ class SlideInfo:
     icc_profile: bytes | None = None
     #: name -> ICC profile of that associated image's page (only those that have one).
     associated_icc_profiles: dict[str, bytes] = field(default_factory=dict)
+    #: path -> ``(st_dev, st_ino, st_size, st_mtime_ns)`` when parsed, of each other file
+    #: (``LevelSpec.file``) the levels' tiles live in: the reader refuses a file that changed since.
+    file_identities: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)

@@ -216,13 +216,24 @@ NB_MODULE(_engine, m) {
                    },
                    "(st_dev, st_ino, st_size, st_mtime_ns) at open time.")
       .def_prop_ro("level_count", &wsi::Reader::level_count)
+      .def_prop_ro("file_count", &wsi::Reader::file_count)
+      .def("add_file", &wsi::Reader::add_file, "path"_a, nb::call_guard<nb::gil_scoped_release>(),
+           "Opens another file whose tiles levels may hold (add_level's file); returns its index.")
+      .def(
+          "file_identity",
+          [](const wsi::Reader& r, size_t index) {
+            if (index >= r.file_count()) argument_error("no such file");
+            const auto& id = r.file(index).identity();
+            return nb::make_tuple(id.device, id.inode, id.size, id.mtime_ns);
+          },
+          "index"_a, "(st_dev, st_ino, st_size, st_mtime_ns) of file `index` at open time.")
       .def(
           "add_level",
           [](wsi::Reader& r, uint32_t width, uint32_t height, uint32_t tile_width, uint32_t tile_height,
              uint32_t samples_per_plane, uint32_t bytes_per_sample, int codec, bool byteswap, int predictor,
              nb::bytes jpeg_tables, int jpeg_in, int jpeg_out, U64Array offsets, U64Array bytecounts,
-             nb::object external, uint32_t page_index, uint32_t compression, bool strips,
-             std::vector<LayerTuple> layers) {
+             nb::object external, uint32_t page_index, uint32_t compression, bool strips, uint32_t file,
+             bool missing_fill, std::vector<LayerTuple> layers) {
             if (offsets.ndim() != 3 || bytecounts.ndim() != 3) {
               throw wsi::Error(wsi::ErrorKind::Format, "tile tables must be (planes, down, across)");
             }
@@ -247,6 +258,8 @@ NB_MODULE(_engine, m) {
             level.page_index = page_index;
             level.compression = compression;
             level.strips = strips;
+            level.file = file;
+            level.missing_is_fill = missing_fill;
             for (const LayerTuple& t : layers) {
               const U64Array& lo = std::get<5>(t);
               const U64Array& lb = std::get<6>(t);
@@ -283,7 +296,7 @@ NB_MODULE(_engine, m) {
           "width"_a, "height"_a, "tile_width"_a, "tile_height"_a, "samples_per_plane"_a,
           "bytes_per_sample"_a, "codec"_a, "byteswap"_a, "predictor"_a, "jpeg_tables"_a, "jpeg_in"_a,
           "jpeg_out"_a, "offsets"_a, "bytecounts"_a, "external"_a.none(), "page_index"_a, "compression"_a = 0,
-          "strips"_a = false, "layers"_a = std::vector<LayerTuple>(),
+          "strips"_a = false, "file"_a = 0, "missing_fill"_a = false, "layers"_a = std::vector<LayerTuple>(),
           "Adds a level; with `layers`, a placed level of width x height composed of those stored images.")
       .def(
           "read_region",
@@ -335,7 +348,7 @@ NB_MODULE(_engine, m) {
               r.plan(level, region, workers, plan);
               layout = wsi::fetch_layout(plan);
               data.resize(layout.bytes);
-              wsi::fetch_plan(r.source(), plan, layout, data.data(), workers == 0 ? 1 : workers,
+              wsi::fetch_plan(r.level_source(level), plan, layout, data.data(), workers == 0 ? 1 : workers,
                               r.level(level).geometry(), r.label(level));
             }
             const size_t n = plan.tiles.size();
@@ -373,6 +386,8 @@ NB_MODULE(_engine, m) {
             d["jpeg_in"] = l.jpeg_in_colorspace;
             d["jpeg_out"] = l.jpeg_out_colorspace;
             d["page_index"] = l.page_index;
+            d["file"] = l.file;
+            d["missing_fill"] = l.missing_is_fill;
             const size_t planes = l.planes, down = l.tiles_down(), across = l.tiles_across();
             d["offsets"] = to_numpy(std::vector<uint64_t>(l.offsets), {planes, down, across});
             d["bytecounts"] = to_numpy(std::vector<uint64_t>(l.bytecounts), {planes, down, across});

@@ -36,10 +36,11 @@ class RegionRead {
   // Reads the part of `region` that layer `layer` of a placed level shows
   // (the level itself when it is not placed).
   RegionRead(const Reader& reader, size_t level_index, size_t layer, const Region& region, uint8_t* out,
-             size_t pitch, const RequestCache& cache, size_t workers, uint32_t scale)
+             size_t pitch, const RequestCache& cache, size_t workers, uint32_t scale, const uint8_t* fill)
       : reader_(reader), level_(source(reader.level(level_index), layer)), level_index_(level_index),
-        layer_(uint32_t(layer)), g_(scaled_geometry(level_.geometry(), scale)),
-        label_{&reader.file().path(), level_index, level_.page_index}, cache_(cache),
+        layer_(uint32_t(layer)), file_(reader.file(level_.file)), source_(reader.source(level_.file)), fill_(fill),
+        g_(scaled_geometry(level_.geometry(), scale)), label_{&file_.path(), level_index, level_.page_index},
+        cache_(cache),
         out_{out, pitch, region.width, region.height, level_.pixel_bytes()},
         layout_{g_.tile_width, g_.tile_height, g_.samples_per_plane, g_.bytes_per_sample},
         decode_(codec_decoder(level_.codec)), params_(level_.codec_params()), scale_(scale) {
@@ -47,7 +48,7 @@ class RegionRead {
     if (scale != 1 && !can_scale(top, scale)) fail(ErrorKind::Argument, "level cannot be read scaled");
     params_.jpeg.scale_denom = scale;
     if (!top.placed()) {
-      make_plan(g_, level_.tables(), reader.file().size(), region, workers, label_, plan_);
+      make_plan(g_, level_.tables(), file_.size(), region, workers, label_, plan_);
       return;
     }
     std::vector<LevelGeometry> geometries;
@@ -56,12 +57,13 @@ class RegionRead {
     for (size_t k = 0; k < top.layers.size(); ++k) {
       const LevelDesc& l = top.layers[k];
       layers.push_back(Layer{&geometries[k], l.tables(), &l.placement,
-                             TileLabel{&reader.file().path(), level_index, l.page_index}});
+                             TileLabel{&file_.path(), level_index, l.page_index}});
     }
-    make_layer_plan(layers, layer, top.width, top.height, reader.file().size(), region, workers, plan_);
+    // check_layers keeps a placed level's layers in one file.
+    make_layer_plan(layers, layer, top.width, top.height, file_.size(), region, workers, plan_);
   }
 
-  void fill(const uint8_t* pixel) const { fill_rects(out_, plan_.fills, pixel); }
+  void fill() const { fill_rects(out_, plan_.fills, fill_); }
   size_t run_count() const { return plan_.runs.size(); }
 
   static const LevelDesc& source(const LevelDesc& level, size_t layer) {
@@ -92,7 +94,7 @@ class RegionRead {
     prefault_rows(out_, std::min(a.out_y, b.out_y),
                   std::max(a.out_y + a.in_tile.height, b.out_y + b.in_tile.height));
     const uint8_t* bytes =
-        fetch_span(reader_.source(), plan_, run.first + first, run.first + last, scratch.bytes, g_, label_);
+        fetch_span(source_, plan_, run.first + first, run.first + last, scratch.bytes, g_, label_);
     for (size_t k = first; k < last; ++k) {
       if (served[k]) continue;
       const PlanTile& t = plan_.tiles[run.first + k];
@@ -107,7 +109,7 @@ class RegionRead {
  private:
   TileKey key(const PlanTile& t) const {
     TileKey k;
-    k.file = reader_.file().identity();
+    k.file = file_.identity();
     // A scaled read's tiles are other pixels than the level's: another key.
     // So are a placed level's layers' tiles.
     k.level = uint32_t(level_index_) | (layer_ << 16) | (scale_ << 24);
@@ -142,8 +144,11 @@ class RegionRead {
     const bool single = g_.planes == 1;
     const size_t row_bytes = layout_.row_bytes();
     if (t.bytecount == 0) {
-      // Never written (offset and count 0): black, as in tifffile; not cached.
-      if (single && t.piece_count == 0) {
+      // Never written (offset and count 0): black, as in tifffile, or the
+      // fill where the format says missing tiles are background; not cached.
+      if (level_.missing_is_fill) {
+        place_missing(t, scratch);
+      } else if (single && t.piece_count == 0) {
         uint8_t* origin = tile_origin(out_, t, g_);
         const size_t span = size_t(t.in_tile.width) * out_.pixel_bytes;
         for (uint32_t r = 0; r < t.in_tile.height; ++r) std::memset(origin + size_t(r) * out_.pitch, 0, span);
@@ -180,10 +185,27 @@ class RegionRead {
                decode);
   }
 
+  // A missing tile as the fill pixel (this tile's plane of it).
+  void place_missing(const PlanTile& t, Scratch& scratch) const {
+    if (g_.planes == 1 && t.piece_count == 0) {
+      fill_rects(out_, {Rect{t.out_x, t.out_y, t.in_tile.width, t.in_tile.height}}, fill_);
+      return;
+    }
+    const size_t plane_bytes = g_.plane_bytes();
+    uint8_t* tile = grow(scratch.tile, layout_.bytes());
+    const uint8_t* sample = fill_ + size_t(t.plane) * plane_bytes;
+    for (size_t i = 0; i + plane_bytes <= layout_.bytes(); i += plane_bytes) std::memcpy(tile + i, sample, plane_bytes);
+    const uint8_t* pages[1] = {tile};
+    place_pieces(out_, plan_, t, g_, TileView{pages, layout_.bytes(), layout_.bytes()});
+  }
+
   const Reader& reader_;
   const LevelDesc& level_;
   size_t level_index_;
   uint32_t layer_;
+  const File& file_;
+  const ByteSource& source_;
+  const uint8_t* fill_;
   LevelGeometry g_;
   TileLabel label_;
   const RequestCache& cache_;
@@ -227,22 +249,34 @@ CodecParams LevelDesc::codec_params() const {
   return params;
 }
 
-Reader::Reader(const std::string& path) : file_(path), source_(file_) {}
+Reader::Reader(const std::string& path) { add_file(path); }
+
+size_t Reader::add_file(const std::string& path) {
+  if (files_.size() >= kMaxFiles) fail(ErrorKind::Format, path + ": more than " + std::to_string(kMaxFiles) + " files");
+  files_.push_back(std::make_unique<File>(path));
+  sources_.push_back(std::make_unique<FileSource>(*files_.back()));
+  return files_.size() - 1;
+}
 
 const LevelDesc& Reader::level(size_t index) const {
   if (index >= levels_.size()) {
-    fail(ErrorKind::Argument, file_.path() + ": no level " + std::to_string(index) + " (the slide has " +
+    fail(ErrorKind::Argument, file().path() + ": no level " + std::to_string(index) + " (the slide has " +
                                   std::to_string(levels_.size()) + ")");
   }
   return *levels_[index];
 }
 
-TileLabel Reader::label(size_t index) const { return TileLabel{&file_.path(), index, level(index).page_index}; }
+TileLabel Reader::label(size_t index) const {
+  return TileLabel{&level_file(index).path(), index, level(index).page_index};
+}
 
 void Reader::plan(size_t index, const Region& region, size_t workers, Plan& plan) const {
   const LevelDesc& l = level(index);
-  if (l.placed()) fail(ErrorKind::Unsupported, file_.path() + ": level " + std::to_string(index) + " is placed from several images; plan is for stored levels");
-  make_plan(l.geometry(), l.tables(), file_.size(), region, workers, label(index), plan);
+  if (l.placed()) {
+    fail(ErrorKind::Unsupported, file(l.file).path() + ": level " + std::to_string(index) +
+                                     " is placed from several images; plan is for stored levels");
+  }
+  make_plan(l.geometry(), l.tables(), file(l.file).size(), region, workers, label(index), plan);
 }
 
 namespace {
@@ -286,6 +320,8 @@ void check_layers(const LevelDesc& level, const std::string& what) {
     const std::string about = what + ": layer " + std::to_string(k) + " (IFD " + std::to_string(layer.page_index) + ")";
     check_level(layer, about, true);
     if (layer.placed()) fail(ErrorKind::Format, about + ": layers of layers");
+    // The layers are planned against one file's size.
+    if (layer.file != level.file) fail(ErrorKind::Unsupported, about + ": a layer in another file");
     if (layer.codec != level.codec || layer.planes != level.planes ||
         layer.samples_per_plane != level.samples_per_plane || layer.bytes_per_sample != level.bytes_per_sample) {
       fail(ErrorKind::Unsupported, about + ": codec or samples differ from the level's");
@@ -302,7 +338,11 @@ void check_layers(const LevelDesc& level, const std::string& what) {
 }  // namespace
 
 size_t Reader::add_level(LevelDesc level) {
-  const std::string what = file_.path() + ": IFD " + std::to_string(level.page_index);
+  if (level.file >= files_.size()) {
+    fail(ErrorKind::Argument, file().path() + ": level in file " + std::to_string(level.file) + " of " +
+                                  std::to_string(files_.size()));
+  }
+  const std::string what = file(level.file).path() + ": IFD " + std::to_string(level.page_index);
   check_level(level, what, !level.placed());
   if (level.placed()) check_layers(level, what);
   levels_.push_back(std::make_unique<LevelDesc>(std::move(level)));
@@ -331,8 +371,8 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
     const size_t layers = std::max<size_t>(1, level.layers.size());
     for (size_t layer = 0; layer < layers; ++layer) {
       auto read = std::make_unique<RegionRead>(*r.reader, r.level, layer, r.region, r.out, r.pitch, cache, workers,
-                                               r.scale);
-      read->fill(fill);
+                                               r.scale, fill);
+      read->fill();
       for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
       reads.push_back(std::move(read));
     }

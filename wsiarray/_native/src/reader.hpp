@@ -44,6 +44,12 @@ struct LevelDesc {
   std::vector<LevelDesc> layers;
   Placement placement;  // where a layer's cells go
   bool placed() const { return !layers.empty(); }
+  // Which of the reader's files holds the tiles (0: the one it was opened
+  // with; see Reader::add_file), so one slide's levels may live in several files.
+  uint32_t file = 0;
+  // Tiles never written (offset and byte count 0) get the request's fill
+  // pixel (a sparse layout's missing tiles), not black.
+  bool missing_is_fill = false;
 
   LevelGeometry geometry() const {
     return LevelGeometry{width, height, tile_width, tile_height, planes, samples_per_plane, bytes_per_sample};
@@ -60,6 +66,9 @@ struct LevelDesc {
 };
 
 class Reader;
+
+// Most files one reader opens (a DICOM series: one per level and associated image).
+constexpr size_t kMaxFiles = 256;
 
 // One region of a batch: which reader and level, where, and where it goes.
 struct RegionRequest {
@@ -93,10 +102,19 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
 class Reader {
  public:
   explicit Reader(const std::string& path);
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
 
-  const File& file() const { return file_; }
-  const ByteSource& source() const { return source_; }
-  // Validates the description (sizes, counts, overflow) and adds a level.
+  // File 0 is the path the reader was opened with; add_file opens more.
+  const File& file(size_t index = 0) const { return *files_[index]; }
+  const ByteSource& source(size_t index = 0) const { return *sources_[index]; }
+  size_t file_count() const { return files_.size(); }
+  // Opens another file the levels' tiles may live in; returns its index.
+  size_t add_file(const std::string& path);
+  // The file and byte source holding a level's tiles.
+  const File& level_file(size_t level) const { return file(this->level(level).file); }
+  const ByteSource& level_source(size_t level) const { return source(this->level(level).file); }
+  // Validates the description (sizes, counts, overflow, file index) and adds a level.
   size_t add_level(LevelDesc level);
   size_t level_count() const { return levels_.size(); }
   // Throws Error(Argument) for an index out of range.
@@ -114,11 +132,13 @@ class Reader {
   void read_region(size_t level, const Region& region, uint8_t* out, size_t pitch,
                    const uint8_t* fill, size_t workers) const;
 
-  void close() { file_.close(); }
+  void close() {
+    for (auto& f : files_) f->close();
+  }
 
  private:
-  File file_;
-  FileSource source_;
+  std::vector<std::unique_ptr<File>> files_;
+  std::vector<std::unique_ptr<FileSource>> sources_;
   std::vector<std::unique_ptr<LevelDesc>> levels_;
 };
 
