@@ -293,6 +293,18 @@ def test_two_series_in_a_folder(tmp_path: Path) -> None:
         assert [lv.dimensions for lv in slide.levels] == [(64, 64)]
 
 
+def test_concatenated_level_is_refused(tmp_path: Path) -> None:
+    import pydicom
+
+    write_wsi(tmp_path / "c.dcm", _image(64, 64))
+    ds = pydicom.dcmread(tmp_path / "c.dcm")
+    ds.ConcatenationUID = "1.2.3.4.5"
+    ds.InConcatenationNumber = 1
+    ds.save_as(tmp_path / "c.dcm")
+    with pytest.raises(UnsupportedError, match="concatenated"):
+        wsiarray.open(tmp_path / "c.dcm")
+
+
 def _pixel_items(path: Path) -> tuple[bytes, int]:
     data = path.read_bytes()
     return data, data.index(b"\xe0\x7f\x10\x00")

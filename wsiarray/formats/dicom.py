@@ -641,6 +641,12 @@ def _read_series(path: str) -> SlideInfo:
     associated: dict[str, DicomImageLoader] = {}
     for image in images:
         if image.flavor == "VOLUME":
+            if "ConcatenationUID" in image.ds:
+                # its frames are only part of the level: reading one instance would leave holes
+                raise UnsupportedError(
+                    f"{image.path}: a level split over concatenated instances (ConcatenationUID) "
+                    "is not supported"
+                )
             volumes.setdefault((image.width, image.height), image)
         elif image.flavor in ASSOCIATED_NAMES:
             name = ASSOCIATED_NAMES[image.flavor]
