@@ -156,7 +156,8 @@ def report(readers: list[Reader], args: argparse.Namespace, rounds: list[dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patches", type=int, default=2000)
     parser.add_argument("--tifffile-patches", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)

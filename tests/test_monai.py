@@ -21,20 +21,19 @@ from wsitest import SyntheticFactory, SyntheticSpec, assert_pixels_equal
 import wsiarray
 
 pytest.importorskip("monai", reason="MONAI is not installed (optional: the 'monai' extra)")
-import torch  # noqa: E402
-from monai.data import (  # noqa: E402
+import torch
+from monai.data import (
     DataLoader,
     MaskedPatchWSIDataset,
     PatchWSIDataset,
     SlidingPatchWSIDataset,
     TiffFileWSIReader,
 )
-from monai.data.wsi_reader import OpenSlideWSIReader  # noqa: E402
-from monai.transforms import LoadImage  # noqa: E402
+from monai.data.wsi_reader import OpenSlideWSIReader
+from monai.transforms import LoadImage
 
-from wsiarray.monai import WSIReader  # noqa: E402
-
-from conftest import READABLE_FILES  # noqa: E402
+from conftest import READABLE_FILES
+from wsiarray.monai import WSIReader
 
 # A main-chain pyramid (NewSubfileType 1 pages), which MONAI's tifffile reader counts as levels.
 CHAIN = SyntheticSpec("monai-chain", width=600, height=400, compression="jpeg", photometric="ycbcr",
@@ -81,7 +80,7 @@ def test_patches_equal_tifffile_reader(chain: str, data: st.DataObject) -> None:
 
 
 def test_patch_equals_native_read_everywhere(chain: str) -> None:
-    """Off-grid and partly or wholly outside: the slide's own ``read_region`` (OpenSlide's floor rule, fill)."""
+    """Off-grid, partly or wholly outside: the slide's own ``read_region`` (OpenSlide's floor rule, fill)."""
     reader = WSIReader(channel_dim=-1)
     wsi = reader.read(chain)
     slide = wsiarray.open(chain)
@@ -192,8 +191,8 @@ def test_channel_dim_dtype_mode_device(chain: str, synthetic: SyntheticFactory) 
     rgba = synthetic(RGBA)
     pixels = wsiarray.open(rgba).read_region((5, 6), (20, 10))
     reader = WSIReader(channel_dim=-1)
-    assert_pixels_equal(reader.get_data(reader.read(rgba), location=(6, 5), size=(10, 20))[0], pixels[..., :3],
-                        "RGB mode drops alpha")
+    got = reader.get_data(reader.read(rgba), location=(6, 5), size=(10, 20))[0]
+    assert_pixels_equal(got, pixels[..., :3], "RGB mode drops alpha")
     reader = WSIReader(channel_dim=-1, mode="RGBA")
     assert_pixels_equal(reader.get_data(reader.read(rgba), location=(6, 5), size=(10, 20))[0], pixels, "RGBA")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from monai.data.wsi_reader import BaseWSIReader
@@ -71,14 +71,15 @@ class WSIReader(BaseWSIReader):
         [0.999, 1.0]
     """
 
-    supported_suffixes = ["tif", "tiff", "svs"]
+    supported_suffixes: ClassVar[list[str]] = ["tif", "tiff", "svs"]
     backend = "wsiarray"
 
     def __init__(self, num_workers: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         unknown = sorted(set(self.kwargs) - SLIDE_OPTIONS)
         if unknown:
-            raise ArgumentError(f"unknown WSIReader arguments {unknown}; slide options are {sorted(SLIDE_OPTIONS)}")
+            raise ArgumentError(f"unknown WSIReader arguments {unknown}; "
+                                f"slide options are {sorted(SLIDE_OPTIONS)}")
         if self.mode not in ("RGB", "RGBA"):
             raise ArgumentError(f"mode must be 'RGB' or 'RGBA', got {self.mode!r}")
         self.num_workers = parse_workers(num_workers)
@@ -108,7 +109,7 @@ class WSIReader(BaseWSIReader):
         """``(y, x)`` pixel size of ``level`` in micrometres (MONAI's order), per axis ``mpp0 * w0 / w``."""
         mpp = wsi.mpp
         if mpp is None:
-            raise ArgumentError(f"{wsi.path}: the slide does not say its pixel size (mpp); use `level` instead")
+            raise ArgumentError(f"{wsi.path}: the slide does not say its pixel size (mpp); use `level`")
         (w0, h0), (w, h) = wsi.level_dimensions[0], wsi.level_dimensions[level]
         return (mpp[1] * h0 / h, mpp[0] * w0 / w)
 
@@ -116,7 +117,7 @@ class WSIReader(BaseWSIReader):
         """Objective power of ``level``: the scanner's power over the level's downsample."""
         power = wsi.objective_power
         if not power:
-            raise ArgumentError(f"{wsi.path}: the slide does not say its objective power; use `level` or `mpp`")
+            raise ArgumentError(f"{wsi.path}: the slide does not give its objective power; use `level`")
         return float(power) / self.get_downsample_ratio(wsi, level)
 
     def read(self, data: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
