@@ -125,6 +125,10 @@ def verify(path: Path, where: list[tuple[int, int]], contender: Reader) -> None:
     contender.diff = diff
 
 
+def _rate(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2f}"
+
+
 def report(readers: list[Reader], args: argparse.Namespace, rounds: list[dict[str, float]]) -> str:
     monai_names = [r.name for r in readers if r.name != "wsiarray" and r.rates]
     ours = next((r for r in readers if r.name == "wsiarray" and r.rates), None)
@@ -142,8 +146,9 @@ def report(readers: list[Reader], args: argparse.Namespace, rounds: list[dict[st
             continue
         per_round = [x["wsiarray"] / x[r.name] for x in rounds if "wsiarray" in x and r.name in x]
         ratio = f"{statistics.median(per_round):.2f}" if per_round and ours else ""
-        lines.append(f"| {r.name} | {r.patches} | {statistics.median(r.rates):.0f} | {min(r.rates):.0f} | "
-                     f"{max(r.rates):.0f} | {ratio} | {r.diff if r.diff is not None else ''} |")
+        rates = f"{_rate(statistics.median(r.rates))} | {_rate(min(r.rates))} | {_rate(max(r.rates))}"
+        diff = "" if r.diff is None else r.diff
+        lines.append(f"| {r.name} | {r.patches} | {rates} | {ratio} | {diff} |")
     if ours and monai_names:
         per_round = [x["wsiarray"] / max(x[n] for n in monai_names if n in x) for x in rounds
                      if "wsiarray" in x and any(n in x for n in monai_names)]
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = run_once(path, where[: r.patches], r.reader, args.batch_size, args.workers)
             this[r.name] = r.patches / seconds
             r.rates.append(this[r.name])
-            print(f"round {i + 1} {r.name}: {this[r.name]:.0f} patches/s", file=sys.stderr)
+            print(f"round {i + 1} {r.name}: {_rate(this[r.name])} patches/s", file=sys.stderr)
         rounds.append(this)
     print(report(readers, args, rounds))
     return 0
