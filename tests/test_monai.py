@@ -210,6 +210,8 @@ def test_several_files_and_bad_input(chain: str, synthetic: SyntheticFactory,
         WSIReader(backend="cucim")
     with pytest.raises(wsiarray.ArgumentError, match="mode"):
         WSIReader(mode="L")
+    with pytest.raises(wsiarray.ArgumentError, match="mode"):
+        reader.get_data(reader.read(chain), size=(8, 8), mode="L")
     with pytest.raises(wsiarray.ArgumentError, match="num_workers"):
         WSIReader(num_workers=-1)
     with pytest.raises(wsiarray.OpenError):

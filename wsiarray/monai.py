@@ -166,6 +166,8 @@ class WSIReader(BaseWSIReader):
 
     def _shaped(self, image: np.ndarray, dtype: Any, mode: str, wsi: Slide) -> np.ndarray:
         """``(h, w, c)`` pixels in ``mode``'s channels and ``dtype``, channels moved to ``channel_dim``."""
+        if mode not in ("RGB", "RGBA"):
+            raise ArgumentError(f"mode must be 'RGB' or 'RGBA', got {mode!r}")
         channels = image.shape[2]
         if channels not in (3, 4):
             raise ArgumentError(f"{wsi.path}: MONAI's WSI readers need 3 or 4 channels ({mode!r} mode); "
