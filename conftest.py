@@ -48,6 +48,9 @@ from wsitest import preserved_cache, texture, write_dicom_wsi, write_jpeg_pyrami
 # wsiarray.openslide and the ICC transforms need Pillow (the "openslide" and "icc" extras):
 # without it, their examples are not collected
 collect_ignore_glob = [] if importlib.util.find_spec("PIL") else ["wsiarray/openslide/*", "wsiarray/_icc.py"]
+# wsiarray.monai needs MONAI (the "monai" extra)
+if importlib.util.find_spec("monai") is None:
+    collect_ignore_glob.append("wsiarray/monai.py")
 
 
 def _write_svs(path: Path) -> None:
