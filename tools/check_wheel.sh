@@ -14,11 +14,12 @@
 #      doctests from a copy of tests/ outside the sources (as tools/asan.sh does); the
 #      compilers are back for this step, because tests/test_io_faults.py compiles its
 #      fault-injection shim;
-#   5. with libjpeg and libz both hidden (Python's own zlib module and pip need libz, so
-#      this is a smaller run): import wsiarray and read JPEG and deflate tiles, which must
-#      equal what tifffile + imagecodecs gave outside the namespace.
+#   5. with libjpeg and libz both hidden (numpy, pip and Python's zlib module need libz, so
+#      this is a smaller run): the extension alone decodes JPEG and deflate tiles, which
+#      must equal what tifffile + imagecodecs gave outside the namespace.
 #
-# Usage: tools/check_wheel.sh [pytest args...]   (default: the whole suite, quiet)
+# Usage: tools/check_wheel.sh [pytest args...]   (default: -q, the whole suite and the
+#        installed package's doctests; test paths given, only those, e.g. tests/test_layers.py)
 # Environment: WSIARRAY_WHEEL_DIR  work folder (default: a new temporary one); the repaired
 #              wheel is left in $WSIARRAY_WHEEL_DIR/wheelhouse.
 # Needs: Linux, unshare (util-linux), root or unprivileged user namespaces, a C++17
@@ -30,8 +31,14 @@ work=${WSIARRAY_WHEEL_DIR:-$(mktemp -d)}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 python=${PYTHON:-python3}
-pytest_args=("$@")
-[ ${#pytest_args[@]} -gt 0 ] || pytest_args=(-q)
+# pytest's arguments; by default the whole suite and the installed package's doctests
+pytest_args=()
+paths=0
+for arg in "$@"; do
+  case "$arg" in tests | tests/*) paths=1 ;; esac
+  pytest_args+=("$arg")
+done
+[ $# -gt 0 ] || pytest_args=(-q)
 
 say() { printf '\n== %s\n' "$*"; }
 die() { printf 'check_wheel: %s\n' "$*" >&2; exit 1; }
@@ -125,6 +132,7 @@ rm -rf "$tree" && mkdir -p "$tree"
 cp -r "$repo/tests" "$repo/conftest.py" "$repo/pyproject.toml" "$tree/"
 [ -e "$work/shared" ] || [ ! -d "$repo/../shared" ] || ln -s "$(cd "$repo/../shared" && pwd)" "$work/shared"
 site=$("$venv_python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+[ $paths -eq 1 ] || pytest_args+=(tests "$site/wsiarray")
 
 say "4. the test-suite from the installed wheel, system libjpeg hidden"
 start=$SECONDS
@@ -136,17 +144,23 @@ hidden "${jpeg_files[@]}" -- bash -euo pipefail -c '
   fi
   "$python" -c "import wsiarray, sys; print(\"testing\", wsiarray.__file__); sys.exit(\"site-packages\" not in wsiarray.__file__)"
   exec "$python" -m pytest -p no:cacheprovider --rootdir "$PWD" -c "$PWD/pyproject.toml" "$@"' \
-  tests "$venv_python" tests "$site/wsiarray" "${pytest_args[@]}"
+  tests "$venv_python" "${pytest_args[@]}"
 echo "test-suite: $((SECONDS - start)) s"
 
-say "5. libjpeg and libz both hidden: import, JPEG and deflate reads"
-# The files and the expected pixels are made outside the namespace, with tifffile + imagecodecs.
+say "5. libjpeg and libz both hidden: the engine alone decodes JPEG and deflate tiles"
+# numpy cannot load without libz (its bundled libgfortran needs it), nor can Python's zlib
+# module, so this step loads the extension by itself (python -S, no numpy, buffers from
+# the standard library). The files, their tile tables (wsiarray's format layer) and the
+# expected pixels (tifffile + imagecodecs) are made outside the namespace.
 "$venv_python" - "$work" <<'EOF'
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from wsiarray.formats import read_slide_info
 
 work = Path(sys.argv[1])
 rng = np.random.default_rng(0)
@@ -155,34 +169,59 @@ image[::7] = 40  # something for deflate to compress
 for name, compression in (("jpeg", "jpeg"), ("deflate", "zlib")):
     path = work / f"smoke-{name}.tif"
     tifffile.imwrite(path, image, tile=(128, 128), compression=compression, photometric="rgb")
-    np.save(work / f"smoke-{name}.npy", tifffile.imread(path))
+    (work / f"smoke-{name}.raw").write_bytes(tifffile.imread(path).tobytes())
+    spec = read_slide_info(path).levels[0]
+    assert spec.external_decoder is None, "not a native codec"
+    level = dict(
+        width=spec.width, height=spec.height, tile_width=spec.tile_width, tile_height=spec.tile_height,
+        samples_per_plane=spec.samples_per_plane, bytes_per_sample=spec.dtype.itemsize,
+        codec=int(spec.codec), byteswap=spec.byteswap, predictor=spec.predictor,
+        jpeg_tables=spec.jpeg_tables.hex(), jpeg_in=int(spec.jpeg_colorspace),
+        jpeg_out=int(spec.jpeg_out_colorspace), shape=list(spec.offsets.shape),
+        offsets=spec.offsets.ravel().tolist(), bytecounts=spec.bytecounts.ravel().tolist(),
+        page_index=spec.page_index, compression=spec.compression, strips=spec.strips,
+    )
+    (work / f"smoke-{name}.json").write_text(json.dumps(level))
 EOF
-hidden "${jpeg_files[@]}" "${zlib_files[@]}" -- "$venv_python" - "$work" <<'EOF'
+extension=$(ls "$site"/wsiarray/_native/_engine*.so)
+hidden "${jpeg_files[@]}" "${zlib_files[@]}" -- "$venv_python" -S - "$work" "$extension" <<'EOF'
+import array
 import ctypes
+import importlib.machinery
+import importlib.util
+import json
 import sys
 from pathlib import Path
 
+work, extension = Path(sys.argv[1]), sys.argv[2]
 for lib in ("libjpeg.so.62", "libz.so.1"):
     try:
         ctypes.CDLL(lib)
     except OSError:
         continue
     sys.exit(f"{lib} is still loadable")
-try:
-    import zlib  # noqa: F401
-except ImportError:
-    print("Python's zlib module cannot load here, as intended")
+loader = importlib.machinery.ExtensionFileLoader("_engine", extension)
+engine = importlib.util.module_from_spec(importlib.util.spec_from_file_location("_engine", extension, loader=loader))
+loader.exec_module(engine)
 
-import numpy as np
-import wsiarray
 
-work = Path(sys.argv[1])
+def table(values, shape):
+    return memoryview(array.array("Q", values)).cast("B").cast("Q", shape)
+
+
 for name in ("jpeg", "deflate"):
-    with wsiarray.open(work / f"smoke-{name}.tif") as slide:
-        # the engine's own decoder (libjpeg-turbo, zlib inside the wheel), not imagecodecs
-        assert slide.levels[0].native_codec, slide.levels[0].compression
-        got = slide.read_region((0, 0), slide.level_dimensions[0])
-    np.testing.assert_array_equal(got, np.load(work / f"smoke-{name}.npy"))
-    print(f"{name}: {got.shape} equal to tifffile + imagecodecs")
+    level = json.loads((work / f"smoke-{name}.json").read_text())
+    shape = level.pop("shape")
+    reader = engine.Reader(str(work / f"smoke-{name}.tif"))
+    reader.add_level(
+        **{**level, "jpeg_tables": bytes.fromhex(level["jpeg_tables"]),
+           "offsets": table(level["offsets"], shape), "bytecounts": table(level["bytecounts"], shape)},
+        external=None,
+    )
+    h, w = level["height"], level["width"]
+    out = bytearray(h * w * 3)
+    reader.read_region(0, 0, 0, memoryview(out).cast("B", (h, w, 3)), b"\0\0\0")
+    assert bytes(out) == (work / f"smoke-{name}.raw").read_bytes(), f"{name}: pixels differ"
+    print(f"{name}: {w}x{h} decoded by the engine, equal to tifffile + imagecodecs")
 EOF
 say "wheel checked: $wheel"
