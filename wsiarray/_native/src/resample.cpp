@@ -416,6 +416,7 @@ void read_resampled(const std::vector<ResampleRequest>& requests, const uint8_t*
   std::vector<Geometry> geometry;
   geometry.reserve(requests.size());
   std::vector<Band> bands;
+  std::vector<RegionRequest> direct;
   for (size_t q = 0; q < requests.size(); ++q) {
     const ResampleRequest& r = requests[q];
     if (r.reader == nullptr) fail("resampled read without a reader");
@@ -428,6 +429,21 @@ void read_resampled(const std::vector<ResampleRequest>& requests, const uint8_t*
     geometry.push_back(make_geometry(r, dct));
     const Geometry& g = geometry.back();
     if (r.width == 0 || r.height == 0) continue;
+    if (g.fx == 1.0 && g.fy == 1.0 && g.x == std::floor(g.x) && g.y == std::floor(g.y)) {
+      // A rest of exactly 1 at a whole position (a DCT scale that is the
+      // whole factor, on the block grid or snapped onto it) averages one
+      // pixel per output pixel with weight 1: the scaled level's pixels are
+      // the output, decoded straight into it (no scratch, no pass over it).
+      RegionRequest read;
+      read.reader = r.reader;
+      read.level = r.level;
+      read.region = Region{int64_t(g.x), int64_t(g.y), r.width, r.height};
+      read.out = r.out;
+      read.pitch = r.pitch;
+      read.scale = g.scale;
+      direct.push_back(read);
+      continue;
+    }
     // Bands of output rows whose level rows fit kBandBytes (at least one row).
     const size_t row_bytes = size_t(g.sw) * g.pixel_bytes;
     const double rows_fit = double(kBandBytes / row_bytes);
@@ -446,6 +462,7 @@ void read_resampled(const std::vector<ResampleRequest>& requests, const uint8_t*
       bands.push_back(band);
     }
   }
+  if (!direct.empty()) read_regions(direct, fill, fill_bytes, workers);
   const AverageFn average = average_fn(type);
   GroupScratch& scratch = group_scratch();
   for (size_t b0 = 0; b0 < bands.size();) {
