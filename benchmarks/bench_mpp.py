@@ -5,22 +5,32 @@ benchmark slide (:func:`benchmarks.synthetic.benchmark_slide_path`: levels at 1x
 16x, 0.25 um/px), each wholly inside the image, with 1 and 2 workers, no tile cache:
 
 - ``wsiarray mpp (dct)``: ``slide.read_region(locations, size, mpp=m, batch_size=32,
-  num_workers=n)``: JPEG tiles decoded at 1/2..1/8 by libjpeg, the rest area-averaged;
+  num_workers=n)``: JPEG tiles decoded at 1/2..1/8 by libjpeg where the request lies on
+  the DCT block grid (or the factor is 4 blocks or more), the rest area-averaged;
+- ``wsiarray mpp (snap)``: the same with ``dct="snap"``: patches moved onto the block grid
+  (by at most half an output pixel) and all decoded at 1/2;
 - ``wsiarray mpp (plain)``: the same with ``dct=False`` (full decode, area average);
 - ``wsiarray + cv2``: per patch, ``read_region`` of the finest level no coarser than the
   target (the footprint, rounded up), then ``cv2.resize(..., INTER_AREA)``, on an
   ``n``-thread pool (both release the GIL; OpenCV's own threads set to 1);
-- ``openslide + PIL``: the same with ``OpenSlide.read_region`` (tile cache off) and
-  ``Image.resize(size, Image.BOX)`` (PIL's area average), on an ``n``-thread pool.
+- ``openslide + cv2`` and ``tiffslide + cv2``: what a user does without wsiarray: the same
+  level region from ``OpenSlide.read_region`` (tile cache off; RGBA, alpha dropped) or
+  ``tiffslide.TiffSlide.read_region(..., as_array=True)``, then the same ``cv2.resize``;
+- ``openslide + PIL``: ``OpenSlide.read_region`` and ``Image.resize(size, Image.BOX)``
+  (PIL's area average), on an ``n``-thread pool.
 
-Contenders run round-robin, the starting one rotating, for ``--repeats`` rounds; the
-table reports the median time per run, patches per second, and each contender's time
-over ``wsiarray mpp (dct)``'s (the ratio: how many times slower).
+Contenders run round-robin, the starting one rotating, for ``--repeats`` rounds (and
+``--chunks`` parts of the patches per round, see :func:`run`); the table reports the
+median time per run, patches per second, each contender's time over ``wsiarray mpp
+(dct)``'s (how many times slower) and ``wsiarray + cv2``'s time over the contender's
+(how many times faster than read-and-resize).
 
 Example::
 
     python -m benchmarks.bench_mpp                         # 2,000 patches, 3 rounds
+    python -m benchmarks.bench_mpp --repeats 1 --chunks 4  # 2,000 patches in 4 interleaved parts
     python -m benchmarks.bench_mpp --patches 300 --repeats 3
+    python -m benchmarks.bench_mpp --only "wsiarray mpp (dct)" "wsiarray + cv2"
 """
 
 from __future__ import annotations
@@ -74,7 +84,7 @@ def _contenders(path: str, factor: float, size: int, workers: int,
     source = math.ceil(size * factor / downsample)
     out: dict[str, Callable[[], None]] = {}
 
-    def batches(dct: bool) -> Callable[[], None]:
+    def batches(dct: bool | str) -> Callable[[], None]:
         def run() -> None:
             for _ in slide.read_region(locations, (size, size), mpp=mpp, dct=dct, batch_size=32,
                                        num_workers=workers):
@@ -82,6 +92,7 @@ def _contenders(path: str, factor: float, size: int, workers: int,
         return run
 
     out["wsiarray mpp (dct)"] = batches(True)
+    out["wsiarray mpp (snap)"] = batches("snap")
     out["wsiarray mpp (plain)"] = batches(False)
     try:
         import cv2
@@ -94,7 +105,7 @@ def _contenders(path: str, factor: float, size: int, workers: int,
 
         out["wsiarray + cv2"] = _threaded(cv_patch, locations, workers)
     except ImportError:
-        print("opencv-python-headless is not installed: skipping wsiarray + cv2")
+        print("opencv-python-headless is not installed: skipping the cv2 contenders")
     try:
         import openslide
         from PIL import Image
@@ -102,6 +113,13 @@ def _contenders(path: str, factor: float, size: int, workers: int,
         osr = openslide.OpenSlide(path)
         if hasattr(osr, "set_cache"):
             osr.set_cache(openslide.OpenSlideCache(0))
+        if "wsiarray + cv2" in out:
+
+            def os_cv_patch(xy: np.ndarray) -> np.ndarray:
+                region = np.asarray(osr.read_region((int(xy[0]), int(xy[1])), level, (source, source)))
+                return cv2.resize(region[..., :3], (size, size), interpolation=cv2.INTER_AREA)
+
+            out["openslide + cv2"] = _threaded(os_cv_patch, locations, workers)
 
         def os_patch(xy: np.ndarray) -> np.ndarray:
             image = osr.read_region((int(xy[0]), int(xy[1])), level, (source, source)).convert("RGB")
@@ -110,36 +128,71 @@ def _contenders(path: str, factor: float, size: int, workers: int,
         out["openslide + PIL"] = _threaded(os_patch, locations, workers)
     except ImportError:
         print("openslide-python is not installed: skipping openslide + PIL")
+    try:
+        import tiffslide
+
+        if "wsiarray + cv2" in out:
+            tsl = tiffslide.TiffSlide(path)
+
+            def ts_cv_patch(xy: np.ndarray) -> np.ndarray:
+                region = tsl.read_region((int(xy[0]), int(xy[1])), level, (source, source), as_array=True)
+                return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
+
+            out["tiffslide + cv2"] = _threaded(ts_cv_patch, locations, workers)
+    except ImportError:
+        print("tiffslide is not installed: skipping tiffslide + cv2")
     return out
 
 
-def run(path: str, patches: int, size: int, repeats: int, threads: list[int], seed: int) -> str:
+def _ratio(times: dict[str, list[list[float]]], a: str, b: str) -> float:
+    """The median over every round and part of ``a``'s time over ``b``'s."""
+    return statistics.median(x / y for ra, rb in zip(times[a], times[b], strict=True)
+                             for x, y in zip(ra, rb, strict=True))
+
+
+def run(path: str, patches: int, size: int, repeats: int, threads: list[int], seed: int,
+        only: list[str] | None = None, chunks: int = 1) -> str:
     """Time every contender and return the Markdown table.
+
+    The patches are split into ``chunks`` parts; each round times every contender on one
+    part after the other (the starting contender rotating), so slow drifts of a shared
+    machine hit all contenders alike. A run's time is the sum over the parts; ratios are
+    medians of the per-part ratios.
 
     Example::
 
         >>> print(run(benchmark_slide_path(), 50, 512, 1, [1], 0))  # doctest: +SKIP
     """
     slide = wsiarray.open(path)
-    rows = ["| target | workers | contender | median s | patches/s | x wsiarray mpp (dct) |",
-            "|---|---|---|---|---|---|"]
+    base_name, peer = "wsiarray mpp (dct)", "wsiarray + cv2"
+    rows = [f"| target | workers | contender | median s | patches/s | x {base_name} | {peer} / this |",
+            "|---|---|---|---|---|---|---|"]
     for factor in FACTORS:
         locations = _locations(slide.level_dimensions[0], math.ceil(size * factor) + 1, patches, seed)
+        parts = np.array_split(locations, max(1, chunks))
         for workers in threads:
-            contenders = _contenders(path, factor, size, workers, locations)
-            names = list(contenders)
-            times: dict[str, list[float]] = {name: [] for name in names}
-            for round_ in range(repeats):
-                order = names[round_ % len(names):] + names[:round_ % len(names)]
-                for name in order:
-                    start = time.perf_counter()
-                    contenders[name]()
-                    times[name].append(time.perf_counter() - start)
-            base = statistics.median(times[names[0]])
+            runs = [_contenders(path, factor, size, workers, part) for part in parts]
+            names = [n for n in runs[0] if only is None or n in only or n == base_name]
+            # times[name][round][part]
+            times: dict[str, list[list[float]]] = {name: [] for name in names}
+            step = 0
+            for _ in range(repeats):
+                for name in names:
+                    times[name].append([])
+                for contenders in runs:
+                    order = names[step % len(names):] + names[:step % len(names)]
+                    step += 1
+                    for name in order:
+                        start = time.perf_counter()
+                        contenders[name]()
+                        times[name][-1].append(time.perf_counter() - start)
+
             for name in names:
-                median = statistics.median(times[name])
+                median = statistics.median(sum(r) for r in times[name])
+                vs_peer = f"{_ratio(times, peer, name):.2f}" if peer in times else "n/a"
                 rows.append(f"| {factor:g}x ({slide.mpp[0] * factor:g} um/px) | {workers} | {name} | "
-                            f"{median:.2f} | {patches / median:.0f} | {median / base:.2f} |")
+                            f"{median:.2f} | {patches / median:.0f} | {_ratio(times, name, base_name):.2f} | "
+                            f"{vs_peer} |")
     return "\n".join(rows)
 
 
@@ -153,9 +206,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunks", type=int, default=1,
+                        help="split the patches into this many parts, interleaved (see run)")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="contenders to run (wsiarray mpp (dct), the base of the ratios, always runs)")
     args = parser.parse_args(argv)
     path = args.slide or str(benchmark_slide_path())
-    print(run(path, args.patches, args.size, args.repeats, args.threads, args.seed))
+    print(run(path, args.patches, args.size, args.repeats, args.threads, args.seed, args.only, args.chunks),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ Runs each measurement in a fresh subprocess per build and round (old, new, old,
 new, ...), so two builds of wsiarray never share a process, and reports the
 median of per-round ratios new/old (below 1: the new build is faster). The
 operations are the core of ``bench_read_level`` (whole level 0), ``bench_batch``
-(2,000 random 224-px patches in batches of 32) and ``bench_cache`` (an
-unaligned 256-px patch scan of 16 tile rows through a ``per_process`` cache).
+(2,000 random 224-px patches in batches of 32), ``bench_cache`` (an
+unaligned 256-px patch scan of 16 tile rows through a ``per_process`` cache) and
+``bench_mpp`` (``--patches`` random 512-px patches at 2x and 8x the level-0 pixel size,
+``read_region(mpp=)`` with its defaults, batches of 32).
 
 The "before" build is a directory holding an installed wsiarray package
 (``pip install --no-deps --target DIR wheel``); the editable install's import
@@ -59,6 +61,28 @@ for batch in slide.read_region(locations, (224, 224), 0, batch_size=32, num_work
     pass
 seconds = time.perf_counter() - t
 """,
+    "mpp-2x": """
+slide = wsiarray.open(path)
+w, h = slide.level_dimensions[0]
+rng = np.random.default_rng(0)
+locations = np.stack([rng.integers(0, w - 1025, patches), rng.integers(0, h - 1025, patches)], axis=1)
+t = time.perf_counter()
+mpp = 2 * slide.mpp[0]
+for batch in slide.read_region(locations, (512, 512), mpp=mpp, batch_size=32, num_workers=workers):
+    pass
+seconds = time.perf_counter() - t
+""",
+    "mpp-8x": """
+slide = wsiarray.open(path)
+w, h = slide.level_dimensions[0]
+rng = np.random.default_rng(0)
+locations = np.stack([rng.integers(0, w - 4097, patches), rng.integers(0, h - 4097, patches)], axis=1)
+t = time.perf_counter()
+mpp = 8 * slide.mpp[0]
+for batch in slide.read_region(locations, (512, 512), mpp=mpp, batch_size=32, num_workers=workers):
+    pass
+seconds = time.perf_counter() - t
+""",
     "cache-scan": """
 wsiarray.cache("per_process", memory_capacity=1024)
 slide = wsiarray.open(path)
@@ -72,8 +96,9 @@ seconds = time.perf_counter() - t
 }
 
 
-def measure(before: str, op: str, path: str, workers: int) -> float:
-    code = _PRELUDE.format(before=before) + f"path = {path!r}\nworkers = {workers}\n" + _OPS[op] + \
+def measure(before: str, op: str, path: str, workers: int, patches: int = 2000) -> float:
+    code = _PRELUDE.format(before=before) + f"path = {path!r}\nworkers = {workers}\npatches = {patches}\n" + \
+        _OPS[op] + \
         "print(json.dumps({'seconds': seconds, 'file': wsiarray.__file__}))\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd="/tmp")
@@ -89,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slide", type=Path)
     parser.add_argument("--ops", nargs="+", choices=list(_OPS), default=list(_OPS))
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--patches", type=int, default=2000, help="patches of the mpp-* operations")
     args = parser.parse_args(argv)
     path = str(args.slide or benchmark_slide_path())
     rows = []
@@ -96,8 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         for workers in args.workers:
             old, new = [], []
             for _ in range(args.rounds):
-                old.append(measure(args.before, op, path, workers))
-                new.append(measure(args.after, op, path, workers))
+                old.append(measure(args.before, op, path, workers, args.patches))
+                new.append(measure(args.after, op, path, workers, args.patches))
             ratios = [n / o for n, o in zip(new, old, strict=True)]
             rows.append((op, workers, statistics.median(old), statistics.median(new),
                          statistics.median(ratios), min(ratios), max(ratios)))

@@ -149,6 +149,31 @@ def test_dct_scale_is_used_and_accurate_on_large_regions(jpeg_one_level: str) ->
             assert (scale == 1) == np.array_equal(got, slide.read_region(xy, size, mpp=mpp, dct=False))
 
 
+def test_snap_moves_onto_the_block_grid_by_at_most_half_an_output_pixel(jpeg_one_level: str) -> None:
+    with wsiarray.open(jpeg_one_level) as slide:
+        # (mpp, location, scale, the location on the grid): factors that are whole blocks
+        # snap; 3 (mpp 0.75) is not a multiple of 2 and < 4 x 2, so it decodes in full.
+        cases = [(0.5, (5, 7), 2, (6, 8)), (0.5, (8, 16), 2, (8, 16)), (0.75, (5, 7), 1, (5, 7)),
+                 (1.0, (5, 7), 4, (4, 8)), (2.0, (5, 7), 8, (8, 8)), (2.0, (13, 3), 8, (16, 0))]
+        for mpp, xy, scale, snapped in cases:
+            f = mpp / 0.25
+            assert wsiarray._native.dct_scale(_reader(slide), 0, *xy, f, f, 2) == scale
+            assert max(abs(a - b) for a, b in zip(xy, snapped, strict=True)) <= f / 2
+            size = (int(1000 / f), int(740 / f))
+            got = slide.read_region(xy, size, mpp=mpp, dct="snap")
+            np.testing.assert_array_equal(got, slide.read_region(snapped, size, mpp=mpp, dct=True))
+            assert psnr(got, area_reference(slide, 0, *snapped, f, f, size)) >= MIN_PSNR_DB, mpp
+        # Level coordinates are fractional when the source is a coarser level.
+        reader = _reader(slide)
+        where = np.array([[0, 0]], np.int64)
+        out = {}
+        for dct, coords in ((2, (5.3, 7.8, 2.0, 2.0)), (1, (6.0, 8.0, 2.0, 2.0))):
+            out[dct] = np.empty((1, 50, 60, 3), np.uint8)
+            wsiarray._native.read_resampled([reader], where, np.array([coords]), out[dct], b"\0\0\0", "u1",
+                                            dct)
+        np.testing.assert_array_equal(out[2], out[1])
+
+
 def _reader(slide: wsiarray.Slide) -> object:
     return wsiarray.file_handles().acquire(slide.path, slide.identity).native
 
@@ -171,7 +196,7 @@ def test_batches_equal_single_reads(lossless: str, jpeg_one_level: str) -> None:
         with wsiarray.open(path) as slide:
             locations = rng.integers(-50, 600, (7, 2))
             for mpp in (0.7, 1.0, 1.6):
-                for dct in (True, False):
+                for dct in (True, False, "snap"):
                     singles = np.stack([slide.read_region((int(x), int(y)), (33, 21), mpp=mpp, dct=dct)
                                         for x, y in locations])
                     batches = list(slide.read_region(locations, (33, 21), mpp=mpp, dct=dct, batch_size=3,

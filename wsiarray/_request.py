@@ -66,10 +66,12 @@ __all__ = [
     "DEVICES",
     "LIMIT_ENV",
     "MPP_TOLERANCE",
+    "DctLike",
     "FillLike",
     "MppLike",
     "MppTarget",
     "check_request_size",
+    "dct_code",
     "icc_mode",
     "mpp_target",
     "parse_apply_icc",
@@ -484,16 +486,36 @@ def parse_mpp(mpp: Any) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def parse_dct(dct: Any) -> bool:
-    """``dct=``: a bool (decode JPEG tiles smaller with libjpeg's DCT scaling when it helps).
+#: What ``dct=`` accepts: True, False or ``"snap"``.
+DctLike = bool | str
+
+
+def parse_dct(dct: Any) -> DctLike:
+    """``dct=``: True, False or ``"snap"`` (decode JPEG tiles smaller with libjpeg's DCT scaling).
+
+    True scales when the request lies on the DCT block grid or the factor is at least
+    4 blocks; ``"snap"`` also moves a request whose factors are whole blocks onto the
+    grid, by at most half an output pixel; False decodes at full size.
 
     Example:
-        >>> parse_dct(False)
-        False
+        >>> parse_dct(False), parse_dct("snap")
+        (False, 'snap')
     """
+    if isinstance(dct, str) and dct == "snap":
+        return "snap"
     if not isinstance(dct, (bool, np.bool_)):
-        raise ArgumentError(f"dct must be True or False, got {dct!r}")
+        raise ArgumentError(f"dct must be True, False or 'snap', got {dct!r}")
     return bool(dct)
+
+
+def dct_code(dct: DctLike) -> int:
+    """The native resampler's code of a parsed ``dct``: 0 off, 1 on, 2 snap.
+
+    Example:
+        >>> dct_code(True), dct_code("snap")
+        (1, 2)
+    """
+    return 2 if dct == "snap" else int(bool(dct))
 
 
 @dataclasses.dataclass(frozen=True)

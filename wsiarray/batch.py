@@ -33,7 +33,7 @@ from ._handles import manager
 from ._icc import SrgbTransform, apply_srgb
 from ._memory import empty_output
 from ._reader import FileIdentity
-from ._request import check_request_size
+from ._request import DctLike, check_request_size, dct_code
 from ._threads import LazyPool
 
 __all__ = ["BatchIterator"]
@@ -72,7 +72,7 @@ class BatchIterator(Iterator[np.ndarray]):
         seed: int,
         transforms: Sequence[SrgbTransform | None] | None = None,
         resample: np.ndarray | None = None,
-        dct: bool = True,
+        dct: DctLike = True,
     ) -> None:
         # Arguments arrive parsed by the request layer (wsiarray._request),
         # which also refuses a batch too large to allocate, before any is.
@@ -158,7 +158,7 @@ class BatchIterator(Iterator[np.ndarray]):
             _native.read_batch(readers, where, pixels, self._fill, self._workers)
         else:
             _native.read_resampled(readers, np.ascontiguousarray(where[:, :2]), coords, pixels, self._fill,
-                                   np.dtype(self._dtype).str[1:], self._dct, self._workers)
+                                   np.dtype(self._dtype).str[1:], dct_code(self._dct), self._workers)
 
     def __next__(self) -> np.ndarray:
         if self._next >= self._batches:

@@ -35,7 +35,7 @@ import dask.array as da
 import numpy as np
 
 from ._chunks import DEFAULT_CHUNK_PIXELS, Chunks3, ChunksLike, level_chunks, mpp_chunk_shape
-from ._request import MppLike, mpp_target, parse_apply_icc, parse_dct, parse_device, parse_level
+from ._request import DctLike, MppLike, mpp_target, parse_apply_icc, parse_dct, parse_device, parse_level
 from .slide import DEFAULT_LEVEL, Slide
 
 __all__ = [
@@ -80,7 +80,7 @@ def array_name(slide: Slide, level: int, chunks: Chunks3, device: str = "cpu",
     return "wsiarray-read-" + hashlib.sha1(token.encode(), usedforsecurity=False).hexdigest()
 
 
-def _read_mpp_block(slide: Slide, mpp: tuple[float, float], dct: bool, apply_icc: bool,
+def _read_mpp_block(slide: Slide, mpp: tuple[float, float], dct: DctLike, apply_icc: bool,
                     block_info: dict[Any, Any] | None = None) -> np.ndarray:
     """Task body of an ``mpp=`` array: this block's output pixels of the virtual level."""
     assert block_info is not None
@@ -111,7 +111,7 @@ def mpp_chunks(slide: Slide, mpp: MppLike, chunks: ChunksLike = None) -> Chunks3
 
 
 def to_dask(slide: Slide, level: int = DEFAULT_LEVEL, chunks: ChunksLike = None, device: str = "cpu",
-            apply_icc: bool | None = None, *, mpp: MppLike = None, dct: bool = True) -> da.Array:
+            apply_icc: bool | None = None, *, mpp: MppLike = None, dct: DctLike = True) -> da.Array:
     """Level ``level`` of ``slide`` as a lazy ``(height, width, channels)`` dask array.
 
     Chunks are whole multiples of the tile grid (see :func:`level_chunks` for what

@@ -22,10 +22,12 @@ from ._icc import SrgbTransform, apply_srgb, srgb_transform
 from ._memory import empty_output
 from ._reader import FileIdentity, Level, OpenedSlide
 from ._request import (
+    DctLike,
     FillLike,
     MppLike,
     MppTarget,
     check_request_size,
+    dct_code,
     icc_mode,
     mpp_target,
     parse_apply_icc,
@@ -325,14 +327,14 @@ class Slide:
     def read_region(
         self, location: Location, size: tuple[int, int], level: int = DEFAULT_LEVEL, *, fill: FillLike = None,
         num_workers: int = 0, device: str = "cpu", apply_icc: bool | None = None, mpp: MppLike = None,
-        dct: bool = True,
+        dct: DctLike = True,
     ) -> np.ndarray: ...
 
     @overload
     def read_region(
         self, location: None = None, size: None = None, level: int = DEFAULT_LEVEL, *, fill: FillLike = None,
         num_workers: int = 0, device: str = "cpu", apply_icc: bool | None = None, mpp: MppLike = None,
-        dct: bool = True,
+        dct: DctLike = True,
     ) -> np.ndarray: ...
 
     @overload
@@ -341,7 +343,7 @@ class Slide:
         fill: FillLike = None,
         num_workers: int = 0, batch_size: int = 1, drop_last: bool = False, prefetch_factor: int = 2,
         shuffle: bool = False, seed: int = 0, device: str = "cpu", apply_icc: bool | None = None,
-        mpp: MppLike = None, dct: bool = True,
+        mpp: MppLike = None, dct: DctLike = True,
     ) -> BatchIterator: ...
 
     def read_region(
@@ -360,7 +362,7 @@ class Slide:
         device: str = "cpu",
         apply_icc: bool | None = None,
         mpp: MppLike = None,
-        dct: bool = True,
+        dct: DctLike = True,
     ) -> np.ndarray | BatchIterator:
         """Read ``size`` pixels of ``level`` at level-0 ``location``: one region, many, or the level.
 
@@ -391,7 +393,9 @@ class Slide:
         read from the coarsest level no coarser than the target and downsampled the
         rest of the way (a level of exactly that pixel size is read directly). With
         ``dct=True`` JPEG tiles are decoded at 1/2, 1/4 or 1/8 size by libjpeg when
-        the rest is a factor of 2 or more (faster, slightly less exact); see
+        the rest is a factor of 2 or more (faster, slightly less exact); ``dct="snap"``
+        also moves a region off the DCT block grid onto it (by at most half an output
+        pixel) so that it can be decoded smaller; see
         ``docs/architecture.md``, "Reads at a target resolution". No location and
         no size reads the whole slide at ``mpp``.
 
@@ -507,7 +511,7 @@ class Slide:
         location: tuple[int, int],
         size: tuple[int, int],
         *,
-        dct: bool = True,
+        dct: DctLike = True,
         fill: FillLike = None,
         num_workers: int = 0,
         out: np.ndarray | None = None,
@@ -539,7 +543,7 @@ class Slide:
                              transform)
 
     def _read_at(self, opened: OpenedSlide, target: MppTarget, x: float, y: float, size: tuple[int, int],
-                 fill: FillLike, workers: int, dct: bool, out: np.ndarray | None,
+                 fill: FillLike, workers: int, dct: DctLike, out: np.ndarray | None,
                  transform: SrgbTransform | None) -> np.ndarray:
         """The one resampled read: output pixels from ``(x, y)`` (level pixels) of ``target``'s level."""
         width, height = size
@@ -550,7 +554,7 @@ class Slide:
             coords = np.array([[x, y, target.factor[0], target.factor[1]]], np.float64)
             pixels = out.view(np.uint8).reshape(1, height, width, -1)
             _native.read_resampled([opened.native], where, coords, pixels, fill_bytes, opened.dtype.str[1:],
-                                   dct, workers)
+                                   dct_code(dct), workers)
             if transform is not None:
                 apply_srgb(out, transform, workers)
         return out
@@ -605,7 +609,8 @@ class Slide:
     # -- arrays (dask, xarray, OME-Zarr); imported on use so `import wsiarray` stays light --
 
     def to_dask(self, level: int = DEFAULT_LEVEL, chunks: Any = None, device: str = "cpu",
-                apply_icc: bool | None = None, *, mpp: MppLike = None, dct: bool = True) -> dask.array.Array:
+                apply_icc: bool | None = None, *, mpp: MppLike = None,
+                dct: DctLike = True) -> dask.array.Array:
         """Level ``level`` as a lazy, tile-aligned ``dask.array.Array`` of shape ``(h, w, c)``.
 
         See :func:`wsiarray.dask.to_dask` for ``chunks`` (default about 2048 px),
@@ -778,7 +783,7 @@ def read_regions(
     seed: int = 0,
     apply_icc: bool | None = None,
     mpp: MppLike = None,
-    dct: bool = True,
+    dct: DctLike = True,
 ) -> BatchIterator:
     """Patches from many slides in one stream: ``items`` are ``(slide_or_path, (x, y))``.
 

@@ -45,7 +45,7 @@ from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
 from ._chunks import ChunksLike, level_chunks, mpp_chunk_shape
-from ._request import MppLike, mpp_target, parse_apply_icc, parse_dct, parse_level, parse_mpp
+from ._request import DctLike, MppLike, mpp_target, parse_apply_icc, parse_dct, parse_level, parse_mpp
 from .errors import ArgumentError, WSIError
 from .slide import DEFAULT_LEVEL, Slide
 
@@ -80,7 +80,7 @@ class WsiarrayBackendArray(BackendArray):
     """
 
     def __init__(self, slide: Slide, level: int, mpp: tuple[float, float] | None = None,
-                 dct: bool = True) -> None:
+                 dct: DctLike = True) -> None:
         self.slide = copy.copy(slide)  # pickles as a recipe, without opening the file
         self.level = level
         self.mpp = mpp  # a virtual level at this pixel size (read_mpp_region), not ``level``
@@ -187,7 +187,7 @@ def _level_dataset(slide: Slide, level: int, data: Any, attrs: dict[str, Any]) -
     return xr.Dataset({VARIABLE: image}, coords=level_coords(slide, level), attrs=attrs)
 
 
-def _mpp_dataset(slide: Slide, mpp: MppLike, dct: bool, attrs: dict[str, Any]) -> xr.Dataset:
+def _mpp_dataset(slide: Slide, mpp: MppLike, dct: DctLike, attrs: dict[str, Any]) -> xr.Dataset:
     """The slide at pixel size ``mpp`` as a virtual level: lazily read with ``read_mpp_region``."""
     target = mpp_target(mpp, slide.mpp, slide.level_dimensions)
     mpp_x, mpp_y = parse_mpp(mpp)
@@ -322,7 +322,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
         fill: Any = None,
         apply_icc: bool | None = None,
         mpp: MppLike = None,
-        dct: bool = True,
+        dct: DctLike = True,
     ) -> xr.Dataset:
         """One level as a Dataset with variable ``image``; attrs hold the slide's metadata.
 

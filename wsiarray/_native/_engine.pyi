@@ -205,14 +205,15 @@ def read_batch(readers: Sequence[Reader], where: npt.NDArray[np.int64], out: U8,
     ``(reader index, level, x, y)`` in level pixels. Threads are shared by all regions."""
 
 def read_resampled(readers: Sequence[Reader], where: npt.NDArray[np.int64], coords: npt.NDArray[np.float64],
-                   out: U8, fill: bytes, sample: str, dct: bool = True, workers: int = 1) -> None:
+                   out: U8, fill: bytes, sample: str, dct: int = 1, workers: int = 1) -> None:
     """Reads N regions at a target resolution into ``out`` (N, h, w, pixel_bytes): ``where[i]``
     is ``(reader index, level)``, ``coords[i]`` ``(x, y, fx, fy)``: output pixel (i, j) is the
     area average of level pixels ``[x + i fx, x + (i + 1) fx) x [y + j fy, y + (j + 1) fy)``
     (fill outside the image), rounded half up; ``sample`` is the numpy dtype code ("u1", "u2",
-    "f4", ...). With ``dct``, JPEG tiles are decoded at 1/2..1/8 by libjpeg when the factors allow."""
+    "f4", ...). With ``dct`` 1, JPEG tiles are decoded at 1/2..1/8 by libjpeg when the factors allow;
+    2 ("snap") also moves a region whose factors are whole blocks onto the block grid; 0: full size."""
 
-def dct_scale(reader: Reader, level: int, x: float, y: float, fx: float, fy: float, dct: bool = True) -> int:
+def dct_scale(reader: Reader, level: int, x: float, y: float, fx: float, fy: float, dct: int = 1) -> int:
     """The DCT scale (1, 2, 4 or 8) ``read_resampled`` decodes the level's tiles at for a request at
     ``(x, y)`` with these factors: at most the factors on the grid of its blocks, else at most a quarter."""
 

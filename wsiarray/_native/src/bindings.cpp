@@ -110,6 +110,12 @@ std::vector<int64_t> to_vector(const I64Array& a) { return {a.data(), a.data() +
 
 void argument_error(const std::string& message) { throw wsi::Error(wsi::ErrorKind::Argument, message); }
 
+// dct= of the resampler: 0 off, 1 on, 2 snap (wsi::DctMode).
+wsi::DctMode dct_mode(int dct) {
+  if (dct < 0 || dct > 2) argument_error("dct must be 0 (off), 1 (on) or 2 (snap)");
+  return static_cast<wsi::DctMode>(dct);
+}
+
 // A numpy array that owns `values` (moved to the heap), shaped `shape`.
 template <class T>
 nb::object to_numpy(std::vector<T>&& values, std::initializer_list<size_t> shape) {
@@ -457,7 +463,8 @@ NB_MODULE(_engine, m) {
       [](nb::list readers, nb::ndarray<const int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> where,
          nb::ndarray<const double, nb::ndim<2>, nb::c_contig, nb::device::cpu> coords,
          nb::ndarray<uint8_t, nb::ndim<4>, nb::c_contig, nb::device::cpu> out, nb::bytes fill,
-         const std::string& sample, bool dct, size_t workers) {
+         const std::string& sample, int dct, size_t workers) {
+        const wsi::DctMode mode = dct_mode(dct);
         // where[i] = (reader index, level); coords[i] = (x, y, fx, fy) in level
         // pixels (see resample.hpp); out[i] receives region i.
         const size_t n = where.shape(0);
@@ -492,16 +499,16 @@ NB_MODULE(_engine, m) {
         const size_t fill_size = fill.size();
         if (fill_size != px) argument_error("fill value has the wrong pixel size");
         nb::gil_scoped_release release;
-        wsi::read_resampled(requests, fill_bytes, fill_size, type, dct, workers);
+        wsi::read_resampled(requests, fill_bytes, fill_size, type, mode, workers);
       },
-      "readers"_a, "where"_a, "coords"_a, "out"_a, "fill"_a, "sample"_a, "dct"_a = true, "workers"_a = 1,
+      "readers"_a, "where"_a, "coords"_a, "out"_a, "fill"_a, "sample"_a, "dct"_a = 1, "workers"_a = 1,
       "Reads N regions at a target resolution: level pixels area-averaged by fractional factors.");
   m.def(
       "dct_scale",
-      [](const wsi::Reader& r, size_t level, double x, double y, double fx, double fy, bool dct) {
-        return wsi::dct_scale(r.level(level), x, y, fx, fy, dct);
+      [](const wsi::Reader& r, size_t level, double x, double y, double fx, double fy, int dct) {
+        return wsi::dct_scale(r.level(level), x, y, fx, fy, dct_mode(dct));
       },
-      "reader"_a, "level"_a, "x"_a, "y"_a, "fx"_a, "fy"_a, "dct"_a = true,
+      "reader"_a, "level"_a, "x"_a, "y"_a, "fx"_a, "fy"_a, "dct"_a = 1,
       "The DCT scale (1, 2, 4 or 8) read_resampled decodes a level's tiles at for these factors.");
   m.def(
       "cache_configure",

@@ -166,26 +166,28 @@ std::shared_ptr<TileCache> current_cache();
 void set_current_cache(std::shared_ptr<TileCache> cache);
 
 // The cache a request uses, held for the whole request: the current cache,
-// or none ("nocache"), which finds nothing and keeps nothing. The one place
-// that tells the two apart.
+// or none ("nocache"), which finds nothing and keeps nothing but the tiles
+// several regions of one batch share (BatchTiles, when given). The one place
+// that tells them apart (defined in batch_tiles.cpp).
+class BatchTiles;
+
 class RequestCache {
  public:
   RequestCache() : cache_(current_cache()) {}
 
-  bool find(const TileKey& key, size_t size, const Coverage& cover, const TileCache::Use& use) const {
-    return cache_ && cache_->find(key, size, cover, use);
-  }
+  // Without a cache, tiles that several regions of the batch cover are kept
+  // in `batch` for the batch (see batch_tiles.hpp); with one, the cache
+  // keeps them.
+  bool has_cache() const { return cache_ != nullptr; }
+  void share(BatchTiles* batch) { batch_ = cache_ ? nullptr : batch; }
+
+  bool find(const TileKey& key, size_t size, const Coverage& cover, const TileCache::Use& use) const;
   void get(const TileKey& key, const TileLayout& layout, const Coverage& cover, const TileCache::Use& use,
-           const TileCache::Decode& decode) const {
-    if (cache_) {
-      cache_->get(key, layout, cover, use, decode);
-    } else {
-      decode(nullptr, false);
-    }
-  }
+           const TileCache::Decode& decode) const;
 
  private:
   std::shared_ptr<TileCache> cache_;
+  BatchTiles* batch_ = nullptr;
 };
 
 }  // namespace wsi

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "batch_tiles.hpp"
 #include "cache.hpp"
 #include "error.hpp"
 #include "place.hpp"
@@ -29,6 +30,10 @@ uint8_t* grow(std::vector<uint8_t>& buffer, size_t size) {
 }
 
 void fail(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
+
+// At most this much memory holds the tiles several regions of a batch share
+// (BatchTiles); past it, further shared tiles are decoded once per region.
+constexpr size_t kSharedBytes = size_t(256) << 20;
 
 // One request: its plan, and what its threads share read-only.
 class RegionRead {
@@ -64,6 +69,13 @@ class RegionRead {
   }
 
   void fill() const { fill_rects(out_, plan_.fills, fill_); }
+
+  // Appends (key, decoded bytes) of every written tile the plan covers.
+  void tile_uses(std::vector<std::pair<TileKey, size_t>>& uses) const {
+    for (const PlanTile& t : plan_.tiles) {
+      if (t.bytecount > 0) uses.emplace_back(key(t), layout_.bytes());
+    }
+  }
   size_t run_count() const { return plan_.runs.size(); }
 
   static const LevelDesc& source(const LevelDesc& level, size_t layer) {
@@ -358,7 +370,7 @@ void Reader::read_region(size_t level_index, const Region& region, uint8_t* out,
 void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fill, size_t fill_bytes,
                   size_t workers) {
   if (workers == 0) workers = 1;
-  const RequestCache cache;
+  RequestCache cache;
   std::vector<std::unique_ptr<RegionRead>> reads;
   reads.reserve(requests.size());
   // (request, run) pairs: the threads share out every run of every request.
@@ -376,6 +388,13 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
       for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
       reads.push_back(std::move(read));
     }
+  }
+  std::unique_ptr<BatchTiles> shared;
+  if (reads.size() > 1 && !cache.has_cache()) {
+    std::vector<std::pair<TileKey, size_t>> uses;
+    for (const auto& read : reads) read->tile_uses(uses);
+    shared = std::make_unique<BatchTiles>(std::move(uses), kSharedBytes);
+    if (!shared->empty()) cache.share(shared.get());
   }
   parallel_for(runs.size(), workers, [&](size_t i) { reads[runs[i].first]->read_run(runs[i].second); });
 }

@@ -46,15 +46,25 @@ struct ResampleRequest {
   uint32_t height = 0;
 };
 
+// How JPEG levels may be decoded smaller (see dct_scale):
+// - Off: full size;
+// - On: at 1/s when the request lies on the grid of s x s blocks, or the
+//   factors are at least 4 s;
+// - Snap: as On, and a request whose factors are whole multiples of s but
+//   whose position is off the grid is moved to the nearest grid point (by at
+//   most s / 2 level pixels, half an output pixel) and decoded at 1/s.
+enum class DctMode : int { Off = 0, On = 1, Snap = 2 };
+
 // The DCT scale read_resampled uses for a request at (x, y) with factors
 // (fx, fy): 1, 2, 4 or 8, the largest s the level allows with s <= the
-// factors when the request lies on the grid of s x s blocks, else with
-// s <= a quarter of the factors (see resample.cpp).
-uint32_t dct_scale(const LevelDesc& level, double x, double y, double fx, double fy, bool dct);
+// factors when the request lies on the grid of s x s blocks (with Snap:
+// when the factors are whole multiples of s), else with s <= a quarter of
+// the factors (see resample.cpp).
+uint32_t dct_scale(const LevelDesc& level, double x, double y, double fx, double fy, DctMode dct);
 
 // Reads every request with up to `workers` threads (see above). `fill` is
 // one pixel of the (common) pixel size; every level's samples are `type`.
 void read_resampled(const std::vector<ResampleRequest>& requests, const uint8_t* fill, size_t fill_bytes,
-                    SampleType type, bool dct, size_t workers);
+                    SampleType type, DctMode dct, size_t workers);
 
 }  // namespace wsi
