@@ -176,4 +176,7 @@ def _add_level(native: _native.Reader, spec: LevelSpec) -> None:
         page_index=spec.page_index,
         compression=spec.compression,
         strips=spec.strips,
+        dct_scale=spec.dct_scale,
+        stored_width=spec.stored_width,
+        stored_height=spec.stored_height,
     )

@@ -29,6 +29,9 @@ class Codec(enum.IntEnum):
     DEFLATE = 1
     LZW = 2
     JPEG = 3
+    #: The tiles are the restart intervals of one JPEG (Hamamatsu NDPI);
+    #: ``jpeg_tables`` holds that JPEG's header (SOI through SOS).
+    JPEG_RESTART = 4
     #: Decoded by ``LevelSpec.external_decoder`` (imagecodecs via tifffile).
     EXTERNAL = 255
 
@@ -74,6 +77,12 @@ class LevelSpec:
     page_index: int = 0
     #: Strips (full-width tiles of RowsPerStrip rows; the last may be shorter), not tiles.
     strips: bool = False
+    #: ``JPEG_RESTART`` only: the level is the JPEG of ``stored_width`` x
+    #: ``stored_height`` pixels decoded at 1/``dct_scale`` (libjpeg's DCT
+    #: scaling; OpenSlide's extra NDPI levels), cut to ``width`` x ``height``.
+    dct_scale: int = 1
+    stored_width: int = 0
+    stored_height: int = 0
 
     @property
     def planes(self) -> int:
