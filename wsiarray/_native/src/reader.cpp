@@ -49,12 +49,14 @@ class RegionRead {
       params_.jpeg.tables = nullptr;  // the assembled stream has the header
       params_.jpeg.tables_size = 0;
       params_.jpeg.scale_denom = level_.dct_scale;
-      // Scaled decodes of a subsampled JPEG are not upsampled (libjpeg
-      // shrinks the chroma IDCT less instead): no neighbours needed.
-      const bool full = level_.dct_scale == 1;
+      // libjpeg upsamples subsampled chroma with its neighbours (fancy
+      // upsampling) except at 1/8, where it replicates: below that, decode
+      // a neighbouring interval on each subsampled side, where there is one,
+      // so that the pixels are the whole JPEG's.
+      const bool fancy = level_.dct_scale < 8;
       BlockLimits limits;
-      limits.margin_x = full && level_.scan.mcu_width > 8 ? 1 : 0;
-      limits.margin_y = full && level_.scan.mcu_height > 8 ? 1 : 0;
+      limits.margin_x = fancy && level_.scan.mcu_width > 8 ? 1 : 0;
+      limits.margin_y = fancy && level_.scan.mcu_height > 8 ? 1 : 0;
       limits.max_tiles_across = 65535 / (level_.tile_width * level_.dct_scale);
       limits.workers = workers;
       plan_blocks(g_, level_.tables(), plan_, limits, blocks_);
