@@ -614,11 +614,17 @@ NB_MODULE(_engine, m) {
           }
           wsi::RestartScanner scanner(start, max_markers);
           std::vector<uint8_t> chunk(std::min<uint64_t>(size, 4u << 20));
-          for (uint64_t at = start; at < size && !scanner.done();) {
-            const uint64_t n = std::min<uint64_t>(chunk.size(), size - at);
-            file.read_exact(offset + at, n, chunk.data());
-            scanner.feed(chunk.data(), size_t(n), at);
-            at += n;
+          try {
+            for (uint64_t at = start; at < size && !scanner.done();) {
+              const uint64_t n = std::min<uint64_t>(chunk.size(), size - at);
+              file.read_exact(offset + at, n, chunk.data());
+              scanner.feed(chunk.data(), size_t(n), at);
+              at += n;
+            }
+          } catch (const wsi::Error& e) {
+            // A bad scan is a bad file structure: the slide does not open.
+            if (e.kind() != wsi::ErrorKind::Decode) throw;
+            throw wsi::Error(wsi::ErrorKind::Format, path + ": JPEG strip at " + std::to_string(offset) + ": " + e.what());
           }
           if (!scanner.done()) throw wsi::Error(wsi::ErrorKind::Format, path + ": JPEG strip has no end-of-image marker");
           ends = scanner.ends();

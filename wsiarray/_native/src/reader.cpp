@@ -305,7 +305,6 @@ void check_restart_level(LevelDesc& level, const std::string& what) {
   }
   if (h.length != level.jpeg_tables.size()) fail(ErrorKind::Format, what + ": JPEG header length mismatch");
   if (h.components != level.samples_per_plane) fail(ErrorKind::Format, what + ": JPEG components differ from samples");
-  if (h.restart_interval == 0) fail(ErrorKind::Format, what + ": JPEG has no restart interval");
   const uint64_t sw = level.stored_width, sh = level.stored_height;
   if (sw == 0 || sh == 0 || sw > (1u << 22) || sh > (1u << 22)) fail(ErrorKind::Format, what + ": JPEG size out of range");
   // Levels over 65535 px cannot state their size in the frame header.
@@ -313,9 +312,11 @@ void check_restart_level(LevelDesc& level, const std::string& what) {
     fail(ErrorKind::Format, what + ": JPEG frame is " + std::to_string(h.width) + "x" + std::to_string(h.height) +
                                 ", the TIFF says " + std::to_string(sw) + "x" + std::to_string(sh));
   }
-  const uint64_t ftw = uint64_t(h.restart_interval) * h.mcu_width, fth = h.mcu_height;
+  // Without restart markers the whole JPEG is one interval, one tile.
+  const uint64_t ri = h.restart_interval;
+  const uint64_t ftw = ri > 0 ? ri * h.mcu_width : sw, fth = ri > 0 ? h.mcu_height : sh;
   const uint64_t mcus_per_row = (sw + h.mcu_width - 1) / h.mcu_width;
-  if (mcus_per_row % h.restart_interval != 0) {
+  if (ri > 0 && mcus_per_row % ri != 0) {
     fail(ErrorKind::Unsupported, what + ": restart intervals run across row ends (" +
                                      std::to_string(h.restart_interval) + " MCUs do not divide " +
                                      std::to_string(mcus_per_row) + " per row)");
