@@ -57,8 +57,23 @@ def slide_path(width: int, height: int, subsampling: str) -> Path:
         CACHE.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.ndpi")
         print(f"making {path} (once) ...", flush=True)
-        subprocess.run([sys.executable, str(MAKE_NDPI), str(partial), "--width", str(width), "--height",
-                        str(height), "--levels", "3", "--subsampling", subsampling, "-q"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(MAKE_NDPI),
+                str(partial),
+                "--width",
+                str(width),
+                "--height",
+                str(height),
+                "--levels",
+                "3",
+                "--subsampling",
+                subsampling,
+                "-q",
+            ],
+            check=True,
+        )
         partial.rename(path)
     return path
 
@@ -71,7 +86,9 @@ def patch_readers(path: Path, locations: list[tuple[int, int]]) -> dict[str, Rea
 
     def ours(threads: int) -> object:
         last = None
-        for batch in slide.read_region(locations, (PATCH, PATCH), level=0, batch_size=BATCH, num_workers=threads):
+        for batch in slide.read_region(
+            locations, (PATCH, PATCH), level=0, batch_size=BATCH, num_workers=threads
+        ):
             last = batch
         return last
 
@@ -81,7 +98,7 @@ def patch_readers(path: Path, locations: list[tuple[int, int]]) -> dict[str, Rea
         def run(threads: int) -> object:
             with ThreadPoolExecutor(threads) as ex:
                 for start in range(0, len(locations), BATCH):
-                    batch = np.stack(list(ex.map(read_one, locations[start:start + BATCH])))
+                    batch = np.stack(list(ex.map(read_one, locations[start : start + BATCH])))
             return batch
 
         return run
@@ -92,14 +109,16 @@ def patch_readers(path: Path, locations: list[tuple[int, int]]) -> dict[str, Rea
         osl = openslide.OpenSlide(str(path))
         osl.set_cache(openslide.OpenSlideCache(0))
         readers["openslide"] = pool(lambda xy: np.asarray(osl.read_region(xy, 0, (PATCH, PATCH)))[..., :3])
-    except Exception as exc:  # noqa: BLE001 -- report and go on
+    except Exception as exc:
         print(f"openslide unavailable: {exc}")
     try:
         import fastslide
 
         fs = fastslide.FastSlide.from_file_path(str(path))
-        readers["fastslide"] = pool(lambda xy: np.asarray(fs.read_region(xy, 0, (PATCH, PATCH)).numpy())[..., :3])
-    except Exception as exc:  # noqa: BLE001
+        readers["fastslide"] = pool(
+            lambda xy: np.asarray(fs.read_region(xy, 0, (PATCH, PATCH)).numpy())[..., :3]
+        )
+    except Exception as exc:
         print(f"fastslide unavailable: {exc}")
     return readers
 
@@ -119,7 +138,7 @@ def level_readers(path: Path, level: int) -> tuple[dict[str, Reader], tuple[int,
         osl.set_cache(openslide.OpenSlideCache(0))
         index = list(osl.level_dimensions).index(dims)
         readers["openslide"] = lambda threads: np.asarray(osl.read_region((0, 0), index, dims))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         print(f"openslide unavailable: {exc}")
     try:
         import fastslide
@@ -127,7 +146,7 @@ def level_readers(path: Path, level: int) -> tuple[dict[str, Reader], tuple[int,
         fs = fastslide.FastSlide.from_file_path(str(path))
         index = [tuple(d) for d in fs.level_dimensions].index(dims)
         readers["fastslide"] = lambda threads: np.asarray(fs.read_region((0, 0), index, dims).numpy())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         print(f"fastslide unavailable: {exc}")
     return readers, dims
 
@@ -146,7 +165,7 @@ def run_rounds(readers: dict[str, Reader], threads: int, repeats: int) -> dict[s
     names = list(readers)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             gc.collect()
             start = time.perf_counter()
@@ -156,16 +175,23 @@ def run_rounds(readers: dict[str, Reader], threads: int, repeats: int) -> dict[s
     return times
 
 
-def table(title: str, results: dict[int, dict[str, list[float]]], diffs: dict[str, str], unit: str,
-          count: float) -> str:
-    lines = [f"**{title}**", "", f"| reader | threads | median s | {unit} | vs wsiarray (median of ratios) | max diff |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+def table(
+    title: str, results: dict[int, dict[str, list[float]]], diffs: dict[str, str], unit: str, count: float
+) -> str:
+    lines = [
+        f"**{title}**",
+        "",
+        f"| reader | threads | median s | {unit} | vs wsiarray (median of ratios) | max diff |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for threads, times in results.items():
         ours = times["wsiarray"]
         for name, t in times.items():
-            ratio = statistics.median(a / b for a, b in zip(t, ours))
-            lines.append(f"| {name} | {threads} | {statistics.median(t):.3f} | {count / statistics.median(t):,.0f} | "
-                         f"{ratio:.2f} | {diffs.get(name, '')} |")
+            ratio = statistics.median(a / b for a, b in zip(t, ours, strict=True))
+            lines.append(
+                f"| {name} | {threads} | {statistics.median(t):.3f} | {count / statistics.median(t):,.0f} | "
+                f"{ratio:.2f} | {diffs.get(name, '')} |"
+            )
     return "\n".join(lines)
 
 
@@ -186,25 +212,48 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     path = slide_path(args.width, args.height, args.subsampling)
-    print(f"slide {path} ({path.stat().st_size / 2**20:.0f} MiB), cpus {os.cpu_count()}, "
-          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"slide {path} ({path.stat().st_size / 2**20:.0f} MiB), cpus {os.cpu_count()}, "
+        f"load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     out = []
     if args.part in ("patches", "both"):
         rng = np.random.default_rng(args.seed)
-        locations = [(int(x), int(y)) for x, y in zip(rng.integers(0, args.width - PATCH, args.patches),
-                                                      rng.integers(0, args.height - PATCH, args.patches))]
+        locations = [
+            (int(x), int(y))
+            for x, y in zip(rng.integers(0, args.width - PATCH, args.patches),
+                rng.integers(0, args.height - PATCH, args.patches),
+                strict=True,
+            )
+        ]
         readers = patch_readers(path, locations[:BATCH])
         diffs = verify(readers, lambda batch: np.asarray(batch))
         readers = patch_readers(path, locations)
         results = {n: run_rounds(readers, n, args.repeats) for n in args.threads}
-        out.append(table(f"{args.patches} random {PATCH}-px patches of level 0 ({args.width}x{args.height}, "
-                         f"{args.subsampling})", results, diffs, "patches/s", args.patches))
+        out.append(
+            table(
+                f"{args.patches} random {PATCH}-px patches of level 0 ({args.width}x{args.height}, "
+                f"{args.subsampling})",
+                results,
+                diffs,
+                "patches/s",
+                args.patches,
+            )
+        )
     if args.part in ("level", "both"):
         readers, dims = level_readers(path, args.level)
         diffs = verify(readers, lambda image: np.asarray(image))
         results = {n: run_rounds(readers, n, args.repeats) for n in args.threads}
-        out.append(table(f"whole level {args.level} ({dims[0]}x{dims[1]})", results, diffs, "Mpx/s",
-                         dims[0] * dims[1] / 1e6))
+        out.append(
+            table(
+                f"whole level {args.level} ({dims[0]}x{dims[1]})",
+                results,
+                diffs,
+                "Mpx/s",
+                dims[0] * dims[1] / 1e6,
+            )
+        )
     print()
     print("\n\n".join(out))
 

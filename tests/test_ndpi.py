@@ -51,8 +51,10 @@ GRID: dict[str, tuple[list[str], str]] = {
     "422": (["--width", "1024", "--height", "512", "--subsampling", "422", "--restart-mcus", "16"], "none"),
     "420": (["--width", "768", "--height", "512", "--subsampling", "420"], "scaled"),
     "422-odd": (["--width", "1500", "--height", "501", "--levels", "2", "--subsampling", "422"], "none"),
-    "420-odd": (["--width", "750", "--height", "501", "--levels", "2", "--subsampling", "420",
-                 "--restart-mcus", "3"], "none"),
+    "420-odd": (
+        ["--width", "750", "--height", "501", "--levels", "2", "--subsampling", "420", "--restart-mcus", "3"],
+        "none",
+    ),
     "no-mcu-starts": (["--width", "1024", "--height", "512", "--no-mcu-starts", "--no-macro"], "all"),
     "plain-levels": (["--width", "1024", "--height", "512", "--plain-levels", "2", "--seed", "3"], "all"),
     "r1-factor4": (["--width", "1024", "--height", "512", "--restart-mcus", "1", "--factor", "4"], "all"),
@@ -108,7 +110,7 @@ def crop(reference: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:
     out = np.zeros((h, w, 3), np.uint8)
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
     if x0 < x1 and y0 < y1:
-        out[y0 - y:y1 - y, x0 - x:x1 - x] = reference[y0:y1, x0:x1]
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = reference[y0:y1, x0:x1]
     return out
 
 
@@ -139,7 +141,11 @@ def test_pixels_every_level(ndpi_files: dict[str, Path], name: str) -> None:
         for x, y, w, h in regions(spec.width, spec.height, index):
             got = slide.read_level_region(index, (x, y), (w, h))
             assert np.array_equal(got, crop(reference, x, y, w, h)), (index, x, y, w, h)
-        if exact == "none" or (exact == "scaled" and spec.dct_scale == 1) or (exact == "opaque" and index > 0):
+        if (
+            exact == "none"
+            or (exact == "scaled" and spec.dct_scale == 1)
+            or (exact == "opaque" and index > 0)
+        ):
             continue
         # OpenSlide latches its first error: a fresh handle per level.
         osl = openslide.OpenSlide(str(path))
@@ -160,7 +166,9 @@ def test_422_differs_from_openslide_only_at_interval_borders(ndpi_files: dict[st
     path = ndpi_files["422"]
     slide = wsiarray.open(path)
     ours = slide.read_level_region(0, (0, 0), slide.levels[0].dimensions)
-    theirs = np.asarray(openslide.OpenSlide(str(path)).read_region((0, 0), 0, slide.levels[0].dimensions))[..., :3]
+    theirs = np.asarray(openslide.OpenSlide(str(path)).read_region((0, 0), 0, slide.levels[0].dimensions))[
+        ..., :3
+    ]
     columns = np.flatnonzero(np.any(ours != theirs, axis=(0, 2)))
     tile = slide.levels[0].tile_width
     assert columns.size > 0
@@ -192,10 +200,16 @@ def test_entry_points(ndpi_files: dict[str, Path]) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(level=st.integers(0, 4), x=st.integers(-50, 1100), y=st.integers(-50, 700), w=st.integers(1, 300),
-       h=st.integers(1, 300))
-def test_random_regions_422(ndpi_files_hyp: tuple[wsiarray.Slide, list[np.ndarray]], level: int, x: int, y: int,
-                            w: int, h: int) -> None:
+@given(
+    level=st.integers(0, 4),
+    x=st.integers(-50, 1100),
+    y=st.integers(-50, 700),
+    w=st.integers(1, 300),
+    h=st.integers(1, 300),
+)
+def test_random_regions_422(
+    ndpi_files_hyp: tuple[wsiarray.Slide, list[np.ndarray]], level: int, x: int, y: int, w: int, h: int
+) -> None:
     slide, references = ndpi_files_hyp
     level = min(level, len(references) - 1)
     assert np.array_equal(slide.read_level_region(level, (x, y), (w, h)), crop(references[level], x, y, w, h))
@@ -223,7 +237,9 @@ def _tag(path: Path, code: int, page: int = 0) -> tifffile.TiffTag:
 
 @pytest.fixture
 def small(tmp_path: Path) -> Path:
-    return make_ndpi(tmp_path / "small.ndpi", ["--width", "512", "--height", "256", "--levels", "1", "--no-macro"])
+    return make_ndpi(
+        tmp_path / "small.ndpi", ["--width", "512", "--height", "256", "--levels", "1", "--no-macro"]
+    )
 
 
 def test_truncated_interval(small: Path) -> None:
@@ -233,7 +249,7 @@ def test_truncated_interval(small: Path) -> None:
     _patch(small, tag.valueoffset, starts.tobytes())
     slide = wsiarray.open(small)
     slide.read_level_region(0, (0, 8), (64, 8))  # other intervals still read
-    with pytest.raises(TileDecodeError, match="restart interval 4 ends in bytes .* not its marker FF D4"):
+    with pytest.raises(TileDecodeError, match=r"restart interval 4 ends in bytes .* not its marker FF D4"):
         slide.read_level_region(0, (0, 0), (512, 8))
 
 
@@ -266,8 +282,21 @@ def test_wrong_restart_count(tmp_path: Path, mcu_starts: bool) -> None:
 
 
 def test_restart_interval_across_rows(tmp_path: Path) -> None:
-    path = make_ndpi(tmp_path / "r7.ndpi", ["--width", "512", "--height", "256", "--levels", "1",
-                                            "--restart-policy", "exact", "--restart-mcus", "7"])
+    path = make_ndpi(
+        tmp_path / "r7.ndpi",
+        [
+            "--width",
+            "512",
+            "--height",
+            "256",
+            "--levels",
+            "1",
+            "--restart-policy",
+            "exact",
+            "--restart-mcus",
+            "7",
+        ],
+    )
     with pytest.raises(UnsupportedError, match="run across row ends"):
         wsiarray.open(path)
 

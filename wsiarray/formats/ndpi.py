@@ -21,6 +21,7 @@ it applies to files named ``*.ndpi``).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -117,8 +118,9 @@ def _strip(page: tifffile.TiffPage, what: str, file_size: int) -> tuple[int, int
     return offset, size
 
 
-def _interval_starts(page: tifffile.TiffPage, path: str, what: str, strip: tuple[int, int], header: dict,
-                     count: int) -> np.ndarray:
+def _interval_starts(
+    page: tifffile.TiffPage, path: str, what: str, strip: tuple[int, int], header: dict, count: int
+) -> np.ndarray:
     """Offsets of the ``count`` intervals in the strip: McuStarts, or the markers found in the strip."""
     offset, size = strip
     starts = _uints(page, MCU_STARTS)
@@ -126,8 +128,11 @@ def _interval_starts(page: tifffile.TiffPage, path: str, what: str, strip: tuple
         high = _uints(page, MCU_STARTS_HIGH)
         if high is not None and high.size == count:
             starts = starts + (high << np.uint64(32))
-        if int(starts[0]) != header["length"] or np.any(np.diff(starts.astype(np.int64)) <= 0) or \
-                int(starts[-1]) >= size:
+        if (
+            int(starts[0]) != header["length"]
+            or np.any(np.diff(starts.astype(np.int64)) <= 0)
+            or int(starts[-1]) >= size
+        ):
             raise FormatError(
                 f"{what}: McuStarts (tag 65426) does not lie in the JPEG strip of {size} bytes in order "
                 f"from its header ({header['length']} bytes)"
@@ -136,11 +141,15 @@ def _interval_starts(page: tifffile.TiffPage, path: str, what: str, strip: tuple
     # Missing, or not one entry per interval: find the markers (OpenSlide does the same).
     ends = _native.scan_restart_markers(path, offset, size, header["length"], count - 1)
     if len(ends) != count - 1:
-        raise FormatError(f"{what}: the JPEG has {len(ends) + 1} restart intervals, its {count}-tile grid needs {count}")
+        raise FormatError(
+            f"{what}: the JPEG has {len(ends) + 1} restart intervals, its {count}-tile grid needs {count}"
+        )
     return np.asarray([header["length"], *ends], np.uint64)
 
 
-def _stored_level(tif: tifffile.TiffFile, path: str, index: int, page: tifffile.TiffPage, n: int) -> LevelSpec:
+def _stored_level(
+    tif: tifffile.TiffFile, path: str, index: int, page: tifffile.TiffPage, n: int
+) -> LevelSpec:
     what = f"{path}: level {n} ({page_name(page)})"
     check_page(page, what)
     if int(page.compression) != 7 or page.bitspersample != 8 or page.samplesperpixel not in (1, 3):
@@ -153,7 +162,9 @@ def _stored_level(tif: tifffile.TiffFile, path: str, index: int, page: tifffile.
     header = _native.jpeg_scan_header(header_bytes)
     header_bytes = header_bytes[: header["length"]]
     if header["components"] != page.samplesperpixel:
-        raise FormatError(f"{what}: JPEG has {header['components']} components, the TIFF {page.samplesperpixel}")
+        raise FormatError(
+            f"{what}: JPEG has {header['components']} components, the TIFF {page.samplesperpixel}"
+        )
     interval = header["restart_interval"]
     if interval == 0:
         # No restart markers (some small levels): one tile, the whole JPEG.
@@ -163,7 +174,8 @@ def _stored_level(tif: tifffile.TiffFile, path: str, index: int, page: tifffile.
         mcus_per_row = -(-width // header["mcu_width"])
         if mcus_per_row % interval:
             raise UnsupportedError(
-                f"{what}: restart intervals of {interval} MCUs run across row ends ({mcus_per_row} MCUs per row)"
+                f"{what}: restart intervals of {interval} MCUs run across row ends "
+                f"({mcus_per_row} MCUs per row)"
             )
         tile_w, tile_h = interval * header["mcu_width"], header["mcu_height"]
         across, down = -(-width // tile_w), -(-height // tile_h)
@@ -252,9 +264,11 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
             macro = (index, page)
     if not level_pages:
         raise FormatError(f"{path}: NDPI file without a level (no IFD with a positive SourceLens)")
-    for (_, above), (index, page) in zip(level_pages, level_pages[1:]):
+    for (_, above), (index, page) in itertools.pairwise(level_pages):
         if not int(page.imagewidth) < int(above.imagewidth):
-            raise FormatError(f"{path}: NDPI levels do not shrink (IFD {index} is as wide as the level above)")
+            raise FormatError(
+                f"{path}: NDPI levels do not shrink (IFD {index} is as wide as the level above)"
+            )
         if int(page.imagewidth) > MAX_DIMENSION:
             raise FormatError(f"{path}: IFD {index}: level too wide")
     stored = [_stored_level(tif, path, index, page, n) for n, (index, page) in enumerate(level_pages)]
@@ -283,7 +297,9 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
         except FormatError:
             pass  # a broken macro must not make the slide unreadable
         else:
-            associated["macro"] = PageLoader(path, "macro", (index,), int(page.imagewidth), int(page.imagelength))
+            associated["macro"] = PageLoader(
+                path, "macro", (index,), int(page.imagewidth), int(page.imagelength)
+            )
             icc = icc_profile(page)
             if icc is not None:
                 icc_profiles["macro"] = icc
@@ -299,4 +315,3 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
     )
     info.associated_descriptions = {name: "" for name in associated}
     return info
-
