@@ -222,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         rng = np.random.default_rng(args.seed)
         locations = [
             (int(x), int(y))
-            for x, y in zip(rng.integers(0, args.width - PATCH, args.patches),
+            for x, y in zip(
+                rng.integers(0, args.width - PATCH, args.patches),
                 rng.integers(0, args.height - PATCH, args.patches),
                 strict=True,
             )
