@@ -306,3 +306,12 @@ def test_truncated_file(small: Path) -> None:
     small.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(FormatError):
         wsiarray.open(small)
+
+
+def test_not_named_ndpi(ndpi_files: dict[str, Path], tmp_path: Path) -> None:
+    # tifffile applies NDPI's 64-bit offsets by file name: the format layer reopens with is_ndpi
+    renamed = tmp_path / "slide.tif"
+    renamed.write_bytes(ndpi_files["444"].read_bytes())
+    a, b = wsiarray.open(renamed), wsiarray.open(ndpi_files["444"])
+    assert a.vendor == "hamamatsu" and [lv.dimensions for lv in a.levels] == [lv.dimensions for lv in b.levels]
+    assert np.array_equal(a.read_level_region(0, (60, 5), (90, 40)), b.read_level_region(0, (60, 5), (90, 40)))

@@ -38,6 +38,7 @@ from .tiff import (
     iter_pages,
     jpeg_colorspaces,
     page_name,
+    wrap_errors,
 )
 
 __all__ = ["detect", "parse_property_map"]
@@ -248,9 +249,22 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
         >>> detect(tifffile.TiffFile(path), path) is None  # no tag 65420: not an NDPI file
         True
     """
-    first = tif.pages.first
-    if NDPI_FORMAT_FLAG not in first.tags:
+    if NDPI_FORMAT_FLAG not in tif.pages.first.tags:
         return None
+    if path.lower().endswith(".ndpi"):
+        return _describe(tif, path)
+    # tifffile applies NDPI's 64-bit offset extension to files named *.ndpi only.
+    with wrap_errors(path, "opening as NDPI"):
+        ndpi = tifffile.TiffFile(path, is_ndpi=True)
+    ndpi._wsiarray_path = path  # type: ignore[attr-defined]
+    try:
+        return _describe(ndpi, path)
+    finally:
+        ndpi.close()
+
+
+def _describe(tif: tifffile.TiffFile, path: str) -> SlideInfo:
+    first = tif.pages.first
     level_pages: list[tuple[int, tifffile.TiffPage]] = []
     macro: tuple[int, tifffile.TiffPage] | None = None
     for index, page in enumerate(iter_pages(tif)):
