@@ -135,8 +135,8 @@ def jpeg_colorspaces(page: tifffile.TiffPage) -> tuple[JpegColor, JpegColor]:
     """libjpeg's input and output colour spaces for a JPEG page, as tifffile decodes it.
 
     Example:
-        >>> jpeg_colorspaces(tifffile.TiffFile(svs_path).pages.first)
-        (<JpegColor.RGB: 2>, <JpegColor.RGB: 2>)
+        >>> jpeg_colorspaces(tifffile.TiffFile(svs_path).pages.first)  # RGB with a JFIF marker
+        (<JpegColor.AUTO: -1>, <JpegColor.RGB: 2>)
     """
     # Mirrors tifffile.jpeg_decode_colorspace so pixels match tifffile exactly:
     # Aperio stores RGB components without JFIF/Adobe markers, and only the
