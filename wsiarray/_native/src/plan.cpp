@@ -125,10 +125,10 @@ void plan_blocks(const LevelGeometry& g, const TileTables& tables, const Plan& p
   if (limits.max_tiles_across <= 2 * mx) throw Error(ErrorKind::Format, "tiles too wide for a JPEG frame");
   const uint32_t cols_per_block = limits.max_tiles_across - 2 * mx;
   const size_t column_groups = (tx1 - tx0 + cols_per_block - 1) / cols_per_block;
-  // Rows per block: enough blocks for every worker (4 each, as runs), fewer
-  // rows where a row's bytes are many.
+  // Rows per block: about limits.blocks blocks, fewer rows where a row's
+  // bytes are many.
   const uint32_t rows = ty1 - ty0;
-  const size_t want = limits.workers > 1 ? limits.workers * 4 : 1;
+  const size_t want = std::max<size_t>(limits.blocks, 1);
   const size_t per_column_group = (want + column_groups - 1) / column_groups;
   const uint32_t per_group = uint32_t((rows + per_column_group - 1) / per_column_group);
   for (uint32_t cx = tx0; cx < tx1; cx += cols_per_block) {

@@ -133,14 +133,14 @@ struct BlockLimits {
   uint32_t margin_y = 0;
   uint32_t max_tiles_across = 0;  // a JPEG frame is at most 65535 px wide
   uint64_t max_bytes = kMaxRunBytes;  // compressed bytes per block (rows are split to stay under it)
-  size_t workers = 1;
+  size_t blocks = 1;  // blocks wanted (rows are split so that threads share the request)
 };
 
 // Cuts the clipped request of `plan` (planned with make_plan on `g`, whose
 // tables are `tables`) into blocks: column groups of at most
-// max_tiles_across - 2 * margin_x wanted tiles, row groups so that every
-// worker gets work and no block's compressed bytes exceed max_bytes (a
-// single row may).
+// max_tiles_across - 2 * margin_x wanted tiles, row groups so that there
+// are about limits.blocks blocks and no block's compressed bytes exceed
+// max_bytes (a single row may).
 void plan_blocks(const LevelGeometry& g, const TileTables& tables, const Plan& plan, const BlockLimits& limits,
                  std::vector<Block>& blocks);
 

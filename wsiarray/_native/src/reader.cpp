@@ -36,7 +36,7 @@ void fail(ErrorKind kind, const std::string& message) { throw Error(kind, messag
 class RegionRead {
  public:
   RegionRead(const Reader& reader, size_t level_index, const Region& region, uint8_t* out, size_t pitch,
-             const RequestCache& cache, size_t workers, uint32_t scale)
+             const RequestCache& cache, size_t workers, uint32_t scale, size_t batch = 1)
       : reader_(reader), level_(reader.level(level_index)), level_index_(level_index),
         g_(scaled_geometry(level_.geometry(), scale)), label_(reader.label(level_index)), cache_(cache),
         out_{out, pitch, region.width, region.height, level_.pixel_bytes()},
@@ -58,7 +58,9 @@ class RegionRead {
       limits.margin_x = fancy && level_.scan.mcu_width > 8 ? 1 : 0;
       limits.margin_y = fancy && level_.scan.mcu_height > 8 ? 1 : 0;
       limits.max_tiles_across = 65535 / (level_.tile_width * level_.dct_scale);
-      limits.workers = workers;
+      // 4 blocks per worker, as runs, shared among the requests of a batch:
+      // every block costs a header parse, and a batch has work for all.
+      limits.blocks = workers > 1 ? std::max<size_t>(1, (workers * 4 + batch - 1) / batch) : 1;
       plan_blocks(g_, level_.tables(), plan_, limits, blocks_);
     }
   }
@@ -420,7 +422,8 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
     if (level.pixel_bytes() != fill_bytes) fail(ErrorKind::Argument, "regions of a batch differ in pixel size");
     if (r.pitch < size_t(r.region.width) * fill_bytes) fail(ErrorKind::Argument, "output rows too short");
     auto read =
-        std::make_unique<RegionRead>(*r.reader, r.level, r.region, r.out, r.pitch, cache, workers, r.scale);
+        std::make_unique<RegionRead>(*r.reader, r.level, r.region, r.out, r.pitch, cache, workers, r.scale,
+                                     requests.size());
     read->fill(fill);
     for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
     reads.push_back(std::move(read));
