@@ -1,8 +1,10 @@
 """Hamamatsu NDPI (issue 20): random patches and a whole level, wsiarray vs OpenSlide and fastslide.
 
 The slide is made once by ``../shared/formats/make_ndpi.py`` (default 40000x30000,
-3 stored levels, 4:4:4, 64x8-px restart intervals, quality 80; about 6 minutes and
-10 GB of memory on the development VM) and cached in ``~/.cache/wsiarray-bench/``.
+3 stored levels, 4:4:4, 64x8-px restart intervals, quality 80) and cached in
+``~/.cache/wsiarray-bench/``. Its level 0 is make_ndpi.py's 4096x3072 texture repeated
+(mirrored every other time): make_ndpi.py's own texture at that size takes over an hour
+of CPU. Making it needs about 10 GB of memory.
 
 - **patches**: ``--patches`` (2,000) random 224-px patches of level 0, wholly inside
   the image. wsiarray reads them in batches of 32 (``read_region(locations, ...,
@@ -31,12 +33,13 @@ import argparse
 import gc
 import os
 import statistics
-import subprocess
+import importlib.util
 import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,32 +51,36 @@ BATCH = 32
 Reader = Callable[[int], object]
 
 
+def _tiled_texture(make_ndpi: Any) -> Callable[..., np.ndarray]:
+    """make_ndpi.py's texture at 4096x3072, repeated (mirrored every other time, so
+    seams stay smooth): computing it at 40000x30000 takes over an hour of CPU."""
+    texture = make_ndpi.make_level0(4096, 3072, 1)
+    quad = np.concatenate([texture, texture[:, ::-1]], axis=1)
+    quad = np.concatenate([quad, quad[::-1]], axis=0)
+
+    def level0(width: int, height: int, seed: int, band: int = 256) -> np.ndarray:
+        reps = (-(-height // quad.shape[0]), -(-width // quad.shape[1]), 1)
+        return np.ascontiguousarray(np.tile(quad, reps)[:height, :width])
+
+    return level0
+
+
 def slide_path(width: int, height: int, subsampling: str) -> Path:
-    """The cached benchmark slide, made with make_ndpi.py on first use."""
-    path = CACHE / f"ndpi-{width}x{height}-{subsampling}.ndpi"
+    """The cached benchmark slide, written by make_ndpi.py (with a repeated texture) on first use."""
+    path = CACHE / f"ndpi-{width}x{height}-{subsampling}-tiled.ndpi"
     if not path.exists():
         if not MAKE_NDPI.is_file():
             sys.exit(f"{MAKE_NDPI} not found (see shared/formats/README.md)")
+        spec = importlib.util.spec_from_file_location("make_ndpi", MAKE_NDPI)
+        assert spec is not None and spec.loader is not None
+        make_ndpi = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(make_ndpi)
+        make_ndpi.make_level0 = _tiled_texture(make_ndpi)
         CACHE.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.ndpi")
+        partial = path.with_suffix(".partial")
         print(f"making {path} (once) ...", flush=True)
-        subprocess.run(
-            [
-                sys.executable,
-                str(MAKE_NDPI),
-                str(partial),
-                "--width",
-                str(width),
-                "--height",
-                str(height),
-                "--levels",
-                "3",
-                "--subsampling",
-                subsampling,
-                "-q",
-            ],
-            check=True,
-        )
+        args = ["--width", str(width), "--height", str(height), "--levels", "3", "--subsampling", subsampling]
+        make_ndpi.main([str(partial), "-q", *args])
         partial.rename(path)
     return path
 
