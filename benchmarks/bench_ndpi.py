@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import os
 import statistics
-import importlib.util
 import sys
 import time
 from collections.abc import Callable, Sequence
