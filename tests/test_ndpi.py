@@ -317,3 +317,68 @@ def test_not_named_ndpi(ndpi_files: dict[str, Path], tmp_path: Path) -> None:
     assert [level.dimensions for level in a.levels] == [level.dimensions for level in b.levels]
     region = ((60, 5), (90, 40))
     assert np.array_equal(a.read_level_region(0, *region), b.read_level_region(0, *region))
+
+
+def _wide_ndpi(path: Path, subsampling: str) -> np.ndarray:
+    """A one-level NDPI 66000 px wide, whose JPEG frame header says width 0 as real files do.
+
+    No encoder writes such a JPEG, so it is assembled: two 33000-px JPEGs with the same
+    tables, each MCU row's restart intervals of the first then the second (intervals are
+    independent), markers renumbered. Returns the expected pixels (the two decoded side
+    by side; exact at 4:4:4 only, where no upsampling crosses the seam).
+    """
+    make = _generator()
+    rng = np.random.default_rng(5)
+    halves = [rng.integers(0, 256, (16, 33000, 3), dtype=np.uint8) for _ in range(2)]
+    halves = [np.repeat(np.repeat(h[::4, ::4], 4, 0), 4, 1)[:16, :33000] for h in halves]
+    jpegs = [make.encode_jpeg(h, 80, subsampling, 5) for h in halves]
+    infos = [make.parse_jpeg(j) for j in jpegs]
+    header = bytearray(jpegs[0][: infos[0]["header_len"]])
+    assert bytes(header).replace(b"\x80\xe8", b"") == jpegs[1][: infos[1]["header_len"]].replace(b"\x80\xe8", b"")
+    sof = header.index(b"\xff\xc0")
+    header[sof + 7 : sof + 9] = b"\x00\x00"  # width 0: 66000 does not fit
+    rows = infos[0]["height"] // infos[0]["mcu_h"]
+    per_row = len(infos[0]["rst_after"]) // rows + 1
+    pieces = []
+    for r in range(rows):
+        for jpeg, info in zip(jpegs, infos, strict=True):
+            ends = [info["header_len"], *info["rst_after"], len(jpeg)]
+            for k in range(r * per_row, (r + 1) * per_row):
+                pieces.append(bytearray(jpeg[ends[k] : ends[k + 1]]))
+    starts = []
+    scan = bytearray()
+    for k, piece in enumerate(pieces):
+        starts.append(len(header) + len(scan))
+        piece[-2:] = b"\xff\xd9" if k == len(pieces) - 1 else bytes([0xFF, 0xD0 + k % 8])
+        scan += piece
+    entries = {
+        256: make._vals(make.LONG, [66000]),
+        257: make._vals(make.LONG, [16]),
+        258: make._vals(make.SHORT, [8, 8, 8]),
+        259: make._vals(make.SHORT, [7]),
+        262: make._vals(make.SHORT, [6]),
+        271: make._ascii("Hamamatsu"),
+        277: make._vals(make.SHORT, [3]),
+        278: make._vals(make.LONG, [16]),
+        530: make._vals(make.SHORT, [2 if subsampling != "444" else 1, 1]),
+        65420: make._vals(make.LONG, [1]),
+        65421: make._vals(make.FLOAT, [20.0]),
+        65424: make._vals(make.SLONG, [0]),
+        65426: make._vals(make.LONG, starts),
+    }
+    writer = make.NdpiWriter()
+    writer.add_page(bytes(header) + bytes(scan), entries)
+    path.write_bytes(bytes(writer.buf))
+    decoded = [np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs]
+    return np.concatenate(decoded, axis=1)
+
+
+def test_level_wider_than_65535(tmp_path: Path) -> None:
+    expected = _wide_ndpi(tmp_path / "wide.ndpi", "444")
+    slide = wsiarray.open(tmp_path / "wide.ndpi")
+    assert slide.levels[0].dimensions == (66000, 16)
+    assert np.array_equal(slide.read_level_region(0, (0, 0), (66000, 16)), expected)  # two frames wide
+    assert np.array_equal(slide.read_level_region(0, (32950, 3), (100, 10)), expected[3:13, 32950:33050])
+    half = slide.read_level_region(1, (0, 0), slide.levels[1].dimensions)  # 1/2 through DCT scaling
+    assert half.shape == (8, 33000, 3)
+    assert np.abs(half.astype(int) - expected[::2, ::2]).mean() < 20

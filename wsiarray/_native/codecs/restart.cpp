@@ -82,7 +82,8 @@ const char* parse_scan_header(const uint8_t* data, size_t size, ScanHeader& out)
 }
 
 void write_scan_header(const uint8_t* header, const ScanHeader& h, uint32_t width, uint32_t height, uint8_t* dst) {
-  if (width == 0 || height == 0 || width > 65535 || height > 65535 || h.sof_size_at + 4 > h.length) {
+  if (width == 0 || height == 0 || width > kMaxJpegDimension || height > kMaxJpegDimension ||
+      h.sof_size_at + 4 > h.length) {
     throw Error(ErrorKind::Decode, "JPEG frame size out of range: " + std::to_string(width) + "x" +
                                        std::to_string(height));
   }

@@ -14,6 +14,10 @@
 
 namespace wsi {
 
+// libjpeg's JPEG_MAX_DIMENSION: no frame may be wider or taller (the SOF's
+// 16-bit fields would allow 65535).
+constexpr uint32_t kMaxJpegDimension = 65500;
+
 struct ScanHeader {
   uint32_t width = 0;    // the frame header's size (0 in levels over 65535 px)
   uint32_t height = 0;
@@ -31,7 +35,7 @@ struct ScanHeader {
 const char* parse_scan_header(const uint8_t* data, size_t size, ScanHeader& out);
 
 // Copies header.length bytes of `header` to `dst` with the frame size set to
-// width x height (each 1..65535).
+// width x height (each 1..kMaxJpegDimension).
 void write_scan_header(const uint8_t* header, const ScanHeader& h, uint32_t width, uint32_t height, uint8_t* dst);
 
 // The intervals of one stream, in order: interval k of the stream is

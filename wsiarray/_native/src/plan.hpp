@@ -131,7 +131,7 @@ struct BlockLimits {
   // JPEG needs its neighbours to give the pixels the whole-level decode gives.
   uint32_t margin_x = 0;
   uint32_t margin_y = 0;
-  uint32_t max_tiles_across = 0;  // a JPEG frame is at most 65535 px wide
+  uint32_t max_tiles_across = 0;  // libjpeg decodes frames at most 65500 px wide
   uint64_t max_bytes = kMaxRunBytes;  // compressed bytes per block (rows are split to stay under it)
   size_t blocks = 1;  // blocks wanted (rows are split so that threads share the request)
 };

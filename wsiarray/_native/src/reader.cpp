@@ -57,7 +57,7 @@ class RegionRead {
       BlockLimits limits;
       limits.margin_x = fancy && level_.scan.mcu_width > 8 ? 1 : 0;
       limits.margin_y = fancy && level_.scan.mcu_height > 8 ? 1 : 0;
-      limits.max_tiles_across = 65535 / (level_.tile_width * level_.dct_scale);
+      limits.max_tiles_across = kMaxJpegDimension / (level_.tile_width * level_.dct_scale);
       // 4 blocks per worker, as runs, shared among the requests of a batch:
       // every block costs a header parse, and a batch has work for all.
       limits.blocks = workers > 1 ? std::max<size_t>(1, (workers * 4 + batch - 1) / batch) : 1;
@@ -326,7 +326,9 @@ void check_restart_level(LevelDesc& level, const std::string& what) {
   if (uint64_t(level.tile_width) * s != ftw || uint64_t(level.tile_height) * s != fth) {
     fail(ErrorKind::Format, what + ": tile size does not match the restart interval");
   }
-  if (ftw > 65535) fail(ErrorKind::Unsupported, what + ": restart intervals wider than 65535 px");
+  if (ftw > kMaxJpegDimension || (ri == 0 && fth > kMaxJpegDimension)) {
+    fail(ErrorKind::Unsupported, what + ": a restart interval wider or taller than libjpeg's 65500 px");
+  }
   if (uint64_t(level.width) * s > sw + s - 1 || uint64_t(level.height) * s > sh + s - 1) {
     fail(ErrorKind::Format, what + ": level larger than its JPEG");
   }
