@@ -123,7 +123,9 @@ class OpenedSlide:
                 index=i,
                 width=spec.width,
                 height=spec.height,
-                downsample=(level0.width / spec.width + level0.height / spec.height) / 2,
+                downsample=spec.downsample
+                if spec.downsample is not None
+                else (level0.width / spec.width + level0.height / spec.height) / 2,
                 tile_width=spec.tile_width,
                 tile_height=spec.tile_height,
                 compression=spec.compression_name,
@@ -179,4 +181,28 @@ def _add_level(native: _native.Reader, spec: LevelSpec) -> None:
         dct_scale=spec.dct_scale,
         stored_width=spec.stored_width,
         stored_height=spec.stored_height,
+        layers=[_layer_tuple(layer) for layer in spec.layers],
+    )
+
+
+def _layer_tuple(layer: LevelSpec) -> tuple:
+    placement = layer.placement
+    if placement is None:
+        raise OpenError(f"layer at IFD {layer.page_index} has no placement")
+    return (
+        layer.width,
+        layer.height,
+        layer.tile_width,
+        layer.tile_height,
+        layer.jpeg_tables,
+        np.ascontiguousarray(layer.offsets, np.uint64),
+        np.ascontiguousarray(layer.bytecounts, np.uint64),
+        layer.external_decoder,
+        layer.page_index,
+        placement.cell_width,
+        placement.cell_height,
+        placement.first_column,
+        placement.first_row,
+        np.ascontiguousarray(placement.xs, np.int64),
+        np.ascontiguousarray(placement.ys, np.int64),
     )

@@ -140,6 +140,7 @@ class Reader:
         page_index: int,
         compression: int = 0,
         strips: bool = False,
+        layers: list[tuple] = ...,
         dct_scale: int = 1,
         stored_width: int = 0,
         stored_height: int = 0,
@@ -149,6 +150,13 @@ class Reader:
         ``external(data, index)`` decodes one tile (index into the flattened tables) for codecs
         the engine does not decode itself; it must return the tile's bytes (any dtype). Its
         exceptions become ``TileDecodeError`` (their one-line message, chained as ``__cause__``).
+
+        With ``layers``, a placed level (docs/architecture.md, "Placed levels") of width x
+        height: each layer is ``(width, height, tile_width, tile_height, jpeg_tables, offsets,
+        bytecounts, external, page_index, cell_width, cell_height, first_column, first_row,
+        xs, ys)`` (``xs``/``ys`` int64), sharing this level's codec and samples; this level's
+        own tables are then ignored.
+
         ``compression`` (the TIFF tag value) picks the stream header that is checked against the
         tile before any decode; ``strips``: the tiles are strips, the last may be shorter.
         Codec 4 (``JPEG_RESTART``, NDPI): the tiles are the restart intervals of one JPEG of

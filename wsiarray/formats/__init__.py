@@ -1,7 +1,7 @@
 """Format layer: what a slide file contains, as plain tables for the native engine.
 
 :func:`read_slide_info` opens a file with tifffile, lets each vendor module
-try to claim it (Aperio, then Hamamatsu NDPI, then OME-TIFF, then generic pyramidal TIFF, the way
+try to claim it (Aperio, Hamamatsu NDPI, Leica SCN, Ventana BIF, then OME-TIFF, then generic pyramidal TIFF, the way
 OpenSlide tries its drivers), and returns a :class:`SlideInfo`: levels as
 :class:`LevelSpec` tile tables, OpenSlide-style properties, and lazy loaders
 for associated images.  No pixels are read here.
@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 
 from ..errors import UnsupportedError
-from . import aperio, generic, ndpi, ome
+from . import aperio, generic, leica, ndpi, ome, ventana
 from .base import Codec, JpegColor, LevelSpec, SlideInfo
 from .tiff import open_tiff, wrap_errors
 
 __all__ = ["Codec", "JpegColor", "LevelSpec", "SlideInfo", "read_slide_info"]
 
 #: Vendor detectors in the order they are tried; generic accepts any TIFF.
-_DETECTORS = (aperio.detect, ndpi.detect, ome.detect, generic.detect)
+_DETECTORS = (aperio.detect, ndpi.detect, leica.detect, ventana.detect, ome.detect, generic.detect)
 
 
 def read_slide_info(path: str | os.PathLike[str]) -> SlideInfo:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Codec", "LevelSpec", "SlideInfo", "TileDecoder"]
+__all__ = ["Codec", "LevelSpec", "Placement", "SlideInfo", "TileDecoder"]
 
 #: Decodes the raw bytes of one tile (plane, tile index in the plane) into an
 #: array of shape ``(tile_height, tile_width, samples_per_plane)`` in the
@@ -43,6 +43,45 @@ class JpegColor(enum.IntEnum):
     GRAYSCALE = 1
     RGB = 2
     YCBCR = 3
+
+
+@dataclass(frozen=True, eq=False)
+class Placement:
+    """Where a stored image's cells land in a placed level (the native engine's ``Placement``).
+
+    The stored image is cut into cells of ``cell_width`` x ``cell_height``
+    pixels (dividing its tile size); cell column ``first_column + i`` starts at
+    level x ``xs[i]``, cell row ``first_row + j`` at level y ``ys[j]``. Both
+    strictly increase. Where neighbouring cells overlap, the one to the right
+    (below) wins; where layers overlap, the earlier layer wins.
+
+    Example:
+        >>> p = Placement(256, 256, np.array([100, 356]), np.array([50]))
+        >>> p.covered(np.arange(98, 102), np.array([50]), 512, 256).astype(int).tolist()
+        [[0, 0, 1, 1]]
+    """
+
+    cell_width: int
+    cell_height: int
+    xs: np.ndarray  # int64, level x of each cell column
+    ys: np.ndarray  # int64, level y of each cell row
+    first_column: int = 0
+    first_row: int = 0
+
+    def covered(self, columns: np.ndarray, rows: np.ndarray, width: int, height: int) -> np.ndarray:
+        """Which level pixels (rows x columns) this layer's cells show, for an image of width x height."""
+
+        def axis(positions: np.ndarray, cell: int, size: int, first: int, at: np.ndarray) -> np.ndarray:
+            positions = np.asarray(positions, np.int64)
+            extent = np.minimum(cell, size - (first + np.arange(len(positions))) * cell)
+            ends = positions + extent
+            index = np.searchsorted(positions, at, side="right") - 1
+            ok = index >= 0
+            return ok & (at < ends[np.clip(index, 0, None)])
+
+        in_x = axis(self.xs, self.cell_width, width, self.first_column, np.asarray(columns))
+        in_y = axis(self.ys, self.cell_height, height, self.first_row, np.asarray(rows))
+        return in_y[:, None] & in_x[None, :]
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +122,48 @@ class LevelSpec:
     dct_scale: int = 1
     stored_width: int = 0
     stored_height: int = 0
+    #: A placed level: ``width`` x ``height`` composed of these stored images (each a
+    #: LevelSpec with a ``placement``, same codec and samples); this spec's own tile
+    #: tables and tile size are its first layer's.
+    layers: tuple[LevelSpec, ...] = ()
+    #: Where a layer's cells go (layers only).
+    placement: Placement | None = None
+    #: The level's downsample when the format defines it (Ventana: mag0 / mag); None:
+    #: OpenSlide's mean of the axes' ratios to level 0.
+    downsample: float | None = None
+    #: Whether OpenSlide reports the tile size as ``openslide.level[n].tile-width/height``.
+    tile_hint: bool = True
+
+    def present(self, x: int, y: int, width: int, height: int) -> np.ndarray | None:
+        """Where the level region at ``(x, y)`` shows stored pixels (rows x columns); None: all of it.
+
+        False outside the level, outside a placed level's layers, and in tiles
+        never written (offset and byte count 0).
+
+        Example:
+            >>> spec = wsiarray.open(path).format_info.levels[0]
+            >>> spec.present(0, 0, 4, 4) is None, spec.present(-1, 0, 2, 1).tolist()
+            (True, [[False, True]])
+        """
+        columns = np.arange(x, x + width)
+        rows = np.arange(y, y + height)
+        in_rows, in_columns = (rows >= 0) & (rows < self.height), (columns >= 0) & (columns < self.width)
+        level = in_rows[:, None] & in_columns[None, :]
+        if self.layers:
+            inside = np.zeros((height, width), bool)
+            for layer in self.layers:
+                if layer.placement is not None:
+                    inside |= layer.placement.covered(columns, rows, layer.width, layer.height)
+            return inside & level
+        missing = ((self.offsets == 0) & (self.bytecounts == 0)).all(axis=0)  # no plane of it written
+        if level.all() and not missing.any():
+            return None
+        inside = level
+        if missing.any():
+            tile_col = np.clip(columns // self.tile_width, 0, missing.shape[1] - 1)
+            tile_row = np.clip(rows // self.tile_height, 0, missing.shape[0] - 1)
+            inside &= ~missing[tile_row[:, None], tile_col[None, :]]
+        return inside
 
     @property
     def planes(self) -> int:

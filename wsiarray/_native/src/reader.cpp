@@ -35,38 +35,58 @@ void fail(ErrorKind kind, const std::string& message) { throw Error(kind, messag
 // One request: its plan, and what its threads share read-only.
 class RegionRead {
  public:
-  RegionRead(const Reader& reader, size_t level_index, const Region& region, uint8_t* out, size_t pitch,
-             const RequestCache& cache, size_t workers, uint32_t scale, size_t batch = 1)
-      : reader_(reader), level_(reader.level(level_index)), level_index_(level_index),
-        g_(scaled_geometry(level_.geometry(), scale)), label_(reader.label(level_index)), cache_(cache),
+  // Reads the part of `region` that layer `layer` of a placed level shows
+  // (the level itself when it is not placed).
+  RegionRead(const Reader& reader, size_t level_index, size_t layer, const Region& region, uint8_t* out,
+             size_t pitch, const RequestCache& cache, size_t workers, uint32_t scale, size_t batch = 1)
+      : reader_(reader), level_(source(reader.level(level_index), layer)), level_index_(level_index),
+        layer_(uint32_t(layer)), g_(scaled_geometry(level_.geometry(), scale)),
+        label_{&reader.file().path(), level_index, level_.page_index}, cache_(cache),
         out_{out, pitch, region.width, region.height, level_.pixel_bytes()},
         layout_{g_.tile_width, g_.tile_height, g_.samples_per_plane, g_.bytes_per_sample},
         decode_(codec_decoder(level_.codec)), params_(level_.codec_params()), scale_(scale) {
-    if (scale != 1 && !can_scale(level_, scale)) fail(ErrorKind::Argument, "level cannot be read scaled");
+    const LevelDesc& top = reader.level(level_index);
+    if (scale != 1 && !can_scale(top, scale)) fail(ErrorKind::Argument, "level cannot be read scaled");
     params_.jpeg.scale_denom = scale;
-    make_plan(g_, level_.tables(), reader.file().size(), region, workers, label_, plan_);
-    if (level_.codec == Codec::JpegRestart) {
-      params_.jpeg.tables = nullptr;  // the assembled stream has the header
-      params_.jpeg.tables_size = 0;
-      params_.jpeg.scale_denom = level_.dct_scale;
-      // libjpeg upsamples subsampled chroma with its neighbours (fancy
-      // upsampling) except at 1/8, where it replicates: below that, decode
-      // a neighbouring interval on each subsampled side, where there is one,
-      // so that the pixels are the whole JPEG's.
-      const bool fancy = level_.dct_scale < 8;
-      BlockLimits limits;
-      limits.margin_x = fancy && level_.scan.mcu_width > 8 ? 1 : 0;
-      limits.margin_y = fancy && level_.scan.mcu_height > 8 ? 1 : 0;
-      limits.max_tiles_across = kMaxJpegDimension / (level_.tile_width * level_.dct_scale);
-      // 4 blocks per worker, as runs, shared among the requests of a batch:
-      // every block costs a header parse, and a batch has work for all.
-      limits.blocks = workers > 1 ? std::max<size_t>(1, (workers * 4 + batch - 1) / batch) : 1;
-      plan_blocks(g_, level_.tables(), plan_, limits, blocks_);
+    if (!top.placed()) {
+      make_plan(g_, level_.tables(), reader.file().size(), region, workers, label_, plan_);
+      if (level_.codec == Codec::JpegRestart) {
+        params_.jpeg.tables = nullptr;  // the assembled stream has the header
+        params_.jpeg.tables_size = 0;
+        params_.jpeg.scale_denom = level_.dct_scale;
+        // libjpeg upsamples subsampled chroma with its neighbours (fancy
+        // upsampling) except at 1/8, where it replicates: below that, decode
+        // a neighbouring interval on each subsampled side, where there is one,
+        // so that the pixels are the whole JPEG's.
+        const bool fancy = level_.dct_scale < 8;
+        BlockLimits limits;
+        limits.margin_x = fancy && level_.scan.mcu_width > 8 ? 1 : 0;
+        limits.margin_y = fancy && level_.scan.mcu_height > 8 ? 1 : 0;
+        limits.max_tiles_across = kMaxJpegDimension / (level_.tile_width * level_.dct_scale);
+        // 4 blocks per worker, as runs, shared among the requests of a batch:
+        // every block costs a header parse, and a batch has work for all.
+        limits.blocks = workers > 1 ? std::max<size_t>(1, (workers * 4 + batch - 1) / batch) : 1;
+        plan_blocks(g_, level_.tables(), plan_, limits, blocks_);
+      }
+      return;
     }
+    std::vector<LevelGeometry> geometries;
+    for (const LevelDesc& l : top.layers) geometries.push_back(l.geometry());
+    std::vector<Layer> layers;
+    for (size_t k = 0; k < top.layers.size(); ++k) {
+      const LevelDesc& l = top.layers[k];
+      layers.push_back(Layer{&geometries[k], l.tables(), &l.placement,
+                             TileLabel{&reader.file().path(), level_index, l.page_index}});
+    }
+    make_layer_plan(layers, layer, top.width, top.height, reader.file().size(), region, workers, plan_);
   }
 
   void fill(const uint8_t* pixel) const { fill_rects(out_, plan_.fills, pixel); }
   size_t run_count() const { return level_.codec == Codec::JpegRestart ? blocks_.size() : plan_.runs.size(); }
+
+  static const LevelDesc& source(const LevelDesc& level, size_t layer) {
+    return level.placed() ? level.layers[layer] : level;
+  }
 
   void read_run(size_t index) const {
     if (level_.codec == Codec::JpegRestart) {
@@ -88,7 +108,7 @@ class RegionRead {
     for (size_t k = 0; k < run.count; ++k) {
       const PlanTile& t = plan_.tiles[run.first + k];
       served[k] = t.bytecount > 0 && cache_.find(key(t), layout_.bytes(), coverage(t), [&](const TileView& v) {
-                    place_tile(out_, t, g_, v);
+                    place_pieces(out_, plan_, t, g_, v);
                   });
       if (!served[k]) {
         first = std::min(first, k);
@@ -118,7 +138,8 @@ class RegionRead {
     TileKey k;
     k.file = reader_.file().identity();
     // A scaled read's tiles are other pixels than the level's: another key.
-    k.level = uint32_t(level_index_) | (scale_ << 24);
+    // So are a placed level's layers' tiles.
+    k.level = uint32_t(level_index_) | (layer_ << 16) | (scale_ << 24);
     k.plane = t.plane;
     k.tile = uint64_t(t.ty) * g_.tiles_across() + t.tx;
     return k;
@@ -151,7 +172,7 @@ class RegionRead {
     const size_t row_bytes = layout_.row_bytes();
     if (t.bytecount == 0) {
       // Never written (offset and count 0): black, as in tifffile; not cached.
-      if (single) {
+      if (single && t.piece_count == 0) {
         uint8_t* origin = tile_origin(out_, t, g_);
         const size_t span = size_t(t.in_tile.width) * out_.pixel_bytes;
         for (uint32_t r = 0; r < t.in_tile.height; ++r) std::memset(origin + size_t(r) * out_.pitch, 0, span);
@@ -159,7 +180,7 @@ class RegionRead {
         uint8_t* tile = grow(scratch.tile, layout_.bytes());
         std::memset(tile, 0, layout_.bytes());
         const uint8_t* pages[1] = {tile};
-        place_tile(out_, t, g_, TileView{pages, layout_.bytes(), layout_.bytes()});
+        place_pieces(out_, plan_, t, g_, TileView{pages, layout_.bytes(), layout_.bytes()});
       }
       return;
     }
@@ -174,17 +195,18 @@ class RegionRead {
         decode_(src, params_, layout_, *entry);  // the cache places it
         return TileCache::Rows{};
       }
-      if (!keep && single) {
+      if (!keep && single && t.piece_count == 0) {
         decode_(src, params_, layout_, output_target(out_, t, g_));
         return TileCache::Rows{};
       }
       uint8_t* tile = grow(scratch.tile, layout_.bytes());
       decode_(src, params_, layout_, TileTarget::tile(layout_, tile, row_bytes));
       const uint8_t* pages[1] = {tile};
-      place_tile(out_, t, g_, TileView{pages, layout_.bytes(), layout_.bytes()});
+      place_pieces(out_, plan_, t, g_, TileView{pages, layout_.bytes(), layout_.bytes()});
       return TileCache::Rows{tile, row_bytes, row_bytes, layout_.height};
     };
-    cache_.get(key(t), layout_, coverage(t), [&](const TileView& v) { place_tile(out_, t, g_, v); }, decode);
+    cache_.get(key(t), layout_, coverage(t), [&](const TileView& v) { place_pieces(out_, plan_, t, g_, v); },
+               decode);
   }
 
   // Decodes a block of restart intervals as one JPEG: reads its rows (one
@@ -247,6 +269,7 @@ class RegionRead {
   const Reader& reader_;
   const LevelDesc& level_;
   size_t level_index_;
+  uint32_t layer_;
   LevelGeometry g_;
   TileLabel label_;
   const RequestCache& cache_;
@@ -275,7 +298,8 @@ bool can_scale(const LevelDesc& level, uint32_t scale) {
   if (scale == 1) return true;
   if (scale != 2 && scale != 4 && scale != 8) return false;
   // (JpegRestart levels are read at their own dct_scale only.)
-  return level.codec == Codec::Jpeg && level.tile_width % scale == 0 && level.tile_height % scale == 0;
+  return level.codec == Codec::Jpeg && !level.placed() && level.tile_width % scale == 0 &&
+         level.tile_height % scale == 0;
 }
 
 CodecParams LevelDesc::codec_params() const {
@@ -365,11 +389,14 @@ TileLabel Reader::label(size_t index) const { return TileLabel{&file_.path(), in
 
 void Reader::plan(size_t index, const Region& region, size_t workers, Plan& plan) const {
   const LevelDesc& l = level(index);
+  if (l.placed()) fail(ErrorKind::Unsupported, file_.path() + ": level " + std::to_string(index) + " is placed from several images; plan is for stored levels");
   make_plan(l.geometry(), l.tables(), file_.size(), region, workers, label(index), plan);
 }
 
-size_t Reader::add_level(LevelDesc level) {
-  const std::string what = file_.path() + ": IFD " + std::to_string(level.page_index);
+namespace {
+
+// Checks a stored image's description; `tables`: also its tile tables.
+void check_level(const LevelDesc& level, const std::string& what, bool tables) {
   if (level.width == 0 || level.height == 0 || level.tile_width == 0 || level.tile_height == 0) {
     fail(ErrorKind::Format, what + ": zero image or tile size");
   }
@@ -384,14 +411,12 @@ size_t Reader::add_level(LevelDesc level) {
     fail(ErrorKind::Format, what + ": tiles larger than 256 MiB");
   }
   const uint64_t count = level.geometry().tile_count();
-  if (level.offsets.size() != count || level.bytecounts.size() != count) {
+  if (tables && (level.offsets.size() != count || level.bytecounts.size() != count)) {
     fail(ErrorKind::Format, what + ": " + std::to_string(level.offsets.size()) + " tile offsets for " +
                                 std::to_string(count) + " tiles");
   }
-  if (level.codec == Codec::JpegRestart) {
-    check_restart_level(level, what);
-  } else if (codec_decoder(level.codec) == nullptr) {
-    fail(ErrorKind::Unsupported, what + ": unknown codec");
+  if (level.codec != Codec::JpegRestart && codec_decoder(level.codec) == nullptr) {
+    fail(ErrorKind::Unsupported, what + ": unknown codec");  // (JpegRestart: check_restart_level)
   }
   if (level.codec == Codec::Jpeg && bps != 1) {
     fail(ErrorKind::Unsupported, what + ": JPEG with more than 8 bits per sample");
@@ -401,6 +426,39 @@ size_t Reader::add_level(LevelDesc level) {
   }
   if (level.predictor != 1 && level.predictor != 2) fail(ErrorKind::Unsupported, what + ": predictor");
   if (level.strips && level.tile_width != level.width) fail(ErrorKind::Format, what + ": strips narrower than the image");
+}
+
+// Checks a placed level's layers against it and their placements.
+void check_layers(const LevelDesc& level, const std::string& what) {
+  if (level.layers.size() > kMaxLayers) fail(ErrorKind::Format, what + ": too many layers");
+  for (size_t k = 0; k < level.layers.size(); ++k) {
+    const LevelDesc& layer = level.layers[k];
+    const std::string about = what + ": layer " + std::to_string(k) + " (IFD " + std::to_string(layer.page_index) + ")";
+    check_level(layer, about, true);
+    if (layer.placed()) fail(ErrorKind::Format, about + ": layers of layers");
+    if (layer.codec != level.codec || layer.planes != level.planes ||
+        layer.samples_per_plane != level.samples_per_plane || layer.bytes_per_sample != level.bytes_per_sample) {
+      fail(ErrorKind::Unsupported, about + ": codec or samples differ from the level's");
+    }
+    const std::string problem = placement_problem(layer.geometry(), layer.placement);
+    if (!problem.empty()) fail(ErrorKind::Format, about + ": " + problem);
+    bool gapless = true;
+    placed_box(layer.geometry(), layer.placement, &gapless);
+    // First wins between layers by their boxes: a box must be all pixels.
+    if (!gapless && level.layers.size() > 1) fail(ErrorKind::Format, about + ": gaps between the cells of one of several layers");
+  }
+}
+
+}  // namespace
+
+size_t Reader::add_level(LevelDesc level) {
+  const std::string what = file_.path() + ": IFD " + std::to_string(level.page_index);
+  check_level(level, what, !level.placed());
+  if (level.placed()) check_layers(level, what);
+  if (level.codec == Codec::JpegRestart) {
+    if (level.placed()) fail(ErrorKind::Unsupported, what + ": a placed level of restart intervals");
+    check_restart_level(level, what);
+  }
   levels_.push_back(std::make_unique<LevelDesc>(std::move(level)));
   return levels_.size() - 1;
 }
@@ -423,12 +481,15 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
     const LevelDesc& level = r.reader->level(r.level);
     if (level.pixel_bytes() != fill_bytes) fail(ErrorKind::Argument, "regions of a batch differ in pixel size");
     if (r.pitch < size_t(r.region.width) * fill_bytes) fail(ErrorKind::Argument, "output rows too short");
-    auto read =
-        std::make_unique<RegionRead>(*r.reader, r.level, r.region, r.out, r.pitch, cache, workers, r.scale,
-                                     requests.size());
-    read->fill(fill);
-    for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
-    reads.push_back(std::move(read));
+    // A placed level reads layer by layer; the first plan fills.
+    const size_t layers = std::max<size_t>(1, level.layers.size());
+    for (size_t layer = 0; layer < layers; ++layer) {
+      auto read = std::make_unique<RegionRead>(*r.reader, r.level, layer, r.region, r.out, r.pitch, cache, workers,
+                                               r.scale, requests.size());
+      read->fill(fill);
+      for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
+      reads.push_back(std::move(read));
+    }
   }
   parallel_for(runs.size(), workers, [&](size_t i) { reads[runs[i].first]->read_run(runs[i].second); });
 }

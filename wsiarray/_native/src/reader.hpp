@@ -46,6 +46,12 @@ struct LevelDesc {
   uint32_t stored_width = 0;
   uint32_t stored_height = 0;
   ScanHeader scan;
+  // A placed level (see Placement) is width x height pixels composed of
+  // these stored images (which share its codec and sample layout), each
+  // with its placement; its own tile tables are empty.
+  std::vector<LevelDesc> layers;
+  Placement placement;  // where a layer's cells go
+  bool placed() const { return !layers.empty(); }
 
   LevelGeometry geometry() const {
     return LevelGeometry{width, height, tile_width, tile_height, planes, samples_per_plane, bytes_per_sample};
