@@ -1,8 +1,8 @@
 """Format layer: what a slide file contains, as plain tables for the native engine.
 
 :func:`read_slide_info` opens a file with tifffile, lets each vendor module
-try to claim it (Aperio, Hamamatsu NDPI, Leica SCN, Ventana BIF, then OME-TIFF, then generic pyramidal TIFF, the way
-OpenSlide tries its drivers), and returns a :class:`SlideInfo`: levels as
+try to claim it (Aperio, Hamamatsu NDPI, Leica SCN, Ventana BIF, then OME-TIFF,
+then generic pyramidal TIFF, the way OpenSlide tries its drivers), and returns a :class:`SlideInfo`: levels as
 :class:`LevelSpec` tile tables, OpenSlide-style properties, and lazy loaders
 for associated images.  No pixels are read here.
 """
