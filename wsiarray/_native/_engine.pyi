@@ -149,6 +149,9 @@ class Reader:
         file: int = 0,
         missing_fill: bool = False,
         layers: list[tuple] = ...,
+        dct_scale: int = 1,
+        stored_width: int = 0,
+        stored_height: int = 0,
     ) -> int:
         """Validates and adds a level; returns its index. Tables are ``(planes, down, across)``.
 
@@ -165,7 +168,10 @@ class Reader:
         ``compression`` (the TIFF tag value) picks the stream header that is checked against the
         tile before any decode; ``strips``: the tiles are strips, the last may be shorter;
         ``file``: the index (``add_file``) of the file holding the tiles; ``missing_fill``: tiles
-        never written (offset and byte count 0) get the request's fill pixel instead of zeros.
+        never written (offset and byte count 0) get the request's fill pixel instead of zeros..
+        Codec 4 (``JPEG_RESTART``, NDPI): the tiles are the restart intervals of one JPEG of
+        ``stored_width`` x ``stored_height`` px whose header (SOI..SOS) is ``jpeg_tables``, read
+        at 1/``dct_scale``; rectangles of intervals are decoded as one JPEG, not cached.
         """
     def read_region(self, level: int, x: int, y: int, out: U8, fill: bytes, workers: int = 1) -> None:
         """Reads pixels at level coordinates (x, y) into out, a C-contiguous (h, w, pixel_bytes)
@@ -238,6 +244,16 @@ def stream_header(compression: int, data: bytes) -> tuple[int, int, int, int] | 
     """``(width, height, samples, bits)`` a tile stream of this TIFF Compression declares
     (0: not declared), or None for codecs whose streams carry no size; ``TileDecodeError``
     when it cannot be read (the check the engine runs before decoding a tile)."""
+
+def jpeg_scan_header(data: bytes) -> dict[str, int]:
+    """The frame and scan header of a baseline JPEG whose restart intervals are tiles (NDPI):
+    ``width``, ``height``, ``components``, ``mcu_width``, ``mcu_height``, ``restart_interval``
+    and ``length`` (bytes up to the first entropy-coded byte); ``FormatError`` otherwise."""
+
+def scan_restart_markers(path: str, offset: int, size: int, start: int, max_markers: int) -> list[int]:
+    """Offsets (relative to the strip) just past each restart marker of the JPEG strip at
+    ``offset``, scanned from ``start`` to its EOI with the GIL released; ``FormatError`` when
+    the markers are out of sequence, more than ``max_markers``, or there is no EOI."""
 
 def pool_size() -> int:
     """Threads in the process-wide decode pool."""

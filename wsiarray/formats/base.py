@@ -31,6 +31,9 @@ class Codec(enum.IntEnum):
     DEFLATE = 1
     LZW = 2
     JPEG = 3
+    #: The tiles are the restart intervals of one JPEG (Hamamatsu NDPI);
+    #: ``jpeg_tables`` holds that JPEG's header (SOI through SOS).
+    JPEG_RESTART = 4
     #: Decoded by ``LevelSpec.external_decoder`` (imagecodecs via tifffile).
     EXTERNAL = 255
 
@@ -123,6 +126,12 @@ class LevelSpec:
     #: The compression's name when ``compression`` is only the stream-header check's value
     #: (DICOM transfer syntaxes: ``"JPEG_LS"`` is checked as a JPEG stream).
     codec_name: str = ""
+    #: ``JPEG_RESTART`` only: the level is the JPEG of ``stored_width`` x
+    #: ``stored_height`` pixels decoded at 1/``dct_scale`` (libjpeg's DCT
+    #: scaling; OpenSlide's extra NDPI levels), cut to ``width`` x ``height``.
+    dct_scale: int = 1
+    stored_width: int = 0
+    stored_height: int = 0
     #: A placed level: ``width`` x ``height`` composed of these stored images (each a
     #: LevelSpec with a ``placement``, same codec and samples); this spec's own tile
     #: tables and tile size are its first layer's.
@@ -223,6 +232,9 @@ class LevelSpec:
                 strips=self.strips,
                 file=file,
                 missing_fill=self.missing_is_fill,
+                dct_scale=self.dct_scale,
+                stored_width=self.stored_width,
+                stored_height=self.stored_height,
                 layers=[_layer_tuple(layer) for layer in self.layers],
             )
         )

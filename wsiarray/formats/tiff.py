@@ -34,6 +34,7 @@ __all__ = [
     "is_mask",
     "is_reduced",
     "iter_pages",
+    "jpeg_colorspaces",
     "level_from_pages",
     "open_tiff",
     "page_name",
@@ -130,7 +131,13 @@ def check_page(page: tifffile.TiffPage, what: str) -> None:
         raise UnsupportedError(f"{what}: {bits} bits per sample")
 
 
-def _jpeg_colorspaces(page: tifffile.TiffPage) -> tuple[JpegColor, JpegColor]:
+def jpeg_colorspaces(page: tifffile.TiffPage) -> tuple[JpegColor, JpegColor]:
+    """libjpeg's input and output colour spaces for a JPEG page, as tifffile decodes it.
+
+    Example:
+        >>> jpeg_colorspaces(tifffile.TiffFile(svs_path).pages.first)  # RGB with a JFIF marker
+        (<JpegColor.AUTO: -1>, <JpegColor.RGB: 2>)
+    """
     # Mirrors tifffile.jpeg_decode_colorspace so pixels match tifffile exactly:
     # Aperio stores RGB components without JFIF/Adobe markers, and only the
     # Photometric tag says they are not YCbCr.
@@ -234,7 +241,7 @@ def level_from_pages(pages: Sequence[tifffile.TiffPage], what: str) -> LevelSpec
         counts[sl] = page_counts.reshape(planes_per_page, down, across)
 
     codec = _native_codec(first, samples_per_plane)
-    jpeg_in, jpeg_out = _jpeg_colorspaces(first) if codec is Codec.JPEG else (JpegColor.AUTO,) * 2
+    jpeg_in, jpeg_out = jpeg_colorspaces(first) if codec is Codec.JPEG else (JpegColor.AUTO,) * 2
     byteswap = itemsize > 1 and first.parent.byteorder != ("<" if sys.byteorder == "little" else ">")
     external = None
     if codec is Codec.EXTERNAL:

@@ -19,7 +19,10 @@
 
 namespace wsi {
 
-enum class Codec : int { Raw = 0, Deflate = 1, Lzw = 2, Jpeg = 3, External = 255 };
+// JpegRestart: the tiles are the restart intervals of one JPEG (NDPI); its
+// header is the level's jpeg_tables and reads go through restart.hpp, not
+// the per-tile decoders (codec_decoder gives none).
+enum class Codec : int { Raw = 0, Deflate = 1, Lzw = 2, Jpeg = 3, JpegRestart = 4, External = 255 };
 
 struct TileLayout {
   uint32_t width = 0;
@@ -102,6 +105,14 @@ void decode_deflate(const TileStream&, const CodecParams&, const TileLayout&, co
 void decode_lzw(const TileStream&, const CodecParams&, const TileLayout&, const TileTarget&);
 void decode_jpeg(const TileStream&, const CodecParams&, const TileLayout&, const TileTarget&);
 void decode_external(const TileStream&, const CodecParams&, const TileLayout&, const TileTarget&);
+
+// Decodes `target`'s window of a complete JPEG stream (no tables stream)
+// whose frame must be frame_width x frame_height (checked before anything is
+// allocated): an assembled run of restart intervals (restart.hpp). `layout`
+// is the decoded frame, i.e. the frame size divided by params.scale_denom,
+// rounded up.
+void decode_jpeg_frame(const uint8_t* data, size_t size, const JpegParams& params, uint32_t frame_width,
+                       uint32_t frame_height, const TileLayout& layout, const TileTarget& target);
 
 // Pieces the byte-stream decoders share (codecs/table.cpp, predictor.cpp):
 // inflate into a contiguous tile of dst_size bytes (a stream that ends

@@ -195,4 +195,23 @@ void decode_jpeg(const TileStream& src, const CodecParams& params, const TileLay
   }
 }
 
+void decode_jpeg_frame(const uint8_t* data, size_t size, const JpegParams& params, uint32_t frame_width,
+                       uint32_t frame_height, const TileLayout& layout, const TileTarget& dst) {
+  const uint32_t scale = params.scale_denom;
+  if (scale != 1 && scale != 2 && scale != 4 && scale != 8) throw Error(ErrorKind::Argument, "JPEG scale");
+  if (layout.bytes_per_sample != 1) throw Error(ErrorKind::Unsupported, "JPEG with more than 8 bits");
+  if (uint64_t(dst.x) + dst.width > layout.width || uint64_t(dst.y) + dst.height > layout.height) {
+    throw Error(ErrorKind::Decode, "JPEG window outside the frame");
+  }
+  Decompressor& d = thread_decompressor();
+  if (!read_header(d, data, size, params)) throw Error(ErrorKind::Decode, std::string("JPEG: ") + d.err.message);
+  const jpeg_decompress_struct& c = d.cinfo;
+  if (c.image_width != frame_width || c.image_height != frame_height ||
+      uint32_t(c.num_components) != layout.samples) {
+    jpeg_abort_decompress(&d.cinfo);
+    throw Error(ErrorKind::Decode, "JPEG frame is not the one assembled");
+  }
+  if (!decode(d, params, layout, dst)) throw Error(ErrorKind::Decode, std::string("JPEG: ") + d.err.message);
+}
+
 }  // namespace wsi

@@ -93,6 +93,7 @@ DecodeFn codec_decoder(Codec codec) {
     case Codec::Lzw: return decode_lzw;
     case Codec::Jpeg: return decode_jpeg;
     case Codec::External: return decode_external;
+    case Codec::JpegRestart: return nullptr;
   }
   return nullptr;
 }

@@ -1,6 +1,7 @@
 // Python bindings: thin wrappers that convert arguments, release the GIL
 // around engine calls and map wsi::Error to wsiarray.errors classes.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/vector.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
@@ -21,6 +22,7 @@
 #include "output_memory.hpp"
 #include "plan.hpp"
 #include "reader.hpp"
+#include "../codecs/restart.hpp"
 #include "resample.hpp"
 #include "thread_pool.hpp"
 
@@ -239,7 +241,8 @@ NB_MODULE(_engine, m) {
              uint32_t samples_per_plane, uint32_t bytes_per_sample, int codec, bool byteswap, int predictor,
              nb::bytes jpeg_tables, int jpeg_in, int jpeg_out, U64Array offsets, U64Array bytecounts,
              nb::object external, uint32_t page_index, uint32_t compression, bool strips, uint32_t file,
-             bool missing_fill, std::vector<LayerTuple> layers) {
+             bool missing_fill, std::vector<LayerTuple> layers, uint32_t dct_scale, uint32_t stored_width,
+             uint32_t stored_height) {
             if (offsets.ndim() != 3 || bytecounts.ndim() != 3) {
               throw wsi::Error(wsi::ErrorKind::Format, "tile tables must be (planes, down, across)");
             }
@@ -266,6 +269,9 @@ NB_MODULE(_engine, m) {
             level.strips = strips;
             level.file = file;
             level.missing_is_fill = missing_fill;
+            level.dct_scale = dct_scale;
+            level.stored_width = stored_width;
+            level.stored_height = stored_height;
             for (const LayerTuple& t : layers) {
               const U64Array& lo = std::get<5>(t);
               const U64Array& lb = std::get<6>(t);
@@ -303,6 +309,7 @@ NB_MODULE(_engine, m) {
           "bytes_per_sample"_a, "codec"_a, "byteswap"_a, "predictor"_a, "jpeg_tables"_a, "jpeg_in"_a,
           "jpeg_out"_a, "offsets"_a, "bytecounts"_a, "external"_a.none(), "page_index"_a, "compression"_a = 0,
           "strips"_a = false, "file"_a = 0, "missing_fill"_a = false, "layers"_a = std::vector<LayerTuple>(),
+          "dct_scale"_a = 1, "stored_width"_a = 0, "stored_height"_a = 0,
           "Adds a level; with `layers`, a placed level of width x height composed of those stored images.")
       .def(
           "read_region",
@@ -638,6 +645,62 @@ NB_MODULE(_engine, m) {
       "compression"_a, "data"_a,
       "(width, height, samples, bits) a tile stream of this TIFF Compression declares (0: not declared), "
       "or None for codecs whose streams carry no size; TileDecodeError when it cannot be read.");
+
+  m.def(
+      "jpeg_scan_header",
+      [](nb::bytes data) {
+        wsi::ScanHeader h;
+        if (const char* problem = wsi::parse_scan_header(static_cast<const uint8_t*>(data.data()), data.size(), h)) {
+          throw wsi::Error(wsi::ErrorKind::Format, problem);
+        }
+        nb::dict d;
+        d["width"] = h.width;
+        d["height"] = h.height;
+        d["components"] = h.components;
+        d["mcu_width"] = h.mcu_width;
+        d["mcu_height"] = h.mcu_height;
+        d["restart_interval"] = h.restart_interval;
+        d["length"] = h.length;
+        return d;
+      },
+      "data"_a,
+      "The frame and scan header of a baseline JPEG whose restart intervals are tiles (NDPI): a dict of "
+      "width, height, components, mcu_width, mcu_height, restart_interval and length (bytes up to the first "
+      "entropy-coded byte); FormatError when it is not one.");
+  m.def(
+      "scan_restart_markers",
+      [](const std::string& path, uint64_t offset, uint64_t size, uint64_t start, uint64_t max_markers) {
+        std::vector<uint64_t> ends;
+        {
+          nb::gil_scoped_release release;
+          wsi::File file(path);
+          if (offset > file.size() || size > file.size() - offset || start > size) {
+            throw wsi::Error(wsi::ErrorKind::Format, path + ": JPEG strip " + std::to_string(offset) + "+" +
+                                                         std::to_string(size) + " lies outside the file");
+          }
+          wsi::RestartScanner scanner(start, max_markers);
+          std::vector<uint8_t> chunk(std::min<uint64_t>(size, 4u << 20));
+          try {
+            for (uint64_t at = start; at < size && !scanner.done();) {
+              const uint64_t n = std::min<uint64_t>(chunk.size(), size - at);
+              file.read_exact(offset + at, n, chunk.data());
+              scanner.feed(chunk.data(), size_t(n), at);
+              at += n;
+            }
+          } catch (const wsi::Error& e) {
+            // A bad scan is a bad file structure: the slide does not open.
+            if (e.kind() != wsi::ErrorKind::Decode) throw;
+            throw wsi::Error(wsi::ErrorKind::Format, path + ": JPEG strip at " + std::to_string(offset) + ": " + e.what());
+          }
+          if (!scanner.done()) throw wsi::Error(wsi::ErrorKind::Format, path + ": JPEG strip has no end-of-image marker");
+          ends = scanner.ends();
+        }
+        return ends;
+      },
+      "path"_a, "offset"_a, "size"_a, "start"_a, "max_markers"_a,
+      "Offsets (relative to the strip) just past each restart marker of the JPEG strip at offset..offset+size, "
+      "scanning from `start` (the first entropy-coded byte) to its EOI, GIL released; FormatError when markers "
+      "are out of sequence, more than max_markers, or there is no EOI.");
 
   m.def("pool_size", &wsi::pool_size, "Threads in the process-wide decode pool.");
   m.def("set_pool_size", &wsi::set_pool_size, "threads"_a,

@@ -351,4 +351,56 @@ void make_layer_plan(const std::vector<Layer>& layers, size_t index, uint32_t wi
   make_runs(plan, workers);
 }
 
+void plan_blocks(const LevelGeometry& g, const TileTables& tables, const Plan& plan, const BlockLimits& limits,
+                 std::vector<Block>& blocks) {
+  blocks.clear();
+  if (plan.empty()) return;
+  const uint32_t tw = g.tile_width, th = g.tile_height;
+  const uint32_t across = g.tiles_across(), down = g.tiles_down();
+  const uint32_t tx0 = uint32_t(plan.x0 / tw), tx1 = uint32_t((plan.x1 - 1) / tw) + 1;
+  const uint32_t ty0 = uint32_t(plan.y0 / th), ty1 = uint32_t((plan.y1 - 1) / th) + 1;
+  const uint32_t mx = limits.margin_x, my = limits.margin_y;
+  if (limits.max_tiles_across <= 2 * mx) throw Error(ErrorKind::Format, "tiles too wide for a JPEG frame");
+  const uint32_t cols_per_block = limits.max_tiles_across - 2 * mx;
+  const size_t column_groups = (tx1 - tx0 + cols_per_block - 1) / cols_per_block;
+  // Rows per block: about limits.blocks blocks, fewer rows where a row's
+  // bytes are many.
+  const uint32_t rows = ty1 - ty0;
+  const size_t want = std::max<size_t>(limits.blocks, 1);
+  const size_t per_column_group = (want + column_groups - 1) / column_groups;
+  const uint32_t per_group = uint32_t((rows + per_column_group - 1) / per_column_group);
+  for (uint32_t cx = tx0; cx < tx1; cx += cols_per_block) {
+    const uint32_t cx1 = std::min(cx + cols_per_block, tx1);
+    const uint32_t dx0 = cx >= mx ? cx - mx : 0, dx1 = std::min(cx1 + mx, across);
+    uint32_t ry = ty0;
+    while (ry < ty1) {
+      // Grow the block row by row up to per_group rows and max_bytes.
+      uint32_t ry1 = ry;
+      uint64_t bytes = 0;
+      while (ry1 < ty1 && ry1 - ry < per_group) {
+        const uint64_t i0 = uint64_t(ry1) * across + dx0, i1 = uint64_t(ry1) * across + dx1 - 1;
+        const uint64_t row_bytes = tables.offsets[i1] + tables.bytecounts[i1] - tables.offsets[i0];
+        if (ry1 > ry && bytes + row_bytes > limits.max_bytes) break;
+        bytes += row_bytes;
+        ++ry1;
+      }
+      Block b;
+      b.tx0 = dx0;
+      b.tx1 = dx1;
+      b.ty0 = ry >= my ? ry - my : 0;
+      b.ty1 = std::min(ry1 + my, down);
+      const int64_t px0 = std::max<int64_t>(plan.x0, int64_t(cx) * tw);
+      const int64_t px1 = std::min<int64_t>(plan.x1, int64_t(cx1) * tw);
+      const int64_t py0 = std::max<int64_t>(plan.y0, int64_t(ry) * th);
+      const int64_t py1 = std::min<int64_t>(plan.y1, int64_t(ry1) * th);
+      b.window = Rect{uint32_t(px0 - int64_t(b.tx0) * tw), uint32_t(py0 - int64_t(b.ty0) * th), uint32_t(px1 - px0),
+                      uint32_t(py1 - py0)};
+      b.out_x = uint32_t(px0 - plan.region.x);
+      b.out_y = uint32_t(py0 - plan.region.y);
+      blocks.push_back(b);
+      ry = ry1;
+    }
+  }
+}
+
 }  // namespace wsi

@@ -129,6 +129,35 @@ std::string describe_tile(const TileLabel& label, const LevelGeometry& g, uint32
 void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_size, const Region& region,
                size_t workers, const TileLabel& label, Plan& plan);
 
+// Levels whose tiles are the restart intervals of one JPEG (Codec::JpegRestart)
+// are not decoded tile by tile: a block is a rectangle of intervals decoded
+// as one JPEG (restart.hpp), one decoder call for many 64x8 tiles.
+struct Block {
+  uint32_t tx0 = 0, tx1 = 0;  // tile columns decoded: [tx0, tx1), margins included
+  uint32_t ty0 = 0, ty1 = 0;  // tile rows decoded
+  Rect window;                // the pixels wanted, relative to tile (tx0, ty0)'s origin
+  uint32_t out_x = 0;         // where the window lands in the output
+  uint32_t out_y = 0;
+};
+
+struct BlockLimits {
+  // Tiles decoded beside the wanted ones where they exist: chroma upsampling
+  // reads one chroma sample past a frame's edge, so a block of a subsampled
+  // JPEG needs its neighbours to give the pixels the whole-level decode gives.
+  uint32_t margin_x = 0;
+  uint32_t margin_y = 0;
+  uint32_t max_tiles_across = 0;  // libjpeg decodes frames at most 65500 px wide
+  uint64_t max_bytes = kMaxRunBytes;  // compressed bytes per block (rows are split to stay under it)
+  size_t blocks = 1;  // blocks wanted (rows are split so that threads share the request)
+};
+
+// Cuts the clipped request of `plan` (planned with make_plan on `g`, whose
+// tables are `tables`) into blocks: column groups of at most
+// max_tiles_across - 2 * margin_x wanted tiles, row groups so that there
+// are about limits.blocks blocks and no block's compressed bytes exceed
+// max_bytes (a single row may).
+void plan_blocks(const LevelGeometry& g, const TileTables& tables, const Plan& plan, const BlockLimits& limits,
+                 std::vector<Block>& blocks);
 // Where a stored image's cells land in a placed level (a level composed of
 // one or more stored images, each a "layer": a Leica SCN region placed at its
 // offset in the collection, the overlapping camera tiles of a Ventana BIF).

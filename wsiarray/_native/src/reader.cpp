@@ -14,7 +14,9 @@ namespace wsi {
 namespace {
 
 struct Scratch {
-  std::vector<uint8_t> bytes;   // a run's compressed bytes
+  std::vector<uint8_t> bytes;   // a run's compressed bytes (or a block's assembled JPEG)
+  std::vector<uint64_t> ends;   // a block's interval ends in `bytes`
+  std::vector<uint64_t> index;  // and their interval numbers in the file
   std::vector<uint8_t> tile;    // one decoded tile, when it cannot go straight to the output
   std::vector<uint8_t> served;  // per tile of a run: already placed from the cache
 };
@@ -41,7 +43,8 @@ class RegionRead {
   // Reads the part of `region` that layer `layer` of a placed level shows
   // (the level itself when it is not placed).
   RegionRead(const Reader& reader, size_t level_index, size_t layer, const Region& region, uint8_t* out,
-             size_t pitch, const RequestCache& cache, size_t workers, uint32_t scale, const uint8_t* fill)
+             size_t pitch, const RequestCache& cache, size_t workers, uint32_t scale, const uint8_t* fill,
+             size_t batch = 1)
       : reader_(reader), level_(source(reader.level(level_index), layer)), level_index_(level_index),
         layer_(uint32_t(layer)), file_(reader.file(level_.file)), source_(reader.source(level_.file)), fill_(fill),
         g_(scaled_geometry(level_.geometry(), scale)), label_{&file_.path(), level_index, level_.page_index},
@@ -54,6 +57,24 @@ class RegionRead {
     params_.jpeg.scale_denom = scale;
     if (!top.placed()) {
       make_plan(g_, level_.tables(), file_.size(), region, workers, label_, plan_);
+      if (level_.codec == Codec::JpegRestart) {
+        params_.jpeg.tables = nullptr;  // the assembled stream has the header
+        params_.jpeg.tables_size = 0;
+        params_.jpeg.scale_denom = level_.dct_scale;
+        // libjpeg upsamples subsampled chroma with its neighbours (fancy
+        // upsampling) except at 1/8, where it replicates: below that, decode
+        // a neighbouring interval on each subsampled side, where there is one,
+        // so that the pixels are the whole JPEG's.
+        const bool fancy = level_.dct_scale < 8;
+        BlockLimits limits;
+        limits.margin_x = fancy && level_.scan.mcu_width > 8 ? 1 : 0;
+        limits.margin_y = fancy && level_.scan.mcu_height > 8 ? 1 : 0;
+        limits.max_tiles_across = kMaxJpegDimension / (level_.tile_width * level_.dct_scale);
+        // 4 blocks per worker, as runs, shared among the requests of a batch:
+        // every block costs a header parse, and a batch has work for all.
+        limits.blocks = workers > 1 ? std::max<size_t>(1, (workers * 4 + batch - 1) / batch) : 1;
+        plan_blocks(g_, level_.tables(), plan_, limits, blocks_);
+      }
       return;
     }
     std::vector<LevelGeometry> geometries;
@@ -70,19 +91,30 @@ class RegionRead {
 
   void fill() const { fill_rects(out_, plan_.fills, fill_); }
 
-  // Appends (key, decoded bytes) of every written tile the plan covers.
+  // Appends (key, decoded bytes) of every written tile the plan covers that
+  // goes through the tile path (a restart level's blocks do not).
   void tile_uses(std::vector<std::pair<TileKey, size_t>>& uses) const {
+    if (level_.codec == Codec::JpegRestart) return;
     for (const PlanTile& t : plan_.tiles) {
       if (t.bytecount > 0) uses.emplace_back(key(t), layout_.bytes());
     }
   }
-  size_t run_count() const { return plan_.runs.size(); }
+  size_t run_count() const { return level_.codec == Codec::JpegRestart ? blocks_.size() : plan_.runs.size(); }
 
   static const LevelDesc& source(const LevelDesc& level, size_t layer) {
     return level.placed() ? level.layers[layer] : level;
   }
 
   void read_run(size_t index) const {
+    if (level_.codec == Codec::JpegRestart) {
+      const Block& b = blocks_[index];
+      try {
+        read_block(b);
+      } catch (const Error& e) {
+        throw Error(e.kind(), describe_tile(label_, g_, 0, b.tx0, b.ty0) + ": " + e.what(), e.cause());
+      }
+      return;
+    }
     const Run& run = plan_.runs[index];
     Scratch& scratch = thread_scratch();
     // Tiles the cache already holds need no bytes from the file: read only
@@ -211,6 +243,63 @@ class RegionRead {
     place_pieces(out_, plan_, t, g_, TileView{pages, layout_.bytes(), layout_.bytes()});
   }
 
+  // Decodes a block of restart intervals as one JPEG: reads its rows (one
+  // read per run of contiguous rows) after the level's header, patches the
+  // header's frame size, renumbers the markers, and decodes the window
+  // straight into the output. Not cached: a block is decoded for one request.
+  void read_block(const Block& b) const {
+    Scratch& scratch = thread_scratch();
+    const LevelDesc& l = level_;
+    const uint32_t s = l.dct_scale;
+    const uint64_t ftw = uint64_t(l.tile_width) * s, fth = uint64_t(l.tile_height) * s;
+    const uint64_t fx0 = b.tx0 * ftw, fy0 = b.ty0 * fth;
+    const uint32_t fw = uint32_t(std::min<uint64_t>((b.tx1 - b.tx0) * ftw, l.stored_width - fx0));
+    const uint32_t fh = uint32_t(std::min<uint64_t>((b.ty1 - b.ty0) * fth, l.stored_height - fy0));
+    const uint64_t across = g_.tiles_across();
+    const uint64_t stored_across = (l.stored_width + ftw - 1) / ftw;
+    const uint64_t last_index = stored_across * ((l.stored_height + fth - 1) / fth) - 1;
+    const uint64_t* offsets = l.offsets.data();
+    const uint64_t* counts = l.bytecounts.data();
+    uint64_t total = l.scan.length;
+    for (uint32_t row = b.ty0; row < b.ty1; ++row) {
+      const uint64_t i0 = row * across + b.tx0, i1 = row * across + b.tx1 - 1;
+      total += offsets[i1] + counts[i1] - offsets[i0];
+    }
+    if (total > kMaxTileBytes) fail(ErrorKind::Decode, "restart intervals of more than 256 MiB in one block");
+    uint8_t* buffer = grow(scratch.bytes, size_t(total));
+    write_scan_header(l.jpeg_tables.data(), l.scan, fw, fh, buffer);
+    std::vector<uint64_t>& ends = scratch.ends;
+    std::vector<uint64_t>& index = scratch.index;
+    ends.clear();
+    index.clear();
+    uint64_t pos = l.scan.length;
+    uint64_t read_at = 0, read_size = 0, read_to = pos;  // rows contiguous in the file are one read
+    for (uint32_t row = b.ty0; row < b.ty1; ++row) {
+      const uint64_t i0 = row * across + b.tx0, i1 = row * across + b.tx1 - 1;
+      const uint64_t start = offsets[i0], span = offsets[i1] + counts[i1] - start;
+      if (read_size > 0 && start == read_at + read_size) {
+        read_size += span;
+      } else {
+        if (read_size > 0) source_.read(read_at, read_size, buffer + read_to);
+        read_at = start;
+        read_size = span;
+        read_to = pos;
+      }
+      for (uint64_t i = i0; i <= i1; ++i) {
+        pos += counts[i];
+        ends.push_back(pos);
+        index.push_back(row * stored_across + (i - row * across));
+      }
+    }
+    if (read_size > 0) source_.read(read_at, read_size, buffer + read_to);
+    renumber_restart_markers(buffer, l.scan.length, ends, index, last_index);
+    const TileLayout frame{uint32_t((fw + s - 1) / s), uint32_t((fh + s - 1) / s), g_.samples_per_plane, 1};
+    uint8_t* origin = out_.base + size_t(b.out_y) * out_.pitch + size_t(b.out_x) * out_.pixel_bytes;
+    prefault_rows(out_, b.out_y, b.out_y + b.window.height);
+    const TileTarget target{origin, out_.pitch, nullptr, b.window.x, b.window.y, b.window.width, b.window.height};
+    decode_jpeg_frame(buffer, size_t(total), params_.jpeg, fw, fh, frame, target);
+  }
+
   const Reader& reader_;
   const LevelDesc& level_;
   size_t level_index_;
@@ -227,6 +316,7 @@ class RegionRead {
   CodecParams params_;
   uint32_t scale_;
   Plan plan_;
+  std::vector<Block> blocks_;  // JpegRestart levels: what each run decodes
 };
 
 }  // namespace
@@ -244,7 +334,9 @@ LevelGeometry scaled_geometry(const LevelGeometry& g, uint32_t scale) {
 bool can_scale(const LevelDesc& level, uint32_t scale) {
   if (scale == 1) return true;
   if (scale != 2 && scale != 4 && scale != 8) return false;
-  return level.codec == Codec::Jpeg && !level.placed() && level.tile_width % scale == 0 && level.tile_height % scale == 0;
+  // (JpegRestart levels are read at their own dct_scale only.)
+  return level.codec == Codec::Jpeg && !level.placed() && level.tile_width % scale == 0 &&
+         level.tile_height % scale == 0;
 }
 
 CodecParams LevelDesc::codec_params() const {
@@ -260,6 +352,65 @@ CodecParams LevelDesc::codec_params() const {
   params.strips = strips;
   return params;
 }
+
+namespace {
+
+// A JpegRestart level: its header (jpeg_tables) parses, its intervals are
+// the level's tiles at its DCT scale, the tables cover the grid, and each
+// row's intervals are contiguous (a block reads a row with one read).
+void check_restart_level(LevelDesc& level, const std::string& what) {
+  const uint32_t s = level.dct_scale;
+  if (s != 1 && s != 2 && s != 4 && s != 8) fail(ErrorKind::Format, what + ": DCT scale must be 1, 2, 4 or 8");
+  if (level.planes != 1 || level.bytes_per_sample != 1) fail(ErrorKind::Format, what + ": restart JPEG layout");
+  ScanHeader& h = level.scan;
+  if (const char* problem = parse_scan_header(level.jpeg_tables.data(), level.jpeg_tables.size(), h)) {
+    fail(ErrorKind::Format, what + ": " + problem);
+  }
+  if (h.length != level.jpeg_tables.size()) fail(ErrorKind::Format, what + ": JPEG header length mismatch");
+  if (h.components != level.samples_per_plane) fail(ErrorKind::Format, what + ": JPEG components differ from samples");
+  const uint64_t sw = level.stored_width, sh = level.stored_height;
+  if (sw == 0 || sh == 0 || sw > (1u << 22) || sh > (1u << 22)) fail(ErrorKind::Format, what + ": JPEG size out of range");
+  // Levels over 65535 px cannot state their size in the frame header.
+  if ((h.width != sw && sw <= 65535) || (h.height != sh && sh <= 65535)) {
+    fail(ErrorKind::Format, what + ": JPEG frame is " + std::to_string(h.width) + "x" + std::to_string(h.height) +
+                                ", the TIFF says " + std::to_string(sw) + "x" + std::to_string(sh));
+  }
+  // Without restart markers the whole JPEG is one interval, one tile.
+  const uint64_t ri = h.restart_interval;
+  const uint64_t ftw = ri > 0 ? ri * h.mcu_width : sw, fth = ri > 0 ? h.mcu_height : sh;
+  const uint64_t mcus_per_row = (sw + h.mcu_width - 1) / h.mcu_width;
+  if (ri > 0 && mcus_per_row % ri != 0) {
+    fail(ErrorKind::Unsupported, what + ": restart intervals run across row ends (" +
+                                     std::to_string(h.restart_interval) + " MCUs do not divide " +
+                                     std::to_string(mcus_per_row) + " per row)");
+  }
+  if (uint64_t(level.tile_width) * s != ftw || uint64_t(level.tile_height) * s != fth) {
+    fail(ErrorKind::Format, what + ": tile size does not match the restart interval");
+  }
+  if (ftw > kMaxJpegDimension || (ri == 0 && fth > kMaxJpegDimension)) {
+    fail(ErrorKind::Unsupported, what + ": a restart interval wider or taller than libjpeg's 65500 px");
+  }
+  if (uint64_t(level.width) * s > sw + s - 1 || uint64_t(level.height) * s > sh + s - 1) {
+    fail(ErrorKind::Format, what + ": level larger than its JPEG");
+  }
+  const uint64_t across = level.tiles_across(), down = level.tiles_down();
+  for (uint64_t row = 0; row < down; ++row) {
+    for (uint64_t col = 0; col < across; ++col) {
+      const uint64_t i = row * across + col;
+      const uint64_t offset = level.offsets[i], count = level.bytecounts[i];
+      if (count < 2 || count > kMaxTileBytes || offset > UINT64_MAX - count) {
+        fail(ErrorKind::Format, what + ": restart interval " + std::to_string(i) + " has " + std::to_string(count) +
+                                    " bytes");
+      }
+      if (col + 1 < across && level.offsets[i + 1] != offset + count) {
+        fail(ErrorKind::Format, what + ": restart intervals " + std::to_string(i) + " and " + std::to_string(i + 1) +
+                                    " are not contiguous");
+      }
+    }
+  }
+}
+
+}  // namespace
 
 Reader::Reader(const std::string& path) { add_file(path); }
 
@@ -313,7 +464,9 @@ void check_level(const LevelDesc& level, const std::string& what, bool tables) {
     fail(ErrorKind::Format, what + ": " + std::to_string(level.offsets.size()) + " tile offsets for " +
                                 std::to_string(count) + " tiles");
   }
-  if (codec_decoder(level.codec) == nullptr) fail(ErrorKind::Unsupported, what + ": unknown codec");
+  if (level.codec != Codec::JpegRestart && codec_decoder(level.codec) == nullptr) {
+    fail(ErrorKind::Unsupported, what + ": unknown codec");  // (JpegRestart: check_restart_level)
+  }
   if (level.codec == Codec::Jpeg && bps != 1) {
     fail(ErrorKind::Unsupported, what + ": JPEG with more than 8 bits per sample");
   }
@@ -357,6 +510,10 @@ size_t Reader::add_level(LevelDesc level) {
   const std::string what = file(level.file).path() + ": IFD " + std::to_string(level.page_index);
   check_level(level, what, !level.placed());
   if (level.placed()) check_layers(level, what);
+  if (level.codec == Codec::JpegRestart) {
+    if (level.placed()) fail(ErrorKind::Unsupported, what + ": a placed level of restart intervals");
+    check_restart_level(level, what);
+  }
   levels_.push_back(std::make_unique<LevelDesc>(std::move(level)));
   return levels_.size() - 1;
 }
@@ -383,7 +540,7 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
     const size_t layers = std::max<size_t>(1, level.layers.size());
     for (size_t layer = 0; layer < layers; ++layer) {
       auto read = std::make_unique<RegionRead>(*r.reader, r.level, layer, r.region, r.out, r.pitch, cache, workers,
-                                               r.scale, fill);
+                                               r.scale, fill, requests.size());
       read->fill();
       for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
       reads.push_back(std::move(read));

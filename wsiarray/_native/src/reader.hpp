@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../codecs/codecs.hpp"
+#include "../codecs/restart.hpp"
 #include "fetch.hpp"
 #include "file.hpp"
 #include "plan.hpp"
@@ -38,6 +39,13 @@ struct LevelDesc {
   uint32_t compression = 0;  // the TIFF Compression value (stream header checks)
   bool strips = false;       // strips, not tiles: the last may be shorter
   uint32_t page_index = 0;  // for messages
+  // Codec::JpegRestart only: the JPEG's size (the level is stored_width x
+  // stored_height decoded at 1/dct_scale, cut to width x height), and its
+  // scan header, parsed from jpeg_tables by add_level.
+  uint32_t dct_scale = 1;
+  uint32_t stored_width = 0;
+  uint32_t stored_height = 0;
+  ScanHeader scan;
   // A placed level (see Placement) is width x height pixels composed of
   // these stored images (which share its codec and sample layout), each
   // with its placement; its own tile tables are empty.
