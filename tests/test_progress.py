@@ -30,8 +30,9 @@ def slide(request: pytest.FixtureRequest, pyramid_slides: dict[str, str]) -> Any
         yield handle
 
 
-def test_whole_levels_read_with_a_bar_are_the_same(slide: wsiarray.Slide,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_whole_levels_read_with_a_bar_are_the_same(
+    slide: wsiarray.Slide, capsys: pytest.CaptureFixture[str]
+) -> None:
     for level in range(slide.level_count):
         plain = slide.read_region(level=level)
         for workers in (1, 3):
@@ -45,10 +46,16 @@ def test_whole_levels_read_with_a_bar_are_the_same(slide: wsiarray.Slide,
 
 
 @settings(max_examples=25, deadline=None)
-@given(x=st.integers(-1200, 1200), y=st.integers(-900, 900), w=st.integers(0, 700), h=st.integers(0, 700),
-       level=st.integers(0, 1))
-def test_regions_read_with_a_bar_are_the_same(pyramid_slides: dict[str, str], x: int, y: int, w: int, h: int,
-                                              level: int) -> None:
+@given(
+    x=st.integers(-1200, 1200),
+    y=st.integers(-900, 900),
+    w=st.integers(0, 700),
+    h=st.integers(0, 700),
+    level=st.integers(0, 1),
+)
+def test_regions_read_with_a_bar_are_the_same(
+    pyramid_slides: dict[str, str], x: int, y: int, w: int, h: int, level: int
+) -> None:
     with wsiarray.open(pyramid_slides["jpeg"]) as slide:
         plain = slide.read_region((x, y), (w, h), level, fill=(1, 2, 3))
         stderr, sys.stderr = sys.stderr, io.StringIO()
@@ -61,11 +68,13 @@ def test_regions_read_with_a_bar_are_the_same(pyramid_slides: dict[str, str], x:
 
 @pytest.mark.parametrize("mpp", [0.7, 1.0, 1.3, (0.6, 1.7), 2.2])
 @pytest.mark.parametrize("dct", [True, False])
-def test_reads_at_a_pixel_size_with_a_bar_are_the_same(pyramid_slides: dict[str, str], mpp: Any, dct: bool,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_reads_at_a_pixel_size_with_a_bar_are_the_same(
+    pyramid_slides: dict[str, str], mpp: Any, dct: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
     with wsiarray.open(pyramid_slides["jpeg"]) as slide:
-        np.testing.assert_array_equal(slide.read_region(mpp=mpp, dct=dct, progress=True),
-                                      slide.read_region(mpp=mpp, dct=dct))
+        np.testing.assert_array_equal(
+            slide.read_region(mpp=mpp, dct=dct, progress=True), slide.read_region(mpp=mpp, dct=dct)
+        )
         region = {"location": (-40, 333), "size": (300, 290), "mpp": mpp, "dct": dct}
         np.testing.assert_array_equal(slide.read_region(**region, progress=True), slide.read_region(**region))
     assert "Completed" in capsys.readouterr().err
@@ -114,8 +123,9 @@ def test_a_notebook_gets_one_updated_output(monkeypatch: pytest.MonkeyPatch) -> 
     assert "Completed" in shown[-1][1]["text/plain"]
 
 
-def test_export_bar_moves_per_chunk(pyramid_slides: dict[str, str], tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_bar_moves_per_chunk(
+    pyramid_slides: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with wsiarray.open(pyramid_slides["jpeg"]) as slide:
         to_zarr(slide, tmp_path / "a.zarr", chunks=128, progress=True)
     err = capsys.readouterr().err

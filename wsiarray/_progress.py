@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import itertools
 import sys
 import time
 from collections.abc import Iterator
@@ -104,16 +105,20 @@ class Progress:
             tail = f"Completed in {seconds:.1f}s"
         else:
             tail = f"{seconds:.1f}s"
-        return (f"{self.label} [{'#' * filled}{'-' * (_WIDTH - filled)}] {fraction:4.0%} "
-                f"{self.done}/{self.total} | {tail}")
+        return (
+            f"{self.label} [{'#' * filled}{'-' * (_WIDTH - filled)}] {fraction:4.0%} "
+            f"{self.done}/{self.total} | {tail}"
+        )
 
     def _bundle(self, final: bool = False, failed: bool = False) -> dict[str, str]:
         text = self._text(final, failed)
         return {
             "text/plain": text,
-            "text/html": (f'<div><progress value="{self.done}" max="{max(1, self.total)}" '
-                          f'style="width: 40ex"></progress> {html.escape(text.split("] ", 1)[-1])} '
-                          f"{html.escape(self.label)}</div>"),
+            "text/html": (
+                f'<div><progress value="{self.done}" max="{max(1, self.total)}" '
+                f'style="width: 40ex"></progress> {html.escape(text.split("] ", 1)[-1])} '
+                f"{html.escape(self.label)}</div>"
+            ),
         }
 
     def _draw(self, final: bool = False, failed: bool = False) -> None:
@@ -187,4 +192,4 @@ def row_bands(start: int, stop: int, step: int, most: int = 100) -> list[tuple[i
     per_band = max(1, -(-(last - first) // most)) * step
     edges = range((start // per_band + 1) * per_band, stop, per_band)
     bounds = [start, *edges, stop]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    return list(itertools.pairwise(bounds))
