@@ -2,8 +2,9 @@
 
 The notebooks are committed without outputs; here each is executed with ``nbclient`` in a
 fresh kernel (cwd ``notebooks/``, so ``slides.py`` imports and ``../shared/data`` is found
-when present). A cell that calls ``plt.show()`` must leave an ``image/png`` output, and a
-cell may not fail. The documentation build executes them again (``docs/conf.py``).
+when present). A cell that calls ``plt.show()`` must leave an ``image/png`` output (unless
+it is tagged ``optional-figures``: notebook 7's PyTorch cell draws only where PyTorch is
+installed), every notebook must draw at least one figure, and no cell may fail. The documentation build executes them again (``docs/conf.py``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,6 @@ def test_notebook_runs_and_draws_its_figures(path: Path, tmp_path: Path) -> None
             continue
         pngs = sum("image/png" in output.get("data", {}) for output in cell.outputs)
         figures += pngs
-        if "plt.show()" in cell.source:
+        if "plt.show()" in cell.source and "optional-figures" not in cell.metadata.get("tags", []):
             assert pngs, f"{path.name}, cell {index}: plt.show() drew no figure\n{cell.source}"
     assert figures, f"{path.name} drew no figure"
