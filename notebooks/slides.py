@@ -77,7 +77,8 @@ def _downsample(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _cache_dir() -> Path:
-    folder = Path(os.environ.get("WSIARRAY_NOTEBOOK_CACHE", Path(tempfile.gettempdir()) / "wsiarray-notebooks"))
+    default = Path(tempfile.gettempdir()) / "wsiarray-notebooks"
+    folder = Path(os.environ.get("WSIARRAY_NOTEBOOK_CACHE", default))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -94,7 +95,8 @@ def synthetic_slide(width: int = 4096, height: int = 3072, seed: int = 0, tile: 
         return path
     level0 = tissue(height, width, seed)
     levels = [level0, _downsample(level0, 4), _downsample(level0, 16)]
-    header = f"Aperio Image Library v12.0.15\r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) JPEG/RGB Q=85"
+    header = (f"Aperio Image Library v12.0.15\r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) "
+              "JPEG/RGB Q=85")
     thumbnail = _downsample(level0, 32)
     stripes = (np.arange(300) // 7 % 3 == 0) | (np.arange(300) % 11 == 0)
     label = np.full((120, 300, 3), 250, np.uint8)
@@ -111,7 +113,8 @@ def synthetic_slide(width: int = 4096, height: int = 3072, seed: int = 0, tile: 
             tw.write(image, photometric="rgb", description=description, metadata=None, **options)
 
         write(levels[0], f"{header}|AppMag = 40|MPP = {MPP}|Date = 12/06/26", **jpeg)
-        write(thumbnail, f"Aperio Image Library v12.0.15\n{width}x{height} -> {thumbnail.shape[1]}x{thumbnail.shape[0]} - ",
+        small_size = f"{thumbnail.shape[1]}x{thumbnail.shape[0]}"
+        write(thumbnail, f"Aperio Image Library v12.0.15\n{width}x{height} -> {small_size} - ",
               rowsperstrip=64)
         for level in levels[1:]:
             write(level, f"{header} -> {level.shape[1]}x{level.shape[0]}|AppMag = 40|MPP = {MPP}", **jpeg)

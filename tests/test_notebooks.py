@@ -4,11 +4,15 @@ The notebooks are committed without outputs; here each is executed with ``nbclie
 fresh kernel (cwd ``notebooks/``, so ``slides.py`` imports and ``../shared/data`` is found
 when present). A cell that calls ``plt.show()`` must leave an ``image/png`` output (unless
 it is tagged ``optional-figures``: notebook 7's PyTorch cell draws only where PyTorch is
-installed), every notebook must draw at least one figure, and no cell may fail. The documentation build executes them again (``docs/conf.py``).
+installed), every notebook must draw at least one figure, and no cell may fail. The
+executed notebook is kept in ``docs/_build/executed-notebooks`` with its source's SHA-256,
+and the documentation build renders it from there instead of running it again
+(``docs/conf.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -21,6 +25,8 @@ pytest.importorskip("ipykernel", reason="the notebooks need the test extra's ipy
 pytest.importorskip("matplotlib", reason="the notebooks need the test extra's matplotlib")
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+#: Where executed notebooks are kept for the documentation build (see docs/conf.py).
+EXECUTED = NOTEBOOKS.parent / "docs" / "_build" / "executed-notebooks"
 #: Seconds one notebook may take, start of the kernel included. Each takes 5-30 s on the
 #: project's 2-core VM (the first also writes the synthetic slide, about 10 s); the limit
 #: leaves room for a loaded machine while keeping a runaway notebook from eating CI's time.
@@ -37,6 +43,7 @@ def test_there_are_notebooks() -> None:
 
 @pytest.mark.parametrize("path", _paths(), ids=lambda p: p.stem)
 def test_notebook_runs_and_draws_its_figures(path: Path, tmp_path: Path) -> None:
+    source = path.read_bytes()
     notebook = nbformat.read(path, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
         f"{path.name} is committed with outputs; clear them"
@@ -72,3 +79,6 @@ def test_notebook_runs_and_draws_its_figures(path: Path, tmp_path: Path) -> None
         if "plt.show()" in cell.source and "optional-figures" not in cell.metadata.get("tags", []):
             assert pngs, f"{path.name}, cell {index}: plt.show() drew no figure\n{cell.source}"
     assert figures, f"{path.name} drew no figure"
+    notebook.metadata["wsiarray"] = {"source_sha256": hashlib.sha256(source).hexdigest()}
+    EXECUTED.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, EXECUTED / path.name)
