@@ -7,7 +7,7 @@ Build it (warnings are errors, as in CI) from the repository root with::
 
 Pages are Markdown (MyST); the notebooks of ``../notebooks`` are copied into
 ``docs/notebooks/`` (generated, not committed) and rendered by myst-nb, which executes
-every notebook that has no outputs. A notebook that ``tests/test_notebooks.py`` has
+every notebook. A notebook that ``tests/test_notebooks.py`` has
 just executed from the same source (its copy in ``docs/_build/executed-notebooks``
 records the source's SHA-256) is rendered from that run instead, so CI runs each
 notebook once.
@@ -44,7 +44,10 @@ def _copy_notebooks() -> None:
         if executed.is_file():
             meta = json.loads(executed.read_text()).get("metadata", {}).get("wsiarray", {})
             if meta.get("source_sha256") == digest:
-                shutil.copy2(executed, NOTEBOOK_PAGES / source.name)
+                notebook = json.loads(executed.read_text())
+                # myst-nb's per-notebook setting: render the outputs it has, run nothing.
+                notebook["metadata"]["mystnb"] = {"execution_mode": "off"}
+                (NOTEBOOK_PAGES / source.name).write_text(json.dumps(notebook))
                 continue
         shutil.copy2(source, NOTEBOOK_PAGES / source.name)
 
@@ -69,9 +72,9 @@ html_title = f"wsiarray {release}"
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 
-# Notebooks: run those without outputs (all of them unless the test run left its copies),
-# fail the build on an error or after 5 minutes.
-nb_execution_mode = "auto"
+# Notebooks: run every one (but those the test run left, see _copy_notebooks); fail the
+# build on an error or after 5 minutes.
+nb_execution_mode = "force"
 nb_execution_timeout = 300
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
