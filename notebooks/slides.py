@@ -95,8 +95,10 @@ def synthetic_slide(width: int = 4096, height: int = 3072, seed: int = 0, tile: 
         return path
     level0 = tissue(height, width, seed)
     levels = [level0, _downsample(level0, 4), _downsample(level0, 16)]
-    header = (f"Aperio Image Library v12.0.15\r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) "
-              "JPEG/RGB Q=85")
+    header = (
+        f"Aperio Image Library v12.0.15\r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) "
+        "JPEG/RGB Q=85"
+    )
     thumbnail = _downsample(level0, 32)
     stripes = (np.arange(300) // 7 % 3 == 0) | (np.arange(300) % 11 == 0)
     label = np.full((120, 300, 3), 250, np.uint8)
@@ -114,8 +116,9 @@ def synthetic_slide(width: int = 4096, height: int = 3072, seed: int = 0, tile: 
 
         write(levels[0], f"{header}|AppMag = 40|MPP = {MPP}|Date = 12/06/26", **jpeg)
         small_size = f"{thumbnail.shape[1]}x{thumbnail.shape[0]}"
-        write(thumbnail, f"Aperio Image Library v12.0.15\n{width}x{height} -> {small_size} - ",
-              rowsperstrip=64)
+        write(
+            thumbnail, f"Aperio Image Library v12.0.15\n{width}x{height} -> {small_size} - ", rowsperstrip=64
+        )
         for level in levels[1:]:
             write(level, f"{header} -> {level.shape[1]}x{level.shape[0]}|AppMag = 40|MPP = {MPP}", **jpeg)
         write(label, "Aperio Image Library v12.0.15\nlabel 300x120", compression="lzw")
