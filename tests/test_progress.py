@@ -85,6 +85,7 @@ def test_batches_refuse_a_bar(pyramid_slides: dict[str, str]) -> None:
         with pytest.raises(wsiarray.ArgumentError, match="progress= is for one region or a whole level"):
             slide.read_region([(0, 0), (10, 10)], (8, 8), progress=True)
         assert len(list(slide.read_region([(0, 0), (10, 10)], (8, 8), progress=False))) == 2
+        assert len(list(slide.read_region([(0, 0), (10, 10)], (8, 8), progress=None))) == 2
 
 
 def test_bands_split_no_tile() -> None:

@@ -402,8 +402,8 @@ class Slide:
         ``progress=True`` shows a progress bar (in a notebook, or on stderr) while
         one region or a whole level is read: the read is then done in bands of
         whole tile rows, about 100 at most, with the same pixels; ``None`` shows
-        it when stderr is a terminal. Batches refuse it (iterate them with a bar
-        of your own).
+        it when stderr is a terminal. Batches refuse ``progress=True`` (iterate
+        them with a bar of your own).
 
         Example:
             >>> slide.read_region((0, 0), (512, 512), level=1).shape
@@ -448,7 +448,7 @@ class Slide:
                                      transform, show)
             x, y = to_level(many[0], many[1], downsample)
             return self._read(opened, level, x, y, width, height, fill, workers, None, transform, show)
-        if show:
+        if show and progress is not None:  # None ("when stderr is a terminal") just shows nothing here
             raise ArgumentError("progress= is for one region or a whole level; a batch iterator yields "
                                 "batch by batch, so wrap it in a progress bar of your own")
         count = len(many)
