@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with wsiarray.open(args.slide) as slide:
         width, height = slide.level_dimensions[args.level]
         print(f"{args.slide}, level {args.level}: {width} x {height}, {args.rounds} alternating rounds\n")
-        print("| threads | without bar (median s) | progress=True (median s) | with / without (median ratio) |")
+        print("| threads | without bar, median s | progress=True, median s | with / without, median ratio |")
         print("|---:|---:|---:|---:|")
         for workers in args.threads:
             plain, banded = [], []
