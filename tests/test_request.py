@@ -295,3 +295,15 @@ def test_whole_level_reads_are_bounded_by_the_limit(slide: wsiarray.Slide, entry
     finally:
         wsiarray.request_limit(max_mib=0)
     assert np.asarray(reads[entry]()).shape[-3:] in ((763, 1000, 3), (3, 763, 1000))
+
+
+def test_bad_progress_gives_one_error_everywhere(slide: wsiarray.Slide, tmp_path: Any) -> None:
+    from wsiarray.zarr_export import to_zarr
+
+    for value in (1, "yes", 0.0):
+        message = f"progress must be True, False or None, got {value!r}"
+        for call in (lambda v=value: slide.read_region(level=2, progress=v),
+                     lambda v=value: slide.read_region((0, 0), (8, 8), progress=v),
+                     lambda v=value: to_zarr(slide, tmp_path / "x.zarr", progress=v)):
+            with pytest.raises(wsiarray.ArgumentError, match=f"^{re.escape(message)}$"):
+                call()

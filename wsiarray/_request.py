@@ -31,6 +31,9 @@ The rules:
   its pixel size; no finer than level 0. The level read is the coarsest whose
   pixels are no larger than the target (within :data:`MPP_TOLERANCE`); one
   that matches the target within that tolerance is read directly.
+- **progress**: ``True`` or ``False`` (a Python or NumPy bool), or ``None`` for
+  "when standard error is a terminal" (:func:`parse_progress`); a bar is shown
+  for whole-level and other single-region reads and for OME-Zarr exports.
 - **request size**: the output a request allocates (a region, or one batch)
   may need at most :func:`request_limit` bytes; a larger one is refused with
   :class:`~wsiarray.RequestTooLargeError` before anything is allocated.
@@ -55,6 +58,7 @@ import functools
 import math
 import operator
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -84,6 +88,7 @@ __all__ = [
     "parse_locations",
     "parse_mpp",
     "parse_pair",
+    "parse_progress",
     "parse_size",
     "parse_workers",
     "request_limit",
@@ -311,6 +316,27 @@ def icc_mode(channels: int, dtype: np.dtype, where: str) -> str:
         f"{where}: apply_icc=True needs uint8 RGB or RGBA pixels, the slide has {channels} channel(s) of "
         f"{np.dtype(dtype)}; read it with apply_icc=False"
     )
+
+
+def parse_progress(progress: Any) -> bool:
+    """Whether to show a progress bar: ``progress``, or for ``None`` whether stderr is a terminal.
+
+    Only bools and None: ``1`` or ``"yes"`` are refused rather than guessed at.
+    In a notebook the bar is shown when asked for with ``progress=True``.
+
+    Example:
+        >>> parse_progress(True), parse_progress(np.False_)
+        (True, False)
+        >>> parse_progress("yes")
+        Traceback (most recent call last):
+        ...
+        wsiarray.errors.ArgumentError: progress must be True, False or None, got 'yes'
+    """
+    if progress is None:
+        return sys.stderr.isatty()
+    if isinstance(progress, (bool, np.bool_)):
+        return bool(progress)
+    raise ArgumentError(f"progress must be True, False or None, got {progress!r}")
 
 
 def parse_batch_options(batch_size: Any, prefetch_factor: Any) -> tuple[int, int]:

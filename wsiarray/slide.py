@@ -9,6 +9,7 @@ processes and dask workers without special care.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from . import _native
 from ._handles import manager
 from ._icc import SrgbTransform, apply_srgb, srgb_transform
 from ._memory import empty_output
+from ._progress import Progress, row_bands
 from ._reader import FileIdentity, Level, OpenedSlide
 from ._request import (
     DctLike,
@@ -38,6 +40,7 @@ from ._request import (
     parse_level,
     parse_location,
     parse_locations,
+    parse_progress,
     parse_size,
     parse_workers,
     to_level,
@@ -327,14 +330,14 @@ class Slide:
     def read_region(
         self, location: Location, size: tuple[int, int], level: int = DEFAULT_LEVEL, *, fill: FillLike = None,
         num_workers: int = 0, device: str = "cpu", apply_icc: bool | None = None, mpp: MppLike = None,
-        dct: DctLike = True,
+        dct: DctLike = True, progress: bool | None = False,
     ) -> np.ndarray: ...
 
     @overload
     def read_region(
         self, location: None = None, size: None = None, level: int = DEFAULT_LEVEL, *, fill: FillLike = None,
         num_workers: int = 0, device: str = "cpu", apply_icc: bool | None = None, mpp: MppLike = None,
-        dct: DctLike = True,
+        dct: DctLike = True, progress: bool | None = False,
     ) -> np.ndarray: ...
 
     @overload
@@ -343,7 +346,7 @@ class Slide:
         fill: FillLike = None,
         num_workers: int = 0, batch_size: int = 1, drop_last: bool = False, prefetch_factor: int = 2,
         shuffle: bool = False, seed: int = 0, device: str = "cpu", apply_icc: bool | None = None,
-        mpp: MppLike = None, dct: DctLike = True,
+        mpp: MppLike = None, dct: DctLike = True, progress: bool | None = False,
     ) -> BatchIterator: ...
 
     def read_region(
@@ -363,6 +366,7 @@ class Slide:
         apply_icc: bool | None = None,
         mpp: MppLike = None,
         dct: DctLike = True,
+        progress: bool | None = False,
     ) -> np.ndarray | BatchIterator:
         """Read ``size`` pixels of ``level`` at level-0 ``location``: one region, many, or the level.
 
@@ -399,6 +403,12 @@ class Slide:
         ``docs/architecture.md``, "Reads at a target resolution". No location and
         no size reads the whole slide at ``mpp``.
 
+        ``progress=True`` shows a progress bar (in a notebook, or on stderr) while
+        one region or a whole level is read: the read is then done in bands of
+        whole tile rows, about 100 at most, with the same pixels; ``None`` shows
+        it when stderr is a terminal. Batches refuse ``progress=True`` (iterate
+        them with a bar of your own).
+
         Example:
             >>> slide.read_region((0, 0), (512, 512), level=1).shape
             (512, 512, 3)
@@ -420,13 +430,14 @@ class Slide:
         workers = parse_workers(num_workers)
         if device != "cpu":
             parse_device(device)
+        show = progress is not False and parse_progress(progress)
         transform = self._transform(opened, apply_icc)
         if location is None and size is None:
             if target is not None and not target.exact:
                 return self._read_at(opened, target, 0.0, 0.0, target.shape, fill, workers, dct, None,
-                                     transform)
+                                     transform, show)
             width, height = opened.levels[level].dimensions
-            return self._read(opened, level, 0, 0, width, height, fill, workers, None, transform)
+            return self._read(opened, level, 0, 0, width, height, fill, workers, None, transform, show)
         if type(location) is tuple and len(location) == 2 and type(location[0]) is int \
                 and type(location[1]) is int:
             many: tuple[int, int] | np.ndarray = location  # the common case, kept cheap
@@ -438,9 +449,12 @@ class Slide:
             if target is not None and not target.exact:
                 lx, ly = target.level_xy(many[0], many[1])
                 return self._read_at(opened, target, lx, ly, (width, height), fill, workers, dct, None,
-                                     transform)
+                                     transform, show)
             x, y = to_level(many[0], many[1], downsample)
-            return self._read(opened, level, x, y, width, height, fill, workers, None, transform)
+            return self._read(opened, level, x, y, width, height, fill, workers, None, transform, show)
+        if show and progress is not None:  # None ("when stderr is a terminal") just shows nothing here
+            raise ArgumentError("progress= is for one region or a whole level; a batch iterator yields "
+                                "batch by batch, so wrap it in a progress bar of your own")
         count = len(many)
         batch_size, prefetch_factor = parse_batch_options(batch_size, prefetch_factor)
         return BatchIterator(
@@ -485,13 +499,24 @@ class Slide:
 
     def _read(self, opened: OpenedSlide, level: int, x: int, y: int, width: int, height: int,
               fill: FillLike, workers: int, out: np.ndarray | None,
-              transform: SrgbTransform | None) -> np.ndarray:
-        """The one single-region read every entry point ends in: level pixels into ``out``."""
+              transform: SrgbTransform | None, progress: bool = False) -> np.ndarray:
+        """The one single-region read every entry point ends in: level pixels into ``out``.
+
+        With ``progress``, the region is read in bands of whole tile rows (one
+        native call each, so no tile is decoded twice) and a bar counts the rows.
+        """
         fill_bytes = self._fill_bytes(fill)
         out = _output(opened, width, height, out)
         if out.size:
-            opened.native.read_region(level, x, y, out.view(np.uint8).reshape(height, width, -1),
-                                      fill_bytes, workers)
+            pixels = out.view(np.uint8).reshape(height, width, -1)
+            if not progress:
+                opened.native.read_region(level, x, y, pixels, fill_bytes, workers)
+            else:
+                label = f"{os.path.basename(self._path)} level {level}, rows"
+                with Progress(height, label) as bar:
+                    for y0, y1 in row_bands(y, y + height, opened.levels[level].tile_size[1]):
+                        opened.native.read_region(level, x, y0, pixels[y0 - y:y1 - y], fill_bytes, workers)
+                        bar.advance(y1 - y0)
             if transform is not None:
                 apply_srgb(out, transform, workers)  # the whole region at once, in place
         return out
@@ -544,17 +569,29 @@ class Slide:
 
     def _read_at(self, opened: OpenedSlide, target: MppTarget, x: float, y: float, size: tuple[int, int],
                  fill: FillLike, workers: int, dct: DctLike, out: np.ndarray | None,
-                 transform: SrgbTransform | None) -> np.ndarray:
-        """The one resampled read: output pixels from ``(x, y)`` (level pixels) of ``target``'s level."""
+                 transform: SrgbTransform | None, progress: bool = False) -> np.ndarray:
+        """The one resampled read: output pixels from ``(x, y)`` (level pixels) of ``target``'s level.
+
+        With ``progress``, bands of output rows (about a source tile row each, 100
+        at most) are read one native call at a time while a bar counts them.
+        """
         width, height = size
         fill_bytes = self._fill_bytes(fill)
         out = _output(opened, width, height, out)
         if out.size:
             where = np.array([[0, target.level]], np.int64)
-            coords = np.array([[x, y, target.factor[0], target.factor[1]]], np.float64)
             pixels = out.view(np.uint8).reshape(1, height, width, -1)
-            _native.read_resampled([opened.native], where, coords, pixels, fill_bytes, opened.dtype.str[1:],
-                                   dct_code(dct), workers)
+            step = max(1, round(opened.levels[target.level].tile_size[1] / target.factor[1]))
+            bands = row_bands(0, height, step) if progress else [(0, height)]
+            with contextlib.ExitStack() as stack:
+                label = f"{os.path.basename(self._path)} from level {target.level}, output rows"
+                bar = stack.enter_context(Progress(height, label)) if progress else None
+                for y0, y1 in bands:
+                    coords = np.array([[x, y + y0 * target.factor[1], *target.factor]], np.float64)
+                    _native.read_resampled([opened.native], where, coords, pixels[:, y0:y1], fill_bytes,
+                                           opened.dtype.str[1:], dct_code(dct), workers)
+                    if bar is not None:
+                        bar.advance(y1 - y0)
             if transform is not None:
                 apply_srgb(out, transform, workers)
         return out

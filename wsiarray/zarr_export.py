@@ -11,7 +11,8 @@ and its properties.
 
 Pixels flow through dask (:func:`wsiarray.dask.to_dask`, transposed to
 ``(c, y, x)``); each dask chunk covers whole Zarr chunks, so writers never share a
-chunk. A progress bar is shown on standard error when it is a terminal.
+chunk. ``progress=True`` shows a progress bar, per chunk written, in a notebook or
+on standard error (by default, when standard error is a terminal).
 
 Example:
     >>> import wsiarray
@@ -25,10 +26,8 @@ Or from the shell: ``wsiarray convert slide.svs slide.ome.zarr``.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import dask.array as da
@@ -36,7 +35,8 @@ import numpy as np
 import zarr
 
 from . import dask as wdask
-from ._request import parse_level
+from ._progress import dask_progress
+from ._request import parse_level, parse_progress
 from .errors import ArgumentError
 from .slide import Slide
 
@@ -131,19 +131,6 @@ def multiscales_metadata(slide: Slide, levels: Iterable[int] | None = None, name
     }
 
 
-@contextlib.contextmanager
-def _progress(show: bool | None) -> Iterator[None]:
-    if show is None:
-        show = sys.stderr.isatty()
-    if not show:
-        yield
-        return
-    from dask.diagnostics import ProgressBar
-
-    with ProgressBar(out=sys.stderr):
-        yield
-
-
 def to_zarr(
     slide: Slide,
     store: Any,
@@ -161,8 +148,10 @@ def to_zarr(
     size (see :func:`wsiarray.dask.level_chunks`; default about 1024 px, whole
     tiles); each level is computed through dask in chunks of about 2048 px
     covering whole Zarr chunks. ``overwrite=False`` refuses an existing store.
-    ``progress`` shows a dask progress bar on stderr (default: when stderr is a
-    terminal). ``compressors`` goes to ``zarr.Group.create_array``. Returns the group.
+    ``progress=True`` shows a progress bar that moves per chunk written (in a
+    notebook, or on stderr; default ``None``: when stderr is a terminal; with a
+    ``dask.distributed`` client the work runs on its workers, whose dashboard
+    shows it). ``compressors`` goes to ``zarr.Group.create_array``. Returns the group.
 
     Example:
         >>> group = to_zarr(slide, tmp / "out.ome.zarr", levels=[0, 1], overwrite=True)
@@ -170,6 +159,7 @@ def to_zarr(
         ['0', '1']
     """
     chosen = _levels(slide, levels)
+    show = parse_progress(progress)
     group = zarr.open_group(store, mode="w" if overwrite else "w-", zarr_format=3)
     sources: list[da.Array] = []
     targets: list[Any] = []
@@ -190,7 +180,7 @@ def to_zarr(
         )
         sources.append(array.transpose(2, 0, 1))
         targets.append(target)
-    with _progress(progress):
+    with dask_progress(f"{os.path.basename(slide.path)} -> OME-Zarr, chunks", show):
         da.store(sources, targets, lock=False, compute=True)
     group.attrs["ome"] = multiscales_metadata(slide, chosen, name)
     group.attrs["wsiarray"] = {
