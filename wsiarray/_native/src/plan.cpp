@@ -71,8 +71,13 @@ void make_runs(Plan& plan, size_t workers) {
 
 }  // namespace
 
-void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_size, const Region& region,
-               size_t workers, const TileLabel& label, Plan& plan) {
+namespace {
+
+// Starts `plan` for `region` of a width x height image: clears it, clips the
+// region to the image (plan.x0..y1) and adds the fill outside the image: the
+// bands above and below it, then left and right of it. False when no pixel
+// of the image is in the region (all fill).
+bool start_plan(const Region& region, int64_t width, int64_t height, Plan& plan) {
   plan.region = region;
   plan.tiles.clear();
   plan.runs.clear();
@@ -81,15 +86,12 @@ void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_s
   plan.x0 = std::max<int64_t>(region.x, 0);
   plan.y0 = std::max<int64_t>(region.y, 0);
   // (A request starting past the image is empty; no sum can overflow.)
-  plan.x1 = region.x >= int64_t(g.width) ? int64_t(g.width) : std::min<int64_t>(region.x + region.width, g.width);
-  plan.y1 = region.y >= int64_t(g.height) ? int64_t(g.height)
-                                          : std::min<int64_t>(region.y + region.height, g.height);
-
-  // Fill: the bands above and below the image, then left and right of it.
+  plan.x1 = region.x >= width ? width : std::min<int64_t>(region.x + region.width, width);
+  plan.y1 = region.y >= height ? height : std::min<int64_t>(region.y + region.height, height);
   const int64_t w = region.width, h = region.height;
   if (plan.empty()) {
     add_fill(plan, 0, 0, w, h);
-    return;
+    return false;
   }
   const int64_t top = plan.y0 - region.y, bottom = plan.y1 - region.y;
   const int64_t left = plan.x0 - region.x, right = plan.x1 - region.x;
@@ -97,6 +99,14 @@ void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_s
   add_fill(plan, 0, top, left, bottom);
   add_fill(plan, right, top, w, bottom);
   add_fill(plan, 0, bottom, w, h);
+  return true;
+}
+
+}  // namespace
+
+void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_size, const Region& region,
+               size_t workers, const TileLabel& label, Plan& plan) {
+  if (!start_plan(region, g.width, g.height, plan)) return;
 
   const uint32_t tw = g.tile_width, th = g.tile_height;
   const uint32_t tx0 = uint32_t(plan.x0 / tw), tx1 = uint32_t((plan.x1 - 1) / tw);
@@ -221,29 +231,11 @@ Box placed_box(const LevelGeometry& g, const Placement& p, bool* gapless) {
 
 void make_layer_plan(const std::vector<Layer>& layers, size_t index, uint32_t width, uint32_t height,
                      uint64_t file_size, const Region& region, size_t workers, Plan& plan) {
-  plan.region = region;
-  plan.tiles.clear();
-  plan.runs.clear();
-  plan.fills.clear();
-  plan.pieces.clear();
-  plan.x0 = std::max<int64_t>(region.x, 0);
-  plan.y0 = std::max<int64_t>(region.y, 0);
-  plan.x1 = region.x >= int64_t(width) ? int64_t(width) : std::min<int64_t>(region.x + region.width, width);
-  plan.y1 = region.y >= int64_t(height) ? int64_t(height) : std::min<int64_t>(region.y + region.height, height);
+  const bool inside = start_plan(region, width, height, plan);
+  if (index > 0) plan.fills.clear();  // the first layer's plan fills for them all
   const Box clip{plan.x0, plan.y0, plan.x1, plan.y1};
 
-  if (index == 0) {
-    const int64_t w = region.width, h = region.height;
-    if (clip.empty()) {
-      add_fill(plan, 0, 0, w, h);
-      return;
-    }
-    const int64_t top = plan.y0 - region.y, bottom = plan.y1 - region.y;
-    const int64_t left = plan.x0 - region.x, right = plan.x1 - region.x;
-    add_fill(plan, 0, 0, w, top);
-    add_fill(plan, 0, top, left, bottom);
-    add_fill(plan, right, top, w, bottom);
-    add_fill(plan, 0, bottom, w, h);
+  if (index == 0 && inside) {
     // Inside the level: what no layer's box covers, or all of it (written
     // before any tile) when some layer has gaps between its cells.
     std::vector<Box> uncovered{clip};
@@ -258,7 +250,7 @@ void make_layer_plan(const std::vector<Layer>& layers, size_t index, uint32_t wi
     }
     for (const Box& b : uncovered) add_box_fill(plan, b);
   }
-  if (clip.empty()) return;
+  if (!inside) return;
 
   const Layer& layer = layers[index];
   const LevelGeometry& g = *layer.g;
