@@ -110,11 +110,14 @@ class OutputMemoryStats(TypedDict):
     max_idle_seconds: float
 
 class Reader:
-    """One open file (one descriptor, pread) and its levels' tile tables."""
+    """One open file (one descriptor, read in its access mode) and its levels' tile tables."""
 
-    def __init__(self, path: str) -> None: ...
+    def __init__(self, path: str, file_access: str = "pread") -> None: ...
     @property
     def path(self) -> str: ...
+    @property
+    def file_access(self) -> str:
+        """How the file's bytes are read: ``"pread"``, ``"mmap"``, ``"direct"`` or ``"preload"``."""
     @property
     def identity(self) -> tuple[int, int, int, int]:
         """``(st_dev, st_ino, st_size, st_mtime_ns)`` at open time."""

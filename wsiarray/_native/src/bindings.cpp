@@ -197,8 +197,17 @@ NB_MODULE(_engine, m) {
   });
 
   nb::class_<wsi::Reader>(m, "Reader")
-      .def(nb::init<const std::string&>(), "path"_a, nb::call_guard<nb::gil_scoped_release>())
+      .def(
+          "__init__",
+          [](wsi::Reader* r, const std::string& path, const std::string& file_access) {
+            const wsi::FileAccess access = wsi::parse_file_access(file_access);
+            nb::gil_scoped_release release;
+            new (r) wsi::Reader(path, access);
+          },
+          "path"_a, "file_access"_a = "pread")
       .def_prop_ro("path", [](const wsi::Reader& r) { return r.file().path(); })
+      .def_prop_ro("file_access", [](const wsi::Reader& r) { return wsi::file_access_name(r.access()); },
+                   "How the file's bytes are read: 'pread', 'mmap', 'direct' or 'preload'.")
       .def_prop_ro("identity",
                    [](const wsi::Reader& r) {
                      const auto& id = r.file().identity();

@@ -1,6 +1,7 @@
 #include "reader.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -30,6 +31,10 @@ uint8_t* grow(std::vector<uint8_t>& buffer, size_t size) {
 
 void fail(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
 
+// Preload bounds (see RegionRead::preload).
+constexpr uint64_t kMinPreload = uint64_t(8) << 20;
+constexpr uint64_t kMaxPreload = uint64_t(1) << 30;
+
 // One request: its plan, and what its threads share read-only.
 class RegionRead {
  public:
@@ -39,13 +44,33 @@ class RegionRead {
         g_(scaled_geometry(level_.geometry(), scale)), label_(reader.label(level_index)), cache_(cache),
         out_{out, pitch, region.width, region.height, level_.pixel_bytes()},
         layout_{g_.tile_width, g_.tile_height, g_.samples_per_plane, g_.bytes_per_sample},
-        decode_(codec_decoder(level_.codec)), params_(level_.codec_params()), scale_(scale) {
+        decode_(codec_decoder(level_.codec)), params_(level_.codec_params()), scale_(scale),
+        source_(&reader.source()) {
     if (scale != 1 && !can_scale(level_, scale)) fail(ErrorKind::Argument, "level cannot be read scaled");
     params_.jpeg.scale_denom = scale;
     make_plan(g_, level_.tables(), reader.file().size(), region, workers, label_, plan_);
   }
 
   void fill(const uint8_t* pixel) const { fill_rects(out_, plan_.fills, pixel); }
+
+  // With file_access "preload", a dense request (its tiles' bytes at least
+  // half of the span from its first to its last byte: a whole level, or a
+  // band of it) reads that span with large O_DIRECT reads before decoding.
+  // Small spans gain nothing over run-by-run reads (and would serialise a
+  // batch's reads), very large ones would double the request's memory.
+  void preload(size_t workers) {
+    if (reader_.access() != FileAccess::Preload || plan_.runs.size() < 2) return;
+    uint64_t first = UINT64_MAX, last = 0, bytes = 0;
+    for (const PlanTile& t : plan_.tiles) {
+      if (t.bytecount == 0) continue;
+      first = std::min(first, t.offset);
+      last = std::max(last, t.offset + t.bytecount);
+      bytes += t.bytecount;
+    }
+    if (bytes == 0 || last - first < kMinPreload || last - first > kMaxPreload || bytes * 2 < last - first) return;
+    preloaded_ = std::make_unique<PreloadedSpan>(reader_.file(), reader_.source(), first, last, workers);
+    source_ = preloaded_.get();
+  }
   size_t run_count() const { return plan_.runs.size(); }
 
   void read_run(size_t index) const {
@@ -72,7 +97,7 @@ class RegionRead {
     prefault_rows(out_, std::min(a.out_y, b.out_y),
                   std::max(a.out_y + a.in_tile.height, b.out_y + b.in_tile.height));
     const uint8_t* bytes =
-        fetch_span(reader_.source(), plan_, run.first + first, run.first + last, scratch.bytes, g_, label_);
+        fetch_span(*source_, plan_, run.first + first, run.first + last, scratch.bytes, g_, label_);
     for (size_t k = first; k < last; ++k) {
       if (served[k]) continue;
       const PlanTile& t = plan_.tiles[run.first + k];
@@ -169,6 +194,8 @@ class RegionRead {
   DecodeFn decode_;
   CodecParams params_;
   uint32_t scale_;
+  const ByteSource* source_;
+  std::unique_ptr<PreloadedSpan> preloaded_;
   Plan plan_;
 };
 
@@ -204,7 +231,7 @@ CodecParams LevelDesc::codec_params() const {
   return params;
 }
 
-Reader::Reader(const std::string& path) : file_(path), source_(file_) {}
+Reader::Reader(const std::string& path, FileAccess access) : file_(path, access), source_(file_) {}
 
 const LevelDesc& Reader::level(size_t index) const {
   if (index >= levels_.size()) {
@@ -275,6 +302,7 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
     auto read =
         std::make_unique<RegionRead>(*r.reader, r.level, r.region, r.out, r.pitch, cache, workers, r.scale);
     read->fill(fill);
+    read->preload(workers);
     for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
     reads.push_back(std::move(read));
   }

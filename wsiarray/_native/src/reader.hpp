@@ -86,9 +86,10 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
 
 class Reader {
  public:
-  explicit Reader(const std::string& path);
+  explicit Reader(const std::string& path, FileAccess access = FileAccess::Pread);
 
   const File& file() const { return file_; }
+  FileAccess access() const { return file_.access(); }
   const ByteSource& source() const { return source_; }
   // Validates the description (sizes, counts, overflow) and adds a level.
   size_t add_level(LevelDesc level);
