@@ -304,6 +304,7 @@ void File::read_direct(uint64_t offset, uint64_t length, uint8_t* dst) const {
     const uint64_t span = align_up(need);
     uint8_t* buf = straight ? dst + done : bounce_buffer().get(size_t(span));
     uint64_t got = 0;
+    int stalls = 0;
     while (got < need) {
       ssize_t r = ::pread(fd_, buf + got, size_t(span - got), off_t(start + got));
       if (r < 0) {
@@ -313,8 +314,18 @@ void File::read_direct(uint64_t offset, uint64_t length, uint8_t* dst) const {
       }
       if (r == 0) truncated(path_, start + got);
       got += uint64_t(r);
-      // O_DIRECT reads come back whole blocks except at the end of the file.
-      if (got < need && got % kDirectAlign != 0) truncated(path_, start + got);
+      if (got < need && got % kDirectAlign != 0) {
+        // O_DIRECT reads come back in whole blocks except at the end of the
+        // file: a short read before the end is read again from its block.
+        struct stat st {};
+        if (::fstat(fd_, &st) != 0 || uint64_t(st.st_size) < start + need) truncated(path_, start + got);
+        const uint64_t kept = align_down(got);
+        if (kept == got - uint64_t(r) && ++stalls > 16) {
+          throw Error(ErrorKind::Read, path_ + ": O_DIRECT reads at offset " + std::to_string(start + got) +
+                                           " keep coming back short");
+        }
+        got = kept;
+      }
     }
     if (!straight) std::memcpy(dst + done, buf + skip, size_t(want));
     done += want;
