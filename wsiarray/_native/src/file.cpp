@@ -282,12 +282,12 @@ void File::read_mapped(uint64_t offset, uint64_t length, uint8_t* dst) const {
   if (slot == nullptr) return read_pread(offset, length, dst);  // more than 256 threads copying at once
   const bool ok = guarded_copy(slot, dst, map_ + offset, size_t(length));
   slot->owner.store(0, std::memory_order_release);
-  if (!ok) {
-    // The mapping faulted: the file shrank. Name the first byte that is gone.
-    struct stat st {};
-    const uint64_t now = ::fstat(fd_, &st) == 0 ? uint64_t(st.st_size) : offset;
-    truncated(path_, std::max(offset, std::min(now, offset + length)));
-  }
+  // Pages wholly past a new end fault (caught above); the page holding the
+  // new end reads zeros past it. Either way the file is now shorter than the
+  // range: the same error as a short pread, never zeros passed off as bytes.
+  struct stat st {};
+  const uint64_t now = ::fstat(fd_, &st) == 0 ? uint64_t(st.st_size) : 0;
+  if (!ok || now < offset + length) truncated(path_, std::max(offset, std::min(now, offset + length)));
 }
 
 void File::read_direct(uint64_t offset, uint64_t length, uint8_t* dst) const {

@@ -21,7 +21,8 @@ struct FileIdentity {
 // How a reader gets a file's bytes (wsiarray.open(file_access=...)):
 //   Pread    pread into the caller's buffer (through the page cache);
 //   Mmap     the file mapped read-only, runs copied out of the mapping under
-//            a SIGBUS guard (a file shrunk underneath is a read error);
+//            a SIGBUS guard, then the file's size checked (a file shrunk
+//            underneath is a read error, as with pread);
 //   Direct   O_DIRECT preads into aligned bounce buffers, bypassing the page cache;
 //   Preload  Direct, and a dense request (a whole level) first reads its
 //            whole byte span with large aligned reads, then decodes from memory.
