@@ -159,6 +159,10 @@ class Reader:
         """The plan of a region of a level (see :func:`plan_region`), without reading anything."""
     def fetch(self, level: int, x: int, y: int, width: int, height: int, workers: int = 1) -> FetchDict:
         """The plan of a region plus the compressed bytes of its tiles (GIL released)."""
+    def read_ranges(self, offsets: U64, lengths: U64, out: U8, workers: int = 1) -> None:
+        """Reads byte range ``i`` (raw, undecoded) to ``out[sum(lengths[:i]):]``, one read per
+        range in order (shared out among ``workers`` threads), in the reader's file access mode;
+        with ``"preload"``, dense ranges through a preloaded span. GIL released."""
     def level_info(self, level: int) -> LevelInfo:
         """The level's geometry, codec parameters and tile tables."""
     def close(self) -> None: ...

@@ -345,6 +345,18 @@ NB_MODULE(_engine, m) {
             return d;
           },
           "level"_a, "The level's geometry, codec parameters and tile tables, to decode its tiles elsewhere.")
+      .def(
+          "read_ranges",
+          [](const wsi::Reader& r, U64Array offsets, U64Array lengths, nb::ndarray<uint8_t, nb::c_contig, nb::device::cpu> out,
+             size_t workers) {
+            if (offsets.ndim() != 1 || lengths.ndim() != 1 || offsets.size() != lengths.size()) {
+              argument_error("offsets and lengths must be 1-d arrays of one length");
+            }
+            nb::gil_scoped_release release;
+            r.read_ranges(offsets.data(), lengths.data(), offsets.size(), out.data(), out.size(), workers);
+          },
+          "offsets"_a, "lengths"_a, "out"_a, "workers"_a = 1,
+          "Reads each byte range of the file (raw, undecoded) into `out`, one after another.")
       .def("close", &wsi::Reader::close);
 
   m.def(

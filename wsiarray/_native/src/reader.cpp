@@ -31,7 +31,7 @@ uint8_t* grow(std::vector<uint8_t>& buffer, size_t size) {
 
 void fail(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
 
-// Preload bounds (see RegionRead::preload).
+// Preload bounds (see Reader::preload).
 constexpr uint64_t kMinPreload = uint64_t(8) << 20;
 constexpr uint64_t kMaxPreload = uint64_t(1) << 30;
 
@@ -53,13 +53,10 @@ class RegionRead {
 
   void fill(const uint8_t* pixel) const { fill_rects(out_, plan_.fills, pixel); }
 
-  // With file_access "preload", a dense request (its tiles' bytes at least
-  // half of the span from its first to its last byte: a whole level, or a
-  // band of it) reads that span with large O_DIRECT reads before decoding.
-  // Small spans gain nothing over run-by-run reads (and would serialise a
-  // batch's reads), very large ones would double the request's memory.
+  // With file_access "preload", a dense request (a whole level, a band of
+  // it) reads its byte span into memory first (Reader::preload).
   void preload(size_t workers) {
-    if (reader_.access() != FileAccess::Preload || plan_.runs.size() < 2) return;
+    if (plan_.runs.size() < 2) return;
     uint64_t first = UINT64_MAX, last = 0, bytes = 0;
     for (const PlanTile& t : plan_.tiles) {
       if (t.bytecount == 0) continue;
@@ -67,8 +64,8 @@ class RegionRead {
       last = std::max(last, t.offset + t.bytecount);
       bytes += t.bytecount;
     }
-    if (bytes == 0 || last - first < kMinPreload || last - first > kMaxPreload || bytes * 2 < last - first) return;
-    preloaded_ = std::make_unique<PreloadedSpan>(reader_.file(), reader_.source(), first, last, workers);
+    preloaded_ = reader_.preload(first, last, bytes, workers);
+    if (!preloaded_) return;
     source_ = preloaded_.get();
   }
   size_t run_count() const { return plan_.runs.size(); }
@@ -246,6 +243,38 @@ TileLabel Reader::label(size_t index) const { return TileLabel{&file_.path(), in
 void Reader::plan(size_t index, const Region& region, size_t workers, Plan& plan) const {
   const LevelDesc& l = level(index);
   make_plan(l.geometry(), l.tables(), file_.size(), region, workers, label(index), plan);
+}
+
+std::unique_ptr<PreloadedSpan> Reader::preload(uint64_t first, uint64_t last, uint64_t bytes,
+                                               size_t workers) const {
+  if (access() != FileAccess::Preload || first >= last || last - first < kMinPreload ||
+      last - first > kMaxPreload || bytes * 2 < last - first) {
+    return nullptr;
+  }
+  return std::make_unique<PreloadedSpan>(file_, source_, first, last, workers);
+}
+
+void Reader::read_ranges(const uint64_t* offsets, const uint64_t* lengths, size_t count, uint8_t* out,
+                         size_t out_size, size_t workers) const {
+  std::vector<uint64_t> starts(count);
+  uint64_t total = 0, first = UINT64_MAX, last = 0;
+  for (size_t i = 0; i < count; ++i) {
+    if (lengths[i] > out_size - total) fail(ErrorKind::Argument, "the output is smaller than the byte ranges");
+    if (offsets[i] > file_.size() || lengths[i] > file_.size() - offsets[i]) {
+      fail(ErrorKind::Read, file_.path() + ": byte range " + std::to_string(offsets[i]) + "+" +
+                                std::to_string(lengths[i]) + " lies past the end of the file (" +
+                                std::to_string(file_.size()) + " bytes)");
+    }
+    starts[i] = total;
+    total += lengths[i];
+    if (lengths[i] == 0) continue;
+    first = std::min(first, offsets[i]);
+    last = std::max(last, offsets[i] + lengths[i]);
+  }
+  const std::unique_ptr<PreloadedSpan> preloaded = preload(first, last, total, workers);
+  const ByteSource& source = preloaded ? static_cast<const ByteSource&>(*preloaded) : source_;
+  parallel_for(count, workers == 0 ? 1 : workers,
+               [&](size_t i) { source.read(offsets[i], lengths[i], out + starts[i]); });
 }
 
 size_t Reader::add_level(LevelDesc level) {

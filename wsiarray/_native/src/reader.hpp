@@ -109,6 +109,20 @@ class Reader {
   void read_region(size_t level, const Region& region, uint8_t* out, size_t pitch,
                    const uint8_t* fill, size_t workers) const;
 
+  // Reads byte range i, [offsets[i], offsets[i] + lengths[i]), to
+  // out + lengths[0] + ... + lengths[i - 1], one read per range, in order on
+  // one worker (shared out among up to `workers`). `out_size` must hold them
+  // all. With file_access "preload", dense ranges are read through preload().
+  void read_ranges(const uint64_t* offsets, const uint64_t* lengths, size_t count, uint8_t* out,
+                   size_t out_size, size_t workers) const;
+
+  // With file_access "preload": the span [first, last) read into memory when
+  // the `bytes` wanted from it fill at least half of it and it is 8 MiB to
+  // 1 GiB (smaller spans gain nothing over run-by-run reads and would
+  // serialise a batch's reads; larger ones would double a request's memory);
+  // else nullptr, and the caller reads through source().
+  std::unique_ptr<PreloadedSpan> preload(uint64_t first, uint64_t last, uint64_t bytes, size_t workers) const;
+
   void close() { file_.close(); }
 
  private:
