@@ -45,7 +45,7 @@ def read_all(slide: wsiarray.Slide, workers: int = 2) -> list[np.ndarray]:
 
 def assert_same(got: list[np.ndarray], want: list[np.ndarray], what: str) -> None:
     assert len(got) == len(want), what
-    for i, (a, b) in enumerate(zip(got, want)):
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
         assert a.shape == b.shape and np.array_equal(a, b), f"{what}: read {i} differs"
 
 
@@ -89,7 +89,8 @@ def test_synthetic_pixels_equal_in_every_mode(pyramid_slides: dict[str, str], ki
         assert_same(read_all(wsiarray.open(path, file_access=mode)), want, f"{kind} {mode}")
         # Batches go through the same readers.
         slide = wsiarray.open(path, file_access=mode)
-        batch = np.concatenate(list(slide.read_region([(0, 0), (900, 700), (-5, 3)], (199, 151), batch_size=2)))
+        locations = [(0, 0), (900, 700), (-5, 3)]
+        batch = np.concatenate(list(slide.read_region(locations, (199, 151), batch_size=2)))
         assert np.array_equal(batch[0], want[0][:151, :199]), mode
 
 
@@ -124,7 +125,8 @@ def test_real_slides_equal_in_every_mode(real_file: str) -> None:
         native = wsiarray.file_handles().acquire(real_file, slide.identity).native
         w, h = slide.level_dimensions[level]
         data, spans = tiles[level]
-        for offset, (start, count) in zip(native.fetch(level, 0, 0, w, h)["offset"].tolist(), spans.tolist()):
+        offsets = native.fetch(level, 0, 0, w, h)["offset"].tolist()
+        for offset, (start, count) in zip(offsets, spans.tolist(), strict=True):
             assert bytes(data[start:start + count]) == file_bytes[offset:offset + count]
 
     def decoded(s: wsiarray.Slide, levels: int | None = None) -> list[np.ndarray]:
@@ -152,14 +154,14 @@ def error_trace(path: str, mode: str) -> list[str]:
     trace = []
     try:
         slide = wsiarray.open(path, file_access=mode)
-    except Exception as exc:  # noqa: BLE001 - the class is what is compared
+    except Exception as exc:
         return [f"open: {type(exc).__name__}"]
     for level, (w, h) in enumerate(slide.level_dimensions):
         for x, y in [(0, 0), (w - 64, h - 64)]:
             try:
                 slide.read_level_region(level, (x, y), (64, 64))
                 trace.append(f"{level}: ok")
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 assert isinstance(exc, wsiarray.WSIError), f"{path} {mode}: {exc!r}"
                 assert os.path.basename(path) in str(exc), f"{mode}: message does not name the file: {exc}"
                 trace.append(f"{level}: {type(exc).__name__}")
@@ -181,7 +183,7 @@ def test_tile_past_the_end_in_every_mode(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) - 1000])
     for mode in MODES:
         slide = wsiarray.open(path, file_access=mode)
-        with pytest.raises(wsiarray.TileReadError, match="short.tif"):
+        with pytest.raises(wsiarray.TileReadError, match=r"short\.tif"):
             slide.read_region((0, 0), (512, 512))
 
 
@@ -202,7 +204,7 @@ def test_processes_in_every_mode(pyramid_slides: dict[str, str], method: str) ->
     # One spawned process: each costs an interpreter and the imports.
     with concurrent.futures.ProcessPoolExecutor(2 if method == "fork" else 1, mp_context=context) as pool:
         results = list(pool.map(read_regions, slides, [REGIONS] * len(slides)))
-    for mode, got in zip(MODES, results):
+    for mode, got in zip(MODES, results, strict=True):
         assert_same(got, want, f"{method} {mode}")
 
 
@@ -216,7 +218,7 @@ def test_threads_in_every_mode(pyramid_slides: dict[str, str]) -> None:
         for mode in MODES:
             slide = wsiarray.open(path, file_access=mode)
             parts = [regions[i::8] for i in range(8)]
-            got = list(pool.map(lambda part: read_regions(slide, part), parts))
+            got = list(pool.map(read_regions, [slide] * len(parts), parts))
             for i, part in enumerate(got):
                 assert_same(part, want[i::8], f"threads {mode}")
 

@@ -300,7 +300,7 @@ def parse_file_access(file_access: Any) -> str:
         >>> parse_file_access("O_DIRECT")
         Traceback (most recent call last):
         ...
-        wsiarray.errors.ArgumentError: file_access must be one of ('pread', 'mmap', 'direct', 'preload'), got 'O_DIRECT'
+        wsiarray.errors.ArgumentError: file_access must be one of (...), got 'O_DIRECT'
     """
     if file_access is None:
         return DEFAULT_FILE_ACCESS

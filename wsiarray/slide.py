@@ -152,7 +152,8 @@ class Slide:
         # A recipe, not a handle: reopened (and shared) where it is unpickled.
         if self._closed:
             raise ClosedError(f"{self._path}: a closed slide cannot be pickled")
-        return (Slide._from_recipe, (self._path, self._identity, self._fill, self._apply_icc, self._file_access))
+        recipe = (self._path, self._identity, self._fill, self._apply_icc, self._file_access)
+        return (Slide._from_recipe, recipe)
 
     def __copy__(self) -> Slide:
         """A new handle on the same file: closing either leaves the other open."""
@@ -190,7 +191,7 @@ class Slide:
 
     @property
     def file_access(self) -> str:
-        """How the native engine reads this handle's file: ``"pread"``, ``"mmap"``, ``"direct"`` or ``"preload"``.
+        """How the native engine reads this file: ``"pread"``, ``"mmap"``, ``"direct"`` or ``"preload"``.
 
         Set with ``wsiarray.open(path, file_access=...)``; it travels with pickles
         and copies of the handle.
@@ -457,7 +458,8 @@ class Slide:
         count = len(many)
         batch_size, prefetch_factor = parse_batch_options(batch_size, prefetch_factor)
         return BatchIterator(
-            [(self._path, self._identity, self._file_access)], np.zeros(count, np.int64), np.full(count, level, np.int64),
+            [(self._path, self._identity, self._file_access)], np.zeros(count, np.int64),
+            np.full(count, level, np.int64),
             to_level_locations(many, downsample), (width, height),
             fill=self._fill_bytes(fill), channels=opened.channels, dtype=opened.dtype,
             num_workers=workers, batch_size=batch_size, drop_last=drop_last,
@@ -887,7 +889,8 @@ def read_regions(
             mask = which_array == index
             resample[mask] = _resample_coords(target, level0[mask], slide_downsamples[index])
     return BatchIterator(
-        [(slide.path, slide.identity, slide.file_access) for slide in slides], which_array, levels, level_xy, (width, height),
+        [(slide.path, slide.identity, slide.file_access) for slide in slides], which_array, levels, level_xy,
+        (width, height),
         fill=first._fill_bytes(fill), channels=first.channels, dtype=first.dtype,
         num_workers=workers, batch_size=batch_size, drop_last=drop_last,
         prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed, transforms=transforms,
