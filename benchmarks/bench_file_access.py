@@ -108,8 +108,9 @@ def run_level(path: str, mode: str, workers: int, keep: list[np.ndarray] | None 
     return elapsed
 
 
-def verify(path: str, ranges: dict[str, tuple[np.ndarray, np.ndarray]], out: np.ndarray, workers: int,
-           level: bool) -> None:
+def verify(
+    path: str, ranges: dict[str, tuple[np.ndarray, np.ndarray]], out: np.ndarray, workers: int, level: bool
+) -> None:
     """Every mode reads pread's bytes (and with ``level``, decodes pread's pixels)."""
     for order, r in ranges.items():
         want = None
@@ -134,12 +135,13 @@ def verify(path: str, ranges: dict[str, tuple[np.ndarray, np.ndarray]], out: np.
         gc.collect()
 
 
-def measure(cells: list[Cell], rounds: int, run: Callable[[Cell, str], float], path: str,
-            log: Callable[[str], None]) -> dict[tuple[Cell, str], list[float]]:
+def measure(
+    cells: list[Cell], rounds: int, run: Callable[[Cell, str], float], path: str, log: Callable[[str], None]
+) -> dict[tuple[Cell, str], list[float]]:
     """``rounds`` times every (cell, mode), modes rotated each round; seconds per run."""
     times: dict[tuple[Cell, str], list[float]] = {}
     for r in range(rounds):
-        modes = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
+        modes = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
         for cell in cells:
             for mode in modes:
                 if cell[2] == "cold":
@@ -180,12 +182,17 @@ def plot(cells: list[Cell], times: dict[tuple[Cell, str], list[float]], out: str
     groups = [[c for c in cells if c[0] == "raw"], [c for c in cells if c[0] == "level"]]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     width = 0.8 / len(MODES)
-    for ax, group, title in zip(axes, groups, ["every tile's raw bytes, one thread", "open + read level 0"],
-                                strict=True):
+    for ax, group, title in zip(
+        axes, groups, ["every tile's raw bytes, one thread", "open + read level 0"], strict=True
+    ):
         x = np.arange(len(group))
         for k, mode in enumerate(MODES):
-            ax.bar(x + (k - (len(MODES) - 1) / 2) * width,
-                   [statistics.median(times[(c, mode)]) for c in group], width, label=mode)
+            ax.bar(
+                x + (k - (len(MODES) - 1) / 2) * width,
+                [statistics.median(times[(c, mode)]) for c in group],
+                width,
+                label=mode,
+            )
         ax.set_xticks(x, [f"{c[1]}\n{c[2]}" if c[0] == "raw" else c[2] for c in group])
         ax.set_ylabel("seconds (median)")
         ax.set_title(title)
@@ -195,14 +202,19 @@ def plot(cells: list[Cell], times: dict[tuple[Cell, str], list[float]], out: str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     parser.add_argument("--slide", help="a slide file instead of the synthetic one")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="threads of the whole-level read (default: the CPU count)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads of the whole-level read (default: the CPU count)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled order")
     parser.add_argument("--no-level", action="store_true", help="raw tile reads only")
     parser.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
@@ -218,11 +230,16 @@ def main(argv: list[str] | None = None) -> None:
         out = np.empty(raw_bytes, np.uint8)
         with wsiarray.open(path) as slide:
             w, h = slide.level_dimensions[0]
-        print(f"# File access modes: {source.name} ({os.path.getsize(path) / 1e6:.0f} MB, "
-              f"level 0 {w}x{h}, {len(ranges['sequential'][0])} tiles, "
-              f"{raw_bytes / 1e6:.0f} MB of tile bytes)\n")
-        print(f"{platform.platform()}, {os.cpu_count()} CPUs, wsiarray {wsiarray.__version__}, "
-              f"whole level with {args.workers} workers, {args.rounds} rounds", flush=True)
+        print(
+            f"# File access modes: {source.name} ({os.path.getsize(path) / 1e6:.0f} MB, "
+            f"level 0 {w}x{h}, {len(ranges['sequential'][0])} tiles, "
+            f"{raw_bytes / 1e6:.0f} MB of tile bytes)\n"
+        )
+        print(
+            f"{platform.platform()}, {os.cpu_count()} CPUs, wsiarray {wsiarray.__version__}, "
+            f"whole level with {args.workers} workers, {args.rounds} rounds",
+            flush=True,
+        )
         verify(path, ranges, out, args.workers, not args.no_level)
 
         def run(cell: Cell, mode: str) -> float:

@@ -29,8 +29,14 @@ import wsiarray
 
 MODES = ("pread", "mmap", "direct", "preload")
 #: Regions (level-0 x, y, w, h) partly and wholly outside a 1000x763 slide, and inside.
-REGIONS = [(-50, -40, 200, 150), (900, 700, 300, 300), (1100, 0, 20, 20), (129, 255, 1, 1),
-           (250, 130, 380, 257), (0, 0, 1000, 763)]
+REGIONS = [
+    (-50, -40, 200, 150),
+    (900, 700, 300, 300),
+    (1100, 0, 20, 20),
+    (129, 255, 1, 1),
+    (250, 130, 380, 257),
+    (0, 0, 1000, 763),
+]
 
 
 def read_all(slide: wsiarray.Slide, workers: int = 2) -> list[np.ndarray]:
@@ -127,7 +133,7 @@ def test_real_slides_equal_in_every_mode(real_file: str) -> None:
         data, spans = tiles[level]
         offsets = native.fetch(level, 0, 0, w, h)["offset"].tolist()
         for offset, (start, count) in zip(offsets, spans.tolist(), strict=True):
-            assert bytes(data[start:start + count]) == file_bytes[offset:offset + count]
+            assert bytes(data[start : start + count]) == file_bytes[offset : offset + count]
 
     def decoded(s: wsiarray.Slide, levels: int | None = None) -> list[np.ndarray]:
         out = []
@@ -211,8 +217,15 @@ def test_processes_in_every_mode(pyramid_slides: dict[str, str], method: str) ->
 def test_threads_in_every_mode(pyramid_slides: dict[str, str]) -> None:
     path = pyramid_slides["jpeg"]
     rng = np.random.default_rng(3)
-    regions = [(int(rng.integers(-100, 1000)), int(rng.integers(-100, 763)), int(rng.integers(1, 300)),
-                int(rng.integers(1, 300))) for _ in range(48)]
+    regions = [
+        (
+            int(rng.integers(-100, 1000)),
+            int(rng.integers(-100, 763)),
+            int(rng.integers(1, 300)),
+            int(rng.integers(1, 300)),
+        )
+        for _ in range(48)
+    ]
     want = read_regions(wsiarray.open(path), regions)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         for mode in MODES:
