@@ -292,7 +292,7 @@ def parse_file_access(file_access: Any) -> str:
       at open.
     - ``"preload"``: ``"direct"``, and a read whose tiles fill at least half of
       their byte span (a whole level, a band of it) first reads that span
-      (8 MiB to 1 GiB) with large parallel ``O_DIRECT`` reads, then decodes from memory.
+      (1 MiB to 1 GiB) with large parallel ``O_DIRECT`` reads, then decodes from memory.
 
     Example:
         >>> parse_file_access(None), parse_file_access("mmap")

@@ -32,7 +32,7 @@ uint8_t* grow(std::vector<uint8_t>& buffer, size_t size) {
 void fail(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
 
 // Preload bounds (see Reader::preload).
-constexpr uint64_t kMinPreload = uint64_t(8) << 20;
+constexpr uint64_t kMinPreload = uint64_t(1) << 20;
 constexpr uint64_t kMaxPreload = uint64_t(1) << 30;
 
 // One request: its plan, and what its threads share read-only.

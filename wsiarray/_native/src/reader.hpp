@@ -117,9 +117,10 @@ class Reader {
                    size_t out_size, size_t workers) const;
 
   // With file_access "preload": the span [first, last) read into memory when
-  // the `bytes` wanted from it fill at least half of it and it is 8 MiB to
-  // 1 GiB (smaller spans gain nothing over run-by-run reads and would
-  // serialise a batch's reads; larger ones would double a request's memory);
+  // the `bytes` wanted from it fill at least half of it and it is 1 MiB to
+  // 1 GiB (the preload runs before the request's threads start decoding:
+  // spans of a few tiles, such as a batch's patches, would serialise their
+  // reads; larger ones would double a request's memory);
   // else nullptr, and the caller reads through source().
   std::unique_ptr<PreloadedSpan> preload(uint64_t first, uint64_t last, uint64_t bytes, size_t workers) const;
 
