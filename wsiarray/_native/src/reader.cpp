@@ -64,7 +64,12 @@ class RegionRead {
       last = std::max(last, t.offset + t.bytecount);
       bytes += t.bytecount;
     }
-    preloaded_ = reader_.preload(first, last, bytes, workers);
+    try {
+      preloaded_ = reader_.preload(first, last, bytes, workers);
+    } catch (const Error& e) {
+      throw Error(e.kind(), "level " + std::to_string(label_.level) + " (IFD " + std::to_string(label_.ifd) +
+                                "), preloading its tiles' bytes: " + e.what());
+    }
     if (!preloaded_) return;
     source_ = preloaded_.get();
   }
