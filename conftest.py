@@ -15,6 +15,8 @@ doctest finds these names already defined:
 - ``svs_path``: a small Aperio-style slide (1024x768 and 512x384, JPEG tiles,
   0.25 µm/px, 40x) with a thumbnail, a label (100x80) and a macro (300x120);
 - ``ome_path``: a one-level OME-TIFF, uint16, 256x192, channels DAPI, CD3 and CD8;
+- ``dicom_path``: a folder holding a DICOM WSI series written with pydicom: level 0
+  300x200 (JPEG frames of 64x64), level 1 150x100 (uncompressed), a label 40x20;
 - ``tmp``: a temporary folder of its own (a :class:`pathlib.Path`), also the
   current directory while the doctest runs;
 - ``client`` and ``worker`` (examples of ``wsiarray.distributed`` only): a
@@ -41,11 +43,14 @@ from _pytest.doctest import DoctestItem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
-from wsitest import preserved_cache, write_jpeg_pyramid
+from wsitest import preserved_cache, texture, write_dicom_wsi, write_jpeg_pyramid
 
 # wsiarray.openslide and the ICC transforms need Pillow (the "openslide" and "icc" extras):
 # without it, their examples are not collected
 collect_ignore_glob = [] if importlib.util.find_spec("PIL") else ["wsiarray/openslide/*", "wsiarray/_icc.py"]
+# wsiarray.monai needs MONAI (the "monai" extra)
+if importlib.util.find_spec("monai") is None:
+    collect_ignore_glob.append("wsiarray/monai.py")
 
 
 def _write_svs(path: Path) -> None:
@@ -87,7 +92,16 @@ def doctest_slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     write_jpeg_pyramid(paths["path"])
     _write_svs(paths["svs_path"])
     _write_ome(paths["ome_path"])
+    paths["dicom_path"] = folder / "dicom"
+    _write_dicom(paths["dicom_path"])
     return {name: str(p) for name, p in paths.items()}
+
+
+def _write_dicom(folder: Path) -> None:
+    folder.mkdir()
+    write_dicom_wsi(folder / "level-0.dcm", texture(200, 300, 3, "uint8", seed=1), tile=64, codec="jpeg")
+    write_dicom_wsi(folder / "level-1.dcm", texture(100, 150, 3, "uint8", seed=2), tile=64)
+    write_dicom_wsi(folder / "label.dcm", texture(20, 40, 3, "uint8", seed=3), tile=40, flavor="LABEL")
 
 
 @contextlib.contextmanager

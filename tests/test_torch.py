@@ -80,11 +80,14 @@ def test_spawned_worker_reads_the_same(items: list) -> None:
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is not installed (optional)")
-def test_dataloader_with_spawned_workers(items: list) -> None:  # pragma: no cover - needs torch
+@pytest.mark.parametrize("context", ["spawn", "fork"])
+def test_dataloader_with_workers(items: list, context: str) -> None:  # pragma: no cover - needs torch
     from torch.utils.data import DataLoader
 
     ds = PatchDataset(items, SIZE, as_tensor=True)
-    loader = DataLoader(ds, batch_size=8, num_workers=2, multiprocessing_context="spawn")
+    if context == "fork":
+        ds[0]  # the parent has the slides open (and the thread pool started) when the workers fork
+    loader = DataLoader(ds, batch_size=8, num_workers=2, multiprocessing_context=context)
     got = np.concatenate([batch.numpy() for batch in loader])
     want = np.stack([p.transpose(2, 0, 1) for p in expected(items)])
     assert_pixels_equal(got, want, "DataLoader batches")

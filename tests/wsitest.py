@@ -542,3 +542,126 @@ def write_jpeg_pyramid(path: Path) -> None:
     -> 500x382 -> 250x191, JPEG, 128-px tiles, 0.5 µm/px resolution tags."""
     rgb = texture(763, 1000, 3, "uint8", seed=11)
     write_pyramid(path, [rgb, rgb[::2, ::2], rgb[::4, ::4]], tile=(128, 128), compression="jpeg", mpp=0.5)
+
+
+# -- DICOM WSI written with pydicom (no public sample has sparse tiles, offset tables, ...)
+
+#: VL Whole Slide Microscopy Image Storage.
+DICOM_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
+
+
+def _frames(image: np.ndarray, tile: int) -> list[np.ndarray]:
+    h, w = image.shape[:2]
+    out = []
+    for ty in range(0, h, tile):
+        for tx in range(0, w, tile):
+            frame = np.zeros((tile, tile, 3), np.uint8)
+            part = image[ty : ty + tile, tx : tx + tile]
+            frame[: part.shape[0], : part.shape[1]] = part
+            out.append(frame)
+    return out
+
+
+def write_dicom_wsi(
+    path: Path,
+    image: np.ndarray,
+    *,
+    tile: int = 32,
+    codec: str = "raw",
+    flavor: str = "VOLUME",
+    series: str = "1.2.3.4",
+    table: str = "none",
+    keep: list[int] | None = None,
+    split: bool = False,
+) -> list[np.ndarray]:
+    """Write ``image`` (RGB uint8) as one VL WSI file with pydicom; returns each frame as decoded.
+
+    ``codec``: "jpeg" (baseline, YBR_FULL_422 as imagecodecs encodes it), "j2k"
+    (lossless JPEG 2000 codestreams), "raw" or "planar" (uncompressed RGB, samples
+    interleaved or PlanarConfiguration 1). The
+    pixel spacing is 0.5 (x) by 0.25 (y) µm, the objective 20x.
+
+    ``table``: "none" (empty Basic Offset Table), "bot", or "eot"; ``keep``: the
+    frames kept in a TILED_SPARSE file (None: TILED_FULL); ``split``: the JPEG
+    frames are cut into two fragments each.
+    """
+    h, w = image.shape[:2]
+    frames = _frames(image, tile)
+    across = -(-w // tile)
+    positions = [(i % across, i // across) for i in range(len(frames))]
+    if keep is not None:
+        frames = [frames[i] for i in keep]
+        positions = [positions[i] for i in keep]
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate, encapsulate_extended
+    from pydicom.sequence import Sequence
+    from pydicom.uid import generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DICOM_WSI
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    explicit_le = "1.2.840.10008.1.2.1"
+    syntaxes = {"jpeg": "1.2.840.10008.1.2.4.50", "j2k": "1.2.840.10008.1.2.4.90", "raw": explicit_le,
+                "planar": explicit_le}
+    meta.TransferSyntaxUID = syntaxes[codec]
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = DICOM_WSI
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID = series
+    ds.StudyInstanceUID = "1.2.3"
+    ds.Modality = "SM"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", flavor, "NONE"]
+    ds.DimensionOrganizationType = "TILED_FULL" if keep is None else "TILED_SPARSE"
+    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = w, h
+    ds.Columns = ds.Rows = tile
+    ds.NumberOfFrames = len(frames)
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "YBR_FULL_422" if codec == "jpeg" else "RGB"
+    ds.PlanarConfiguration = 1 if codec == "planar" else 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    measures = Dataset()
+    measures.PixelSpacing = [0.00025, 0.0005]
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    optical = Dataset()
+    optical.ObjectiveLensPower = 20
+    ds.OpticalPathSequence = Sequence([optical])
+    if keep is not None:
+        groups = []
+        for tx, ty in positions:
+            pos = Dataset()
+            pos.ColumnPositionInTotalImagePixelMatrix = tx * tile + 1
+            pos.RowPositionInTotalImagePixelMatrix = ty * tile + 1
+            group = Dataset()
+            group.PlanePositionSlideSequence = Sequence([pos])
+            groups.append(group)
+        ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
+    if codec in ("jpeg", "j2k"):
+        if codec == "jpeg":
+            encoded = [imagecodecs.jpeg8_encode(f, level=90) for f in frames]
+        else:  # lossless JPEG 2000 codestreams
+            encoded = [imagecodecs.jpeg2k_encode(f, level=0, codecformat="J2K") for f in frames]
+        decoded = [imagecodecs.imread(e) for e in encoded]
+        if split:
+            ds.PixelData = encapsulate(encoded, fragments_per_frame=2, has_bot=False)
+        elif table == "eot":
+            data, offsets, lengths = encapsulate_extended(encoded)
+            ds.PixelData = data
+            ds.ExtendedOffsetTable = offsets
+            ds.ExtendedOffsetTableLengths = lengths
+        else:
+            ds.PixelData = encapsulate(encoded, has_bot=table == "bot")
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    else:
+        decoded = frames
+        stacked = np.stack(frames)
+        # PlanarConfiguration 1: each frame's samples one plane after another
+        ds.PixelData = (stacked.transpose(0, 3, 1, 2) if codec == "planar" else stacked).tobytes()
+        ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return decoded

@@ -7,8 +7,9 @@ of that recipe (keyed by path, identity and file access mode: handles
 opened with different ``file_access=`` never share a reader), which it
 opens on first use and then shares with every other handle, dask task,
 xarray array and batch of the same file. An opened slide holds one file
-descriptor (the native reader's; tifffile's is closed once the
-file is parsed). At most ``capacity`` files are kept open (like xarray's
+descriptor (the native reader's; tifffile's is closed once the file is
+parsed), plus one per other file its levels live in (a DICOM series: one
+per level file). At most ``capacity`` files are kept open (like xarray's
 ``file_cache_maxsize``; by default a quarter of the soft ``RLIMIT_NOFILE``, at
 most 128 and at least 8, so the defaults work under ``ulimit -n 256`` with room
 for everything else); opening one more closes the least recently used, and a

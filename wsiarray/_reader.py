@@ -25,7 +25,7 @@ from .cache import ensure_configured
 from .errors import OpenError, WSIError
 
 if TYPE_CHECKING:
-    from .formats import LevelSpec, SlideInfo
+    from .formats import SlideInfo
 
 __all__ = ["AssociatedImages", "FileIdentity", "Level", "OpenedSlide"]
 
@@ -126,7 +126,9 @@ class OpenedSlide:
                 index=i,
                 width=spec.width,
                 height=spec.height,
-                downsample=(level0.width / spec.width + level0.height / spec.height) / 2,
+                downsample=spec.downsample
+                if spec.downsample is not None
+                else (level0.width / spec.width + level0.height / spec.height) / 2,
                 tile_width=spec.tile_width,
                 tile_height=spec.tile_height,
                 compression=spec.compression_name,
@@ -156,29 +158,16 @@ class OpenedSlide:
         if tuple(native.identity) != identity:
             native.close()
             raise OpenError(f"{path}: the file changed while it was being opened")
-        for spec in info.levels:
-            _add_level(native, spec)
+        try:
+            files: dict[str | None, int] = {None: 0, path: 0}  # the path opened is file 0
+            for spec in info.levels:
+                if spec.file not in files:
+                    files[spec.file] = native.add_file(spec.file)
+                expected = info.file_identities.get(spec.file) if spec.file is not None else None
+                if expected is not None and tuple(native.file_identity(files[spec.file])) != expected:
+                    raise OpenError(f"{spec.file}: the file changed while the slide was being opened")
+                spec.add_to(native, files[spec.file])
+        except BaseException:
+            native.close()
+            raise
         return cls(path, identity, info, native)
-
-
-def _add_level(native: _native.Reader, spec: LevelSpec) -> None:
-    native.add_level(
-        width=spec.width,
-        height=spec.height,
-        tile_width=spec.tile_width,
-        tile_height=spec.tile_height,
-        samples_per_plane=spec.samples_per_plane,
-        bytes_per_sample=spec.dtype.itemsize,
-        codec=int(spec.codec),
-        byteswap=spec.byteswap,
-        predictor=spec.predictor,
-        jpeg_tables=spec.jpeg_tables,
-        jpeg_in=int(spec.jpeg_colorspace),
-        jpeg_out=int(spec.jpeg_out_colorspace),
-        offsets=np.ascontiguousarray(spec.offsets, np.uint64),
-        bytecounts=np.ascontiguousarray(spec.bytecounts, np.uint64),
-        external=spec.external_decoder,
-        page_index=spec.page_index,
-        compression=spec.compression,
-        strips=spec.strips,
-    )

@@ -110,7 +110,8 @@ class OutputMemoryStats(TypedDict):
     max_idle_seconds: float
 
 class Reader:
-    """One open file (one descriptor, read in its access mode) and its levels' tile tables."""
+    """Open files (one descriptor each, read in the reader's file access mode; file 0 is
+    ``path``) and the levels' tile tables."""
 
     def __init__(self, path: str, file_access: str = "pread") -> None: ...
     @property
@@ -123,6 +124,12 @@ class Reader:
         """``(st_dev, st_ino, st_size, st_mtime_ns)`` at open time."""
     @property
     def level_count(self) -> int: ...
+    @property
+    def file_count(self) -> int: ...
+    def add_file(self, path: str) -> int:
+        """Opens another file whose tiles levels may hold (``add_level(file=...)``); returns its index."""
+    def file_identity(self, index: int) -> tuple[int, int, int, int]:
+        """``(st_dev, st_ino, st_size, st_mtime_ns)`` of file ``index`` at open time."""
     def add_level(
         self,
         width: int,
@@ -143,14 +150,26 @@ class Reader:
         page_index: int,
         compression: int = 0,
         strips: bool = False,
+        file: int = 0,
+        missing_fill: bool = False,
+        layers: list[tuple] = ...,
     ) -> int:
         """Validates and adds a level; returns its index. Tables are ``(planes, down, across)``.
 
         ``external(data, index)`` decodes one tile (index into the flattened tables) for codecs
         the engine does not decode itself; it must return the tile's bytes (any dtype). Its
         exceptions become ``TileDecodeError`` (their one-line message, chained as ``__cause__``).
+
+        With ``layers``, a placed level (docs/architecture.md, "Placed levels") of width x
+        height: each layer is ``(width, height, tile_width, tile_height, jpeg_tables, offsets,
+        bytecounts, external, page_index, cell_width, cell_height, first_column, first_row,
+        xs, ys)`` (``xs``/``ys`` int64), sharing this level's codec and samples; this level's
+        own tables are then ignored.
+
         ``compression`` (the TIFF tag value) picks the stream header that is checked against the
-        tile before any decode; ``strips``: the tiles are strips, the last may be shorter.
+        tile before any decode; ``strips``: the tiles are strips, the last may be shorter;
+        ``file``: the index (``add_file``) of the file holding the tiles; ``missing_fill``: tiles
+        never written (offset and byte count 0) get the request's fill pixel instead of zeros.
         """
     def read_region(self, level: int, x: int, y: int, out: U8, fill: bytes, workers: int = 1) -> None:
         """Reads pixels at level coordinates (x, y) into out, a C-contiguous (h, w, pixel_bytes)

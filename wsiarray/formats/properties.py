@@ -158,12 +158,15 @@ def _level_properties(levels: Sequence[LevelSpec]) -> dict[str, str]:
     w0, h0 = levels[0].width, levels[0].height
     for n, level in enumerate(levels):
         # OpenSlide's downsample: the mean of the two axes' ratios, never assumed 2**n
-        downsample = (w0 / level.width + h0 / level.height) / 2
+        downsample = level.downsample
+        if downsample is None:
+            downsample = (w0 / level.width + h0 / level.height) / 2
         props[f"openslide.level[{n}].width"] = str(level.width)
         props[f"openslide.level[{n}].height"] = str(level.height)
         props[f"openslide.level[{n}].downsample"] = format_double(downsample)
-        props[f"openslide.level[{n}].tile-width"] = str(level.tile_width)
-        props[f"openslide.level[{n}].tile-height"] = str(level.tile_height)
+        if level.tile_hint:
+            props[f"openslide.level[{n}].tile-width"] = str(level.tile_width)
+            props[f"openslide.level[{n}].tile-height"] = str(level.tile_height)
     return props
 
 

@@ -600,22 +600,7 @@ def _present_mask(info: SlideInfo, level: int, x: int, y: int, width: int, heigh
     None when it all does. Outside the level and in tiles never written
     (offset and byte count 0) the answer is False.
     """
-    spec = info.levels[level]
-    missing = (spec.offsets == 0) & (spec.bytecounts == 0)
-    missing_tiles = missing.all(axis=0)  # a tile is missing when no plane of it was written
-    if x >= 0 and y >= 0 and x + width <= spec.width and y + height <= spec.height \
-            and not missing_tiles.any():
-        return None
-    columns = np.arange(x, x + width)
-    rows = np.arange(y, y + height)
-    in_columns = (columns >= 0) & (columns < spec.width)
-    in_rows = (rows >= 0) & (rows < spec.height)
-    inside = in_rows[:, None] & in_columns[None, :]
-    if missing_tiles.any():
-        tile_col = np.clip(columns // spec.tile_width, 0, missing_tiles.shape[1] - 1)
-        tile_row = np.clip(rows // spec.tile_height, 0, missing_tiles.shape[0] - 1)
-        inside &= ~missing_tiles[tile_row[:, None], tile_col[None, :]]
-    return inside
+    return info.levels[level].present(x, y, width, height)
 
 
 class OpenSlideCache:

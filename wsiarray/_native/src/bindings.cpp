@@ -4,6 +4,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
 
 #include <cstring>
 #include <string>
@@ -29,6 +30,14 @@ using namespace nb::literals;
 namespace {
 
 using U64Array = nb::ndarray<const uint64_t, nb::c_contig, nb::device::cpu>;
+using I64Array = nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+// A layer of a placed level: (width, height, tile_width, tile_height,
+// jpeg_tables, offsets, bytecounts, external, page_index, cell_width,
+// cell_height, first_column, first_row, xs, ys); codec and samples are the
+// level's.
+using LayerTuple = std::tuple<uint32_t, uint32_t, uint32_t, uint32_t, nb::bytes, U64Array, U64Array, nb::object,
+                              uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, I64Array, I64Array>;
 using OutArray = nb::ndarray<uint8_t, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
 using TileArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
 
@@ -97,6 +106,7 @@ wsi::ExternalDecoder wrap_decoder(nb::object decoder) {
 }
 
 std::vector<uint64_t> to_vector(const U64Array& a) { return {a.data(), a.data() + a.size()}; }
+std::vector<int64_t> to_vector(const I64Array& a) { return {a.data(), a.data() + a.size()}; }
 
 void argument_error(const std::string& message) { throw wsi::Error(wsi::ErrorKind::Argument, message); }
 
@@ -215,12 +225,24 @@ NB_MODULE(_engine, m) {
                    },
                    "(st_dev, st_ino, st_size, st_mtime_ns) at open time.")
       .def_prop_ro("level_count", &wsi::Reader::level_count)
+      .def_prop_ro("file_count", &wsi::Reader::file_count)
+      .def("add_file", &wsi::Reader::add_file, "path"_a, nb::call_guard<nb::gil_scoped_release>(),
+           "Opens another file whose tiles levels may hold (add_level's file); returns its index.")
+      .def(
+          "file_identity",
+          [](const wsi::Reader& r, size_t index) {
+            if (index >= r.file_count()) argument_error("no such file");
+            const auto& id = r.file(index).identity();
+            return nb::make_tuple(id.device, id.inode, id.size, id.mtime_ns);
+          },
+          "index"_a, "(st_dev, st_ino, st_size, st_mtime_ns) of file `index` at open time.")
       .def(
           "add_level",
           [](wsi::Reader& r, uint32_t width, uint32_t height, uint32_t tile_width, uint32_t tile_height,
              uint32_t samples_per_plane, uint32_t bytes_per_sample, int codec, bool byteswap, int predictor,
              nb::bytes jpeg_tables, int jpeg_in, int jpeg_out, U64Array offsets, U64Array bytecounts,
-             nb::object external, uint32_t page_index, uint32_t compression, bool strips) {
+             nb::object external, uint32_t page_index, uint32_t compression, bool strips, uint32_t file,
+             bool missing_fill, std::vector<LayerTuple> layers) {
             if (offsets.ndim() != 3 || bytecounts.ndim() != 3) {
               throw wsi::Error(wsi::ErrorKind::Format, "tile tables must be (planes, down, across)");
             }
@@ -245,12 +267,46 @@ NB_MODULE(_engine, m) {
             level.page_index = page_index;
             level.compression = compression;
             level.strips = strips;
+            level.file = file;
+            level.missing_is_fill = missing_fill;
+            for (const LayerTuple& t : layers) {
+              const U64Array& lo = std::get<5>(t);
+              const U64Array& lb = std::get<6>(t);
+              if (lo.ndim() != 3 || lb.ndim() != 3 || lo.shape(0) != level.planes) {
+                throw wsi::Error(wsi::ErrorKind::Format, "layer tile tables must be (planes, down, across)");
+              }
+              wsi::LevelDesc layer = level;  // codec and samples
+              layer.layers.clear();
+              layer.width = std::get<0>(t);
+              layer.height = std::get<1>(t);
+              layer.tile_width = std::get<2>(t);
+              layer.tile_height = std::get<3>(t);
+              const nb::bytes& lt = std::get<4>(t);
+              const auto* ltables = static_cast<const uint8_t*>(lt.data());
+              layer.jpeg_tables.assign(ltables, ltables + lt.size());
+              layer.offsets = to_vector(lo);
+              layer.bytecounts = to_vector(lb);
+              layer.external = std::get<7>(t).is_none() ? wsi::ExternalDecoder{} : wrap_decoder(std::get<7>(t));
+              layer.page_index = std::get<8>(t);
+              layer.placement.cell_width = std::get<9>(t);
+              layer.placement.cell_height = std::get<10>(t);
+              layer.placement.first_column = std::get<11>(t);
+              layer.placement.first_row = std::get<12>(t);
+              layer.placement.xs = to_vector(std::get<13>(t));
+              layer.placement.ys = to_vector(std::get<14>(t));
+              level.layers.push_back(std::move(layer));
+            }
+            if (!level.layers.empty()) {
+              level.offsets.clear();
+              level.bytecounts.clear();
+            }
             return r.add_level(std::move(level));
           },
           "width"_a, "height"_a, "tile_width"_a, "tile_height"_a, "samples_per_plane"_a,
           "bytes_per_sample"_a, "codec"_a, "byteswap"_a, "predictor"_a, "jpeg_tables"_a, "jpeg_in"_a,
           "jpeg_out"_a, "offsets"_a, "bytecounts"_a, "external"_a.none(), "page_index"_a, "compression"_a = 0,
-          "strips"_a = false)
+          "strips"_a = false, "file"_a = 0, "missing_fill"_a = false, "layers"_a = std::vector<LayerTuple>(),
+          "Adds a level; with `layers`, a placed level of width x height composed of those stored images.")
       .def(
           "read_region",
           [](const wsi::Reader& r, size_t level, int64_t x, int64_t y, OutArray out, nb::bytes fill,
@@ -301,7 +357,7 @@ NB_MODULE(_engine, m) {
               r.plan(level, region, workers, plan);
               layout = wsi::fetch_layout(plan);
               data.resize(layout.bytes);
-              wsi::fetch_plan(r.source(), plan, layout, data.data(), workers == 0 ? 1 : workers,
+              wsi::fetch_plan(r.level_source(level), plan, layout, data.data(), workers == 0 ? 1 : workers,
                               r.level(level).geometry(), r.label(level));
             }
             const size_t n = plan.tiles.size();
@@ -339,6 +395,8 @@ NB_MODULE(_engine, m) {
             d["jpeg_in"] = l.jpeg_in_colorspace;
             d["jpeg_out"] = l.jpeg_out_colorspace;
             d["page_index"] = l.page_index;
+            d["file"] = l.file;
+            d["missing_fill"] = l.missing_is_fill;
             const size_t planes = l.planes, down = l.tiles_down(), across = l.tiles_across();
             d["offsets"] = to_numpy(std::vector<uint64_t>(l.offsets), {planes, down, across});
             d["bytecounts"] = to_numpy(std::vector<uint64_t>(l.bytecounts), {planes, down, across});

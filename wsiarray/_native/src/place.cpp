@@ -65,8 +65,25 @@ void place_tile(const Output& out, const PlanTile& tile, const LevelGeometry& g,
   }
 }
 
+void place_pieces(const Output& out, const Plan& plan, const PlanTile& tile, const LevelGeometry& g,
+                  const TileView& decoded) {
+  if (tile.piece_count == 0) {
+    place_tile(out, tile, g, decoded);
+    return;
+  }
+  PlanTile part = tile;
+  for (size_t k = 0; k < tile.piece_count; ++k) {
+    const Piece& piece = plan.pieces[tile.piece_first + k];
+    part.in_tile = piece.in_tile;
+    part.out_x = piece.out_x;
+    part.out_y = piece.out_y;
+    place_tile(out, part, g, decoded);
+  }
+}
+
 void prefault_rows(const Output& out, uint32_t top, uint32_t bottom) {
 #ifdef MADV_POPULATE_WRITE
+  bottom = std::min(bottom, out.height);
   if (top >= bottom) return;
   const uintptr_t begin = reinterpret_cast<uintptr_t>(out.base + size_t(top) * out.pitch);
   const uintptr_t end =

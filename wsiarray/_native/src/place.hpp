@@ -45,6 +45,10 @@ inline TileTarget output_target(const Output& out, const PlanTile& tile, const L
 // plane) to the output.
 void place_tile(const Output& out, const PlanTile& tile, const LevelGeometry& g, const TileView& decoded);
 
+// The same for a tile placed in pieces (PlanTile::piece_count), or in one.
+void place_pieces(const Output& out, const Plan& plan, const PlanTile& tile, const LevelGeometry& g,
+                  const TileView& decoded);
+
 // Faults in output rows [top, bottom) with one madvise when they span at
 // least 4 MiB, instead of a page fault per 4 KiB as decoders first write
 // them. Best effort.

@@ -1,6 +1,7 @@
 #include "plan.hpp"
 
 #include <algorithm>
+#include <limits>
 
 #include "error.hpp"
 
@@ -33,6 +34,41 @@ void add_fill(Plan& plan, int64_t x0, int64_t y0, int64_t x1, int64_t y1) {
   plan.fills.push_back(Rect{uint32_t(x0), uint32_t(y0), uint32_t(x1 - x0), uint32_t(y1 - y0)});
 }
 
+
+// Looks up a tile's bytes and checks they lie inside the file.
+void set_tile_bytes(const LevelGeometry& g, const TileTables& tables, uint64_t file_size, const TileLabel& label,
+                    PlanTile& t) {
+  t.offset = tables.offsets[t.index];
+  t.bytecount = tables.bytecounts[t.index];
+  if (t.bytecount > kMaxTileBytes || t.offset > file_size || t.bytecount > file_size - t.offset) {
+    throw Error(ErrorKind::Read, describe_tile(label, g, t.plane, t.tx, t.ty) + ": tile bytes " +
+                                     std::to_string(t.offset) + "+" + std::to_string(t.bytecount) +
+                                     " lie outside the file (" + std::to_string(file_size) + " bytes)");
+  }
+}
+
+// Merges consecutive tiles with contiguous bytes into runs.
+void make_runs(Plan& plan, size_t workers) {
+  // Small runs when several threads share a request, so that they all get work.
+  const std::vector<PlanTile>& tiles = plan.tiles;
+  size_t max_tiles = tiles.size();
+  if (workers > 1) max_tiles = std::max<size_t>(1, tiles.size() / (workers * 4));
+  for (size_t i = 0; i < tiles.size(); ++i) {
+    const PlanTile& t = tiles[i];
+    if (!plan.runs.empty()) {
+      Run& run = plan.runs.back();
+      const PlanTile& prev = tiles[i - 1];
+      if (t.bytecount > 0 && prev.bytecount > 0 && t.offset == prev.offset + prev.bytecount &&
+          run.size + t.bytecount <= kMaxRunBytes && run.count < max_tiles) {
+        run.count += 1;
+        run.size += t.bytecount;
+        continue;
+      }
+    }
+    plan.runs.push_back(Run{i, 1, t.offset, t.bytecount});
+  }
+}
+
 }  // namespace
 
 void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_size, const Region& region,
@@ -41,6 +77,7 @@ void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_s
   plan.tiles.clear();
   plan.runs.clear();
   plan.fills.clear();
+  plan.pieces.clear();
   plan.x0 = std::max<int64_t>(region.x, 0);
   plan.y0 = std::max<int64_t>(region.y, 0);
   // (A request starting past the image is empty; no sum can overflow.)
@@ -74,13 +111,7 @@ void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_s
         t.tx = tx;
         t.ty = ty;
         t.index = (p * down + ty) * across + tx;
-        t.offset = tables.offsets[t.index];
-        t.bytecount = tables.bytecounts[t.index];
-        if (t.bytecount > kMaxTileBytes || t.offset > file_size || t.bytecount > file_size - t.offset) {
-          throw Error(ErrorKind::Read, describe_tile(label, g, p, tx, ty) + ": tile bytes " +
-                                           std::to_string(t.offset) + "+" + std::to_string(t.bytecount) +
-                                           " lie outside the file (" + std::to_string(file_size) + " bytes)");
-        }
+        set_tile_bytes(g, tables, file_size, label, t);
         const int64_t tile_x = int64_t(tx) * tw, tile_y = int64_t(ty) * th;
         const int64_t cx0 = std::max(tile_x, plan.x0), cx1 = std::min(tile_x + tw, plan.x1);
         const int64_t cy0 = std::max(tile_y, plan.y0), cy1 = std::min(tile_y + th, plan.y1);
@@ -93,24 +124,231 @@ void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_s
     }
   }
 
-  // Small runs when several threads share a request, so that they all get work.
-  const std::vector<PlanTile>& tiles = plan.tiles;
-  size_t max_tiles = tiles.size();
-  if (workers > 1) max_tiles = std::max<size_t>(1, tiles.size() / (workers * 4));
-  for (size_t i = 0; i < tiles.size(); ++i) {
-    const PlanTile& t = tiles[i];
-    if (!plan.runs.empty()) {
-      Run& run = plan.runs.back();
-      const PlanTile& prev = tiles[i - 1];
-      if (t.bytecount > 0 && prev.bytecount > 0 && t.offset == prev.offset + prev.bytecount &&
-          run.size + t.bytecount <= kMaxRunBytes && run.count < max_tiles) {
-        run.count += 1;
-        run.size += t.bytecount;
-        continue;
+  make_runs(plan, workers);
+}
+
+namespace {
+
+// Width of stored cell column c (the last may be cut by the image edge).
+uint32_t cell_extent(uint32_t cell, uint32_t size, uint64_t index) {
+  return uint32_t(std::min<uint64_t>(cell, size - index * cell));
+}
+
+// Where cell i of an axis shows: [positions[i], end), the next cell winning.
+int64_t shown_end(const std::vector<int64_t>& positions, size_t i, uint32_t cell, uint32_t size, uint32_t first) {
+  int64_t end = positions[i] + cell_extent(cell, size, uint64_t(first) + i);
+  if (i + 1 < positions.size()) end = std::min(end, positions[i + 1]);
+  return end;
+}
+
+bool axis_gapless(const std::vector<int64_t>& positions, uint32_t cell, uint32_t size, uint32_t first) {
+  for (size_t i = 0; i + 1 < positions.size(); ++i) {
+    if (positions[i] + cell_extent(cell, size, uint64_t(first) + i) < positions[i + 1]) return false;
+  }
+  return true;
+}
+
+std::string axis_problem(const char* axis, const std::vector<int64_t>& positions, uint32_t cell, uint32_t tile,
+                         uint32_t size, uint32_t first) {
+  const std::string a(axis);
+  if (cell == 0 || tile % cell != 0) return "cell " + a + " must divide the tile " + a;
+  const uint64_t cells = (uint64_t(size) + cell - 1) / cell;
+  if (positions.empty() || first >= cells || positions.size() > cells - first) {
+    return "cell " + a + " positions (" + std::to_string(positions.size()) + " from " + std::to_string(first) +
+           ") do not fit the image's " + std::to_string(cells) + " cells";
+  }
+  for (size_t i = 0; i < positions.size(); ++i) {
+    if (positions[i] < -kMaxPlacedCoordinate || positions[i] > kMaxPlacedCoordinate) {
+      return "cell " + a + " position out of range";
+    }
+    if (i > 0 && positions[i] <= positions[i - 1]) return "cell " + a + " positions must increase";
+  }
+  return "";
+}
+
+// `boxes` less `cut`, as disjoint boxes.
+void subtract(std::vector<Box>& boxes, const Box& cut) {
+  std::vector<Box> out;
+  for (const Box& b : boxes) {
+    const Box c{std::max(b.x0, cut.x0), std::max(b.y0, cut.y0), std::min(b.x1, cut.x1), std::min(b.y1, cut.y1)};
+    if (c.empty()) {
+      out.push_back(b);
+      continue;
+    }
+    const Box parts[4] = {{b.x0, b.y0, b.x1, c.y0}, {b.x0, c.y1, b.x1, b.y1}, {b.x0, c.y0, c.x0, c.y1},
+                          {c.x1, c.y0, b.x1, c.y1}};
+    for (const Box& part : parts) {
+      if (!part.empty()) out.push_back(part);
+    }
+  }
+  boxes.swap(out);
+}
+
+// The cells of an axis that show inside [lo, hi): [first, last).
+std::pair<size_t, size_t> shown_cells(const std::vector<int64_t>& positions, int64_t lo, int64_t hi) {
+  size_t first = size_t(std::upper_bound(positions.begin(), positions.end(), lo) - positions.begin());
+  if (first > 0) --first;
+  const size_t last = size_t(std::lower_bound(positions.begin(), positions.end(), hi) - positions.begin());
+  return {first, std::max(first, last)};
+}
+
+struct PlacedPiece {
+  uint64_t tile = 0;  // row-major index in a plane
+  Piece piece;
+};
+
+void add_box_fill(Plan& plan, const Box& b) {
+  add_fill(plan, b.x0 - plan.region.x, b.y0 - plan.region.y, b.x1 - plan.region.x, b.y1 - plan.region.y);
+}
+
+}  // namespace
+
+std::string placement_problem(const LevelGeometry& g, const Placement& p) {
+  std::string problem = axis_problem("width", p.xs, p.cell_width, g.tile_width, g.width, p.first_column);
+  if (problem.empty()) problem = axis_problem("height", p.ys, p.cell_height, g.tile_height, g.height, p.first_row);
+  return problem;
+}
+
+Box placed_box(const LevelGeometry& g, const Placement& p, bool* gapless) {
+  if (gapless != nullptr) {
+    *gapless = axis_gapless(p.xs, p.cell_width, g.width, p.first_column) &&
+               axis_gapless(p.ys, p.cell_height, g.height, p.first_row);
+  }
+  return Box{p.xs.front(), p.ys.front(),
+             shown_end(p.xs, p.xs.size() - 1, p.cell_width, g.width, p.first_column),
+             shown_end(p.ys, p.ys.size() - 1, p.cell_height, g.height, p.first_row)};
+}
+
+void make_layer_plan(const std::vector<Layer>& layers, size_t index, uint32_t width, uint32_t height,
+                     uint64_t file_size, const Region& region, size_t workers, Plan& plan) {
+  plan.region = region;
+  plan.tiles.clear();
+  plan.runs.clear();
+  plan.fills.clear();
+  plan.pieces.clear();
+  plan.x0 = std::max<int64_t>(region.x, 0);
+  plan.y0 = std::max<int64_t>(region.y, 0);
+  plan.x1 = region.x >= int64_t(width) ? int64_t(width) : std::min<int64_t>(region.x + region.width, width);
+  plan.y1 = region.y >= int64_t(height) ? int64_t(height) : std::min<int64_t>(region.y + region.height, height);
+  const Box clip{plan.x0, plan.y0, plan.x1, plan.y1};
+
+  if (index == 0) {
+    const int64_t w = region.width, h = region.height;
+    if (clip.empty()) {
+      add_fill(plan, 0, 0, w, h);
+      return;
+    }
+    const int64_t top = plan.y0 - region.y, bottom = plan.y1 - region.y;
+    const int64_t left = plan.x0 - region.x, right = plan.x1 - region.x;
+    add_fill(plan, 0, 0, w, top);
+    add_fill(plan, 0, top, left, bottom);
+    add_fill(plan, right, top, w, bottom);
+    add_fill(plan, 0, bottom, w, h);
+    // Inside the level: what no layer's box covers, or all of it (written
+    // before any tile) when some layer has gaps between its cells.
+    std::vector<Box> uncovered{clip};
+    for (const Layer& layer : layers) {
+      bool gapless = true;
+      const Box box = placed_box(*layer.g, *layer.placement, &gapless);
+      if (!gapless) {
+        uncovered.assign(1, clip);
+        break;
+      }
+      subtract(uncovered, box);
+    }
+    for (const Box& b : uncovered) add_box_fill(plan, b);
+  }
+  if (clip.empty()) return;
+
+  const Layer& layer = layers[index];
+  const LevelGeometry& g = *layer.g;
+  const Placement& p = *layer.placement;
+  std::vector<Box> earlier;
+  for (size_t k = 0; k < index; ++k) earlier.push_back(placed_box(*layers[k].g, *layers[k].placement, nullptr));
+
+  const auto columns = shown_cells(p.xs, clip.x0, clip.x1);
+  const auto rows = shown_cells(p.ys, clip.y0, clip.y1);
+  const uint32_t tw = g.tile_width, th = g.tile_height;
+  const uint64_t across = g.tiles_across(), down = g.tiles_down();
+  std::vector<PlacedPiece> placed;
+  std::vector<Box> parts;
+  for (size_t j = rows.first; j < rows.second; ++j) {
+    const int64_t y0 = std::max(p.ys[j], clip.y0);
+    const int64_t y1 = std::min(shown_end(p.ys, j, p.cell_height, g.height, p.first_row), clip.y1);
+    if (y0 >= y1) continue;
+    const uint64_t stored_row = (uint64_t(p.first_row) + j) * p.cell_height;
+    for (size_t i = columns.first; i < columns.second; ++i) {
+      const int64_t x0 = std::max(p.xs[i], clip.x0);
+      const int64_t x1 = std::min(shown_end(p.xs, i, p.cell_width, g.width, p.first_column), clip.x1);
+      if (x0 >= x1) continue;
+      const uint64_t stored_column = (uint64_t(p.first_column) + i) * p.cell_width;
+      parts.assign(1, Box{x0, y0, x1, y1});
+      for (const Box& cut : earlier) subtract(parts, cut);
+      for (const Box& b : parts) {
+        const uint64_t sx = stored_column + uint64_t(b.x0 - p.xs[i]);
+        const uint64_t sy = stored_row + uint64_t(b.y0 - p.ys[j]);
+        PlacedPiece pp;
+        pp.tile = (sy / th) * across + sx / tw;
+        pp.piece.in_tile = Rect{uint32_t(sx % tw), uint32_t(sy % th), uint32_t(b.x1 - b.x0), uint32_t(b.y1 - b.y0)};
+        pp.piece.out_x = uint32_t(b.x0 - region.x);
+        pp.piece.out_y = uint32_t(b.y0 - region.y);
+        placed.push_back(pp);
       }
     }
-    plan.runs.push_back(Run{i, 1, t.offset, t.bytecount});
   }
+  std::stable_sort(placed.begin(), placed.end(),
+                   [](const PlacedPiece& a, const PlacedPiece& b) { return a.tile < b.tile; });
+
+  // One plan tile per stored tile: its pieces, or one piece when they tile
+  // their bounding box at one offset (then it may decode straight to the output).
+  std::vector<PlanTile> one_plane;
+  for (size_t a = 0; a < placed.size();) {
+    size_t b = a + 1;
+    while (b < placed.size() && placed[b].tile == placed[a].tile) ++b;
+    PlanTile t;
+    t.tx = uint32_t(placed[a].tile % across);
+    t.ty = uint32_t(placed[a].tile / across);
+    uint32_t ix0 = UINT32_MAX, iy0 = UINT32_MAX, ix1 = 0, iy1 = 0, ox = UINT32_MAX, oy = UINT32_MAX;
+    uint64_t area = 0;
+    bool aligned = true;
+    const Piece& head = placed[a].piece;
+    for (size_t k = a; k < b; ++k) {
+      const Piece& q = placed[k].piece;
+      ix0 = std::min(ix0, q.in_tile.x);
+      iy0 = std::min(iy0, q.in_tile.y);
+      ix1 = std::max(ix1, q.in_tile.x + q.in_tile.width);
+      iy1 = std::max(iy1, q.in_tile.y + q.in_tile.height);
+      ox = std::min(ox, q.out_x);
+      oy = std::min(oy, q.out_y);
+      area += uint64_t(q.in_tile.width) * q.in_tile.height;
+      aligned = aligned && int64_t(q.out_x) - q.in_tile.x == int64_t(head.out_x) - head.in_tile.x &&
+                int64_t(q.out_y) - q.in_tile.y == int64_t(head.out_y) - head.in_tile.y;
+    }
+    t.in_tile = Rect{ix0, iy0, ix1 - ix0, iy1 - iy0};
+    if (aligned && area == uint64_t(ix1 - ix0) * (iy1 - iy0)) {
+      t.out_x = uint32_t(int64_t(head.out_x) - head.in_tile.x + ix0);
+      t.out_y = uint32_t(int64_t(head.out_y) - head.in_tile.y + iy0);
+      t.whole = t.in_tile.width == tw && t.in_tile.height == th;
+    } else {
+      t.out_x = ox;
+      t.out_y = oy;
+      t.piece_first = plan.pieces.size();
+      t.piece_count = uint32_t(b - a);
+      for (size_t k = a; k < b; ++k) plan.pieces.push_back(placed[k].piece);
+    }
+    one_plane.push_back(t);
+    a = b;
+  }
+  plan.tiles.reserve(one_plane.size() * g.planes);
+  for (uint32_t plane = 0; plane < g.planes; ++plane) {
+    for (PlanTile t : one_plane) {
+      t.plane = plane;
+      t.index = (plane * down + t.ty) * across + t.tx;
+      set_tile_bytes(g, layer.tables, file_size, layer.label, t);
+      plan.tiles.push_back(t);
+    }
+  }
+  make_runs(plan, workers);
 }
 
 }  // namespace wsi

@@ -80,6 +80,20 @@ struct PlanTile {
   uint32_t out_x = 0;      // where in_tile lands in the output (same size)
   uint32_t out_y = 0;
   bool whole = false;      // the request covers the whole tile
+  // 0: in_tile lands at (out_x, out_y) in one piece. Otherwise the tile
+  // lands in Plan::pieces[piece_first, piece_first + piece_count), and
+  // in_tile is their bounding window in the tile (what to decode) and
+  // (out_x, out_y) the top-left of their bounding box in the output.
+  uint32_t piece_count = 0;
+  size_t piece_first = 0;
+};
+
+// One part of a tile placed somewhere else than its neighbours in the tile
+// (a cell of a placed level, see Placement).
+struct Piece {
+  Rect in_tile;
+  uint32_t out_x = 0;
+  uint32_t out_y = 0;
 };
 
 // Consecutive tiles whose bytes are contiguous in the file: one read each.
@@ -97,6 +111,7 @@ struct Plan {
   std::vector<PlanTile> tiles;  // plane-major, then row-major
   std::vector<Run> runs;        // cover tiles in order
   std::vector<Rect> fills;      // output parts outside the image, disjoint
+  std::vector<Piece> pieces;    // of tiles placed in several pieces
 
   bool empty() const { return x0 >= x1 || y0 >= y1; }
 };
@@ -113,5 +128,59 @@ std::string describe_tile(const TileLabel& label, const LevelGeometry& g, uint32
 // tables hold g.tile_count() entries each.
 void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_size, const Region& region,
                size_t workers, const TileLabel& label, Plan& plan);
+
+// Where a stored image's cells land in a placed level (a level composed of
+// one or more stored images, each a "layer": a Leica SCN region placed at its
+// offset in the collection, the overlapping camera tiles of a Ventana BIF).
+// The stored image is cut into cells of cell_width x cell_height pixels
+// (dividing the tile size); cell column first_column + i starts at level x
+// xs[i], cell row first_row + j at level y ys[j]. xs and ys strictly
+// increase. Where neighbouring cells overlap, the one to the right (below)
+// wins: cell i shows [xs[i], min(xs[i] + its width, xs[i + 1])). Where
+// layers overlap, the earlier layer wins. Cells not listed are not shown.
+struct Placement {
+  uint32_t cell_width = 0;
+  uint32_t cell_height = 0;
+  uint32_t first_column = 0;
+  uint32_t first_row = 0;
+  std::vector<int64_t> xs;
+  std::vector<int64_t> ys;
+};
+
+// Placed coordinates must lie within +-kMaxPlacedCoordinate.
+constexpr int64_t kMaxPlacedCoordinate = int64_t(1) << 40;
+// At most this many layers per level.
+constexpr size_t kMaxLayers = 255;
+
+// A rectangle in level pixels, [x0, x1) x [y0, y1).
+struct Box {
+  int64_t x0 = 0, y0 = 0, x1 = 0, y1 = 0;
+  bool empty() const { return x0 >= x1 || y0 >= y1; }
+};
+
+// One layer of a placed level: the stored image's geometry, tile tables
+// and placement.
+struct Layer {
+  const LevelGeometry* g = nullptr;
+  TileTables tables;
+  const Placement* placement = nullptr;
+  TileLabel label;
+};
+
+// Checks a placement against its stored image; returns "" or what is wrong.
+std::string placement_problem(const LevelGeometry& g, const Placement& p);
+
+// The level pixels a layer's cells cover: their bounding box, and whether
+// they cover all of it (no gaps between cells).
+Box placed_box(const LevelGeometry& g, const Placement& p, bool* gapless);
+
+// Plans the part of `region` that layer `index` of a placed level of
+// width x height shows: the pieces of its cells inside the level, less the
+// boxes of the layers before it, grouped into tiles (one decode each) and
+// runs as make_plan does. Lists the fills for the whole level (outside the
+// layers' boxes; the whole request where a layer has gaps) when index is 0,
+// none otherwise. Placements must be valid (placement_problem).
+void make_layer_plan(const std::vector<Layer>& layers, size_t index, uint32_t width, uint32_t height,
+                     uint64_t file_size, const Region& region, size_t workers, Plan& plan);
 
 }  // namespace wsi

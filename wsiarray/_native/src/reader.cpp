@@ -38,20 +38,37 @@ constexpr uint64_t kMaxPreload = uint64_t(1) << 30;
 // One request: its plan, and what its threads share read-only.
 class RegionRead {
  public:
-  RegionRead(const Reader& reader, size_t level_index, const Region& region, uint8_t* out, size_t pitch,
-             const RequestCache& cache, size_t workers, uint32_t scale)
-      : reader_(reader), level_(reader.level(level_index)), level_index_(level_index),
-        g_(scaled_geometry(level_.geometry(), scale)), label_(reader.label(level_index)), cache_(cache),
+  // Reads the part of `region` that layer `layer` of a placed level shows
+  // (the level itself when it is not placed).
+  RegionRead(const Reader& reader, size_t level_index, size_t layer, const Region& region, uint8_t* out,
+             size_t pitch, const RequestCache& cache, size_t workers, uint32_t scale, const uint8_t* fill)
+      : reader_(reader), level_(source(reader.level(level_index), layer)), level_index_(level_index),
+        layer_(uint32_t(layer)), file_(reader.file(level_.file)), source_(&reader.source(level_.file)), fill_(fill),
+        g_(scaled_geometry(level_.geometry(), scale)), label_{&file_.path(), level_index, level_.page_index},
+        cache_(cache),
         out_{out, pitch, region.width, region.height, level_.pixel_bytes()},
         layout_{g_.tile_width, g_.tile_height, g_.samples_per_plane, g_.bytes_per_sample},
-        decode_(codec_decoder(level_.codec)), params_(level_.codec_params()), scale_(scale),
-        source_(&reader.source()) {
-    if (scale != 1 && !can_scale(level_, scale)) fail(ErrorKind::Argument, "level cannot be read scaled");
+        decode_(codec_decoder(level_.codec)), params_(level_.codec_params()), scale_(scale) {
+    const LevelDesc& top = reader.level(level_index);
+    if (scale != 1 && !can_scale(top, scale)) fail(ErrorKind::Argument, "level cannot be read scaled");
     params_.jpeg.scale_denom = scale;
-    make_plan(g_, level_.tables(), reader.file().size(), region, workers, label_, plan_);
+    if (!top.placed()) {
+      make_plan(g_, level_.tables(), file_.size(), region, workers, label_, plan_);
+      return;
+    }
+    std::vector<LevelGeometry> geometries;
+    for (const LevelDesc& l : top.layers) geometries.push_back(l.geometry());
+    std::vector<Layer> layers;
+    for (size_t k = 0; k < top.layers.size(); ++k) {
+      const LevelDesc& l = top.layers[k];
+      layers.push_back(Layer{&geometries[k], l.tables(), &l.placement,
+                             TileLabel{&file_.path(), level_index, l.page_index}});
+    }
+    // check_layers keeps a placed level's layers in one file.
+    make_layer_plan(layers, layer, top.width, top.height, file_.size(), region, workers, plan_);
   }
 
-  void fill(const uint8_t* pixel) const { fill_rects(out_, plan_.fills, pixel); }
+  void fill() const { fill_rects(out_, plan_.fills, fill_); }
 
   // With file_access "preload", a dense request (a whole level, a band of
   // it) reads its byte span into memory first (Reader::preload).
@@ -65,15 +82,18 @@ class RegionRead {
       bytes += t.bytecount;
     }
     try {
-      preloaded_ = reader_.preload(first, last, bytes, workers);
+      preloaded_ = reader_.preload(level_.file, first, last, bytes, workers);
     } catch (const Error& e) {
       throw Error(e.kind(), "level " + std::to_string(label_.level) + " (IFD " + std::to_string(label_.ifd) +
                                 "), preloading its tiles' bytes: " + e.what());
     }
-    if (!preloaded_) return;
-    source_ = preloaded_.get();
+    if (preloaded_) source_ = preloaded_.get();
   }
   size_t run_count() const { return plan_.runs.size(); }
+
+  static const LevelDesc& source(const LevelDesc& level, size_t layer) {
+    return level.placed() ? level.layers[layer] : level;
+  }
 
   void read_run(size_t index) const {
     const Run& run = plan_.runs[index];
@@ -86,7 +106,7 @@ class RegionRead {
     for (size_t k = 0; k < run.count; ++k) {
       const PlanTile& t = plan_.tiles[run.first + k];
       served[k] = t.bytecount > 0 && cache_.find(key(t), layout_.bytes(), coverage(t), [&](const TileView& v) {
-                    place_tile(out_, t, g_, v);
+                    place_pieces(out_, plan_, t, g_, v);
                   });
       if (!served[k]) {
         first = std::min(first, k);
@@ -114,9 +134,10 @@ class RegionRead {
  private:
   TileKey key(const PlanTile& t) const {
     TileKey k;
-    k.file = reader_.file().identity();
+    k.file = file_.identity();
     // A scaled read's tiles are other pixels than the level's: another key.
-    k.level = uint32_t(level_index_) | (scale_ << 24);
+    // So are a placed level's layers' tiles.
+    k.level = uint32_t(level_index_) | (layer_ << 16) | (scale_ << 24);
     k.plane = t.plane;
     k.tile = uint64_t(t.ty) * g_.tiles_across() + t.tx;
     return k;
@@ -148,8 +169,11 @@ class RegionRead {
     const bool single = g_.planes == 1;
     const size_t row_bytes = layout_.row_bytes();
     if (t.bytecount == 0) {
-      // Never written (offset and count 0): black, as in tifffile; not cached.
-      if (single) {
+      // Never written (offset and count 0): black, as in tifffile, or the
+      // fill where the format says missing tiles are background; not cached.
+      if (level_.missing_is_fill) {
+        place_missing(t, scratch);
+      } else if (single && t.piece_count == 0) {
         uint8_t* origin = tile_origin(out_, t, g_);
         const size_t span = size_t(t.in_tile.width) * out_.pixel_bytes;
         for (uint32_t r = 0; r < t.in_tile.height; ++r) std::memset(origin + size_t(r) * out_.pitch, 0, span);
@@ -157,7 +181,7 @@ class RegionRead {
         uint8_t* tile = grow(scratch.tile, layout_.bytes());
         std::memset(tile, 0, layout_.bytes());
         const uint8_t* pages[1] = {tile};
-        place_tile(out_, t, g_, TileView{pages, layout_.bytes(), layout_.bytes()});
+        place_pieces(out_, plan_, t, g_, TileView{pages, layout_.bytes(), layout_.bytes()});
       }
       return;
     }
@@ -172,22 +196,41 @@ class RegionRead {
         decode_(src, params_, layout_, *entry);  // the cache places it
         return TileCache::Rows{};
       }
-      if (!keep && single) {
+      if (!keep && single && t.piece_count == 0) {
         decode_(src, params_, layout_, output_target(out_, t, g_));
         return TileCache::Rows{};
       }
       uint8_t* tile = grow(scratch.tile, layout_.bytes());
       decode_(src, params_, layout_, TileTarget::tile(layout_, tile, row_bytes));
       const uint8_t* pages[1] = {tile};
-      place_tile(out_, t, g_, TileView{pages, layout_.bytes(), layout_.bytes()});
+      place_pieces(out_, plan_, t, g_, TileView{pages, layout_.bytes(), layout_.bytes()});
       return TileCache::Rows{tile, row_bytes, row_bytes, layout_.height};
     };
-    cache_.get(key(t), layout_, coverage(t), [&](const TileView& v) { place_tile(out_, t, g_, v); }, decode);
+    cache_.get(key(t), layout_, coverage(t), [&](const TileView& v) { place_pieces(out_, plan_, t, g_, v); },
+               decode);
+  }
+
+  // A missing tile as the fill pixel (this tile's plane of it).
+  void place_missing(const PlanTile& t, Scratch& scratch) const {
+    if (g_.planes == 1 && t.piece_count == 0) {
+      fill_rects(out_, {Rect{t.out_x, t.out_y, t.in_tile.width, t.in_tile.height}}, fill_);
+      return;
+    }
+    const size_t plane_bytes = g_.plane_bytes();
+    uint8_t* tile = grow(scratch.tile, layout_.bytes());
+    const uint8_t* sample = fill_ + size_t(t.plane) * plane_bytes;
+    for (size_t i = 0; i + plane_bytes <= layout_.bytes(); i += plane_bytes) std::memcpy(tile + i, sample, plane_bytes);
+    const uint8_t* pages[1] = {tile};
+    place_pieces(out_, plan_, t, g_, TileView{pages, layout_.bytes(), layout_.bytes()});
   }
 
   const Reader& reader_;
   const LevelDesc& level_;
   size_t level_index_;
+  uint32_t layer_;
+  const File& file_;
+  const ByteSource* source_;  // the file's, or a preloaded span of it
+  const uint8_t* fill_;
   LevelGeometry g_;
   TileLabel label_;
   const RequestCache& cache_;
@@ -196,7 +239,6 @@ class RegionRead {
   DecodeFn decode_;
   CodecParams params_;
   uint32_t scale_;
-  const ByteSource* source_;
   std::unique_ptr<PreloadedSpan> preloaded_;
   Plan plan_;
 };
@@ -216,7 +258,7 @@ LevelGeometry scaled_geometry(const LevelGeometry& g, uint32_t scale) {
 bool can_scale(const LevelDesc& level, uint32_t scale) {
   if (scale == 1) return true;
   if (scale != 2 && scale != 4 && scale != 8) return false;
-  return level.codec == Codec::Jpeg && level.tile_width % scale == 0 && level.tile_height % scale == 0;
+  return level.codec == Codec::Jpeg && !level.placed() && level.tile_width % scale == 0 && level.tile_height % scale == 0;
 }
 
 CodecParams LevelDesc::codec_params() const {
@@ -233,42 +275,28 @@ CodecParams LevelDesc::codec_params() const {
   return params;
 }
 
-Reader::Reader(const std::string& path, FileAccess access) : file_(path, access), source_(file_) {}
+Reader::Reader(const std::string& path, FileAccess access) : access_(access) { add_file(path); }
 
-const LevelDesc& Reader::level(size_t index) const {
-  if (index >= levels_.size()) {
-    fail(ErrorKind::Argument, file_.path() + ": no level " + std::to_string(index) + " (the slide has " +
-                                  std::to_string(levels_.size()) + ")");
-  }
-  return *levels_[index];
-}
-
-TileLabel Reader::label(size_t index) const { return TileLabel{&file_.path(), index, level(index).page_index}; }
-
-void Reader::plan(size_t index, const Region& region, size_t workers, Plan& plan) const {
-  const LevelDesc& l = level(index);
-  make_plan(l.geometry(), l.tables(), file_.size(), region, workers, label(index), plan);
-}
-
-std::unique_ptr<PreloadedSpan> Reader::preload(uint64_t first, uint64_t last, uint64_t bytes,
+std::unique_ptr<PreloadedSpan> Reader::preload(size_t file, uint64_t first, uint64_t last, uint64_t bytes,
                                                size_t workers) const {
-  if (access() != FileAccess::Preload || first >= last || last - first < kMinPreload ||
+  if (access_ != FileAccess::Preload || first >= last || last - first < kMinPreload ||
       last - first > kMaxPreload || bytes * 2 < last - first) {
     return nullptr;
   }
-  return std::make_unique<PreloadedSpan>(file_, source_, first, last, workers);
+  return std::make_unique<PreloadedSpan>(this->file(file), source(file), first, last, workers);
 }
 
 void Reader::read_ranges(const uint64_t* offsets, const uint64_t* lengths, size_t count, uint8_t* out,
                          size_t out_size, size_t workers) const {
+  const File& f = file(0);
   std::vector<uint64_t> starts(count);
   uint64_t total = 0, first = UINT64_MAX, last = 0;
   for (size_t i = 0; i < count; ++i) {
     if (lengths[i] > out_size - total) fail(ErrorKind::Argument, "the output is smaller than the byte ranges");
-    if (offsets[i] > file_.size() || lengths[i] > file_.size() - offsets[i]) {
-      fail(ErrorKind::Read, file_.path() + ": byte range " + std::to_string(offsets[i]) + "+" +
+    if (offsets[i] > f.size() || lengths[i] > f.size() - offsets[i]) {
+      fail(ErrorKind::Read, f.path() + ": byte range " + std::to_string(offsets[i]) + "+" +
                                 std::to_string(lengths[i]) + " lies past the end of the file (" +
-                                std::to_string(file_.size()) + " bytes)");
+                                std::to_string(f.size()) + " bytes)");
     }
     starts[i] = total;
     total += lengths[i];
@@ -276,14 +304,43 @@ void Reader::read_ranges(const uint64_t* offsets, const uint64_t* lengths, size_
     first = std::min(first, offsets[i]);
     last = std::max(last, offsets[i] + lengths[i]);
   }
-  const std::unique_ptr<PreloadedSpan> preloaded = preload(first, last, total, workers);
-  const ByteSource& source = preloaded ? static_cast<const ByteSource&>(*preloaded) : source_;
-  parallel_for(count, workers == 0 ? 1 : workers,
-               [&](size_t i) { source.read(offsets[i], lengths[i], out + starts[i]); });
+  const std::unique_ptr<PreloadedSpan> preloaded = preload(0, first, last, total, workers);
+  const ByteSource& src = preloaded ? static_cast<const ByteSource&>(*preloaded) : source(0);
+  parallel_for(count, workers == 0 ? 1 : workers, [&](size_t i) { src.read(offsets[i], lengths[i], out + starts[i]); });
 }
 
-size_t Reader::add_level(LevelDesc level) {
-  const std::string what = file_.path() + ": IFD " + std::to_string(level.page_index);
+size_t Reader::add_file(const std::string& path) {
+  if (files_.size() >= kMaxFiles) fail(ErrorKind::Format, path + ": more than " + std::to_string(kMaxFiles) + " files");
+  files_.push_back(std::make_unique<File>(path, access_));
+  sources_.push_back(std::make_unique<FileSource>(*files_.back()));
+  return files_.size() - 1;
+}
+
+const LevelDesc& Reader::level(size_t index) const {
+  if (index >= levels_.size()) {
+    fail(ErrorKind::Argument, file().path() + ": no level " + std::to_string(index) + " (the slide has " +
+                                  std::to_string(levels_.size()) + ")");
+  }
+  return *levels_[index];
+}
+
+TileLabel Reader::label(size_t index) const {
+  return TileLabel{&level_file(index).path(), index, level(index).page_index};
+}
+
+void Reader::plan(size_t index, const Region& region, size_t workers, Plan& plan) const {
+  const LevelDesc& l = level(index);
+  if (l.placed()) {
+    fail(ErrorKind::Unsupported, file(l.file).path() + ": level " + std::to_string(index) +
+                                     " is placed from several images; plan is for stored levels");
+  }
+  make_plan(l.geometry(), l.tables(), file(l.file).size(), region, workers, label(index), plan);
+}
+
+namespace {
+
+// Checks a stored image's description; `tables`: also its tile tables.
+void check_level(const LevelDesc& level, const std::string& what, bool tables) {
   if (level.width == 0 || level.height == 0 || level.tile_width == 0 || level.tile_height == 0) {
     fail(ErrorKind::Format, what + ": zero image or tile size");
   }
@@ -298,7 +355,7 @@ size_t Reader::add_level(LevelDesc level) {
     fail(ErrorKind::Format, what + ": tiles larger than 256 MiB");
   }
   const uint64_t count = level.geometry().tile_count();
-  if (level.offsets.size() != count || level.bytecounts.size() != count) {
+  if (tables && (level.offsets.size() != count || level.bytecounts.size() != count)) {
     fail(ErrorKind::Format, what + ": " + std::to_string(level.offsets.size()) + " tile offsets for " +
                                 std::to_string(count) + " tiles");
   }
@@ -311,6 +368,41 @@ size_t Reader::add_level(LevelDesc level) {
   }
   if (level.predictor != 1 && level.predictor != 2) fail(ErrorKind::Unsupported, what + ": predictor");
   if (level.strips && level.tile_width != level.width) fail(ErrorKind::Format, what + ": strips narrower than the image");
+}
+
+// Checks a placed level's layers against it and their placements.
+void check_layers(const LevelDesc& level, const std::string& what) {
+  if (level.layers.size() > kMaxLayers) fail(ErrorKind::Format, what + ": too many layers");
+  for (size_t k = 0; k < level.layers.size(); ++k) {
+    const LevelDesc& layer = level.layers[k];
+    const std::string about = what + ": layer " + std::to_string(k) + " (IFD " + std::to_string(layer.page_index) + ")";
+    check_level(layer, about, true);
+    if (layer.placed()) fail(ErrorKind::Format, about + ": layers of layers");
+    // The layers are planned against one file's size.
+    if (layer.file != level.file) fail(ErrorKind::Unsupported, about + ": a layer in another file");
+    if (layer.codec != level.codec || layer.planes != level.planes ||
+        layer.samples_per_plane != level.samples_per_plane || layer.bytes_per_sample != level.bytes_per_sample) {
+      fail(ErrorKind::Unsupported, about + ": codec or samples differ from the level's");
+    }
+    const std::string problem = placement_problem(layer.geometry(), layer.placement);
+    if (!problem.empty()) fail(ErrorKind::Format, about + ": " + problem);
+    bool gapless = true;
+    placed_box(layer.geometry(), layer.placement, &gapless);
+    // First wins between layers by their boxes: a box must be all pixels.
+    if (!gapless && level.layers.size() > 1) fail(ErrorKind::Format, about + ": gaps between the cells of one of several layers");
+  }
+}
+
+}  // namespace
+
+size_t Reader::add_level(LevelDesc level) {
+  if (level.file >= files_.size()) {
+    fail(ErrorKind::Argument, file().path() + ": level in file " + std::to_string(level.file) + " of " +
+                                  std::to_string(files_.size()));
+  }
+  const std::string what = file(level.file).path() + ": IFD " + std::to_string(level.page_index);
+  check_level(level, what, !level.placed());
+  if (level.placed()) check_layers(level, what);
   levels_.push_back(std::make_unique<LevelDesc>(std::move(level)));
   return levels_.size() - 1;
 }
@@ -333,12 +425,16 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
     const LevelDesc& level = r.reader->level(r.level);
     if (level.pixel_bytes() != fill_bytes) fail(ErrorKind::Argument, "regions of a batch differ in pixel size");
     if (r.pitch < size_t(r.region.width) * fill_bytes) fail(ErrorKind::Argument, "output rows too short");
-    auto read =
-        std::make_unique<RegionRead>(*r.reader, r.level, r.region, r.out, r.pitch, cache, workers, r.scale);
-    read->fill(fill);
-    read->preload(workers);
-    for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
-    reads.push_back(std::move(read));
+    // A placed level reads layer by layer; the first plan fills.
+    const size_t layers = std::max<size_t>(1, level.layers.size());
+    for (size_t layer = 0; layer < layers; ++layer) {
+      auto read = std::make_unique<RegionRead>(*r.reader, r.level, layer, r.region, r.out, r.pitch, cache, workers,
+                                               r.scale, fill);
+      read->fill();
+      read->preload(workers);
+      for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
+      reads.push_back(std::move(read));
+    }
   }
   parallel_for(runs.size(), workers, [&](size_t i) { reads[runs[i].first]->read_run(runs[i].second); });
 }

@@ -38,6 +38,18 @@ struct LevelDesc {
   uint32_t compression = 0;  // the TIFF Compression value (stream header checks)
   bool strips = false;       // strips, not tiles: the last may be shorter
   uint32_t page_index = 0;  // for messages
+  // A placed level (see Placement) is width x height pixels composed of
+  // these stored images (which share its codec and sample layout), each
+  // with its placement; its own tile tables are empty.
+  std::vector<LevelDesc> layers;
+  Placement placement;  // where a layer's cells go
+  bool placed() const { return !layers.empty(); }
+  // Which of the reader's files holds the tiles (0: the one it was opened
+  // with; see Reader::add_file), so one slide's levels may live in several files.
+  uint32_t file = 0;
+  // Tiles never written (offset and byte count 0) get the request's fill
+  // pixel (a sparse layout's missing tiles), not black.
+  bool missing_is_fill = false;
 
   LevelGeometry geometry() const {
     return LevelGeometry{width, height, tile_width, tile_height, planes, samples_per_plane, bytes_per_sample};
@@ -54,6 +66,9 @@ struct LevelDesc {
 };
 
 class Reader;
+
+// Most files one reader opens (a DICOM series: one per level and associated image).
+constexpr size_t kMaxFiles = 256;
 
 // One region of a batch: which reader and level, where, and where it goes.
 struct RegionRequest {
@@ -87,11 +102,21 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
 class Reader {
  public:
   explicit Reader(const std::string& path, FileAccess access = FileAccess::Pread);
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
 
-  const File& file() const { return file_; }
-  FileAccess access() const { return file_.access(); }
-  const ByteSource& source() const { return source_; }
-  // Validates the description (sizes, counts, overflow) and adds a level.
+  // File 0 is the path the reader was opened with; add_file opens more.
+  const File& file(size_t index = 0) const { return *files_[index]; }
+  const ByteSource& source(size_t index = 0) const { return *sources_[index]; }
+  size_t file_count() const { return files_.size(); }
+  // How every file of the reader is read (wsiarray.open(file_access=...)).
+  FileAccess access() const { return access_; }
+  // Opens another file the levels' tiles may live in; returns its index.
+  size_t add_file(const std::string& path);
+  // The file and byte source holding a level's tiles.
+  const File& level_file(size_t level) const { return file(this->level(level).file); }
+  const ByteSource& level_source(size_t level) const { return source(this->level(level).file); }
+  // Validates the description (sizes, counts, overflow, file index) and adds a level.
   size_t add_level(LevelDesc level);
   size_t level_count() const { return levels_.size(); }
   // Throws Error(Argument) for an index out of range.
@@ -109,26 +134,30 @@ class Reader {
   void read_region(size_t level, const Region& region, uint8_t* out, size_t pitch,
                    const uint8_t* fill, size_t workers) const;
 
-  // Reads byte range i, [offsets[i], offsets[i] + lengths[i]), to
+  // Reads byte range i of file 0, [offsets[i], offsets[i] + lengths[i]), to
   // out + lengths[0] + ... + lengths[i - 1], one read per range, in order on
   // one worker (shared out among up to `workers`). `out_size` must hold them
   // all. With file_access "preload", dense ranges are read through preload().
   void read_ranges(const uint64_t* offsets, const uint64_t* lengths, size_t count, uint8_t* out,
                    size_t out_size, size_t workers) const;
 
-  // With file_access "preload": the span [first, last) read into memory when
-  // the `bytes` wanted from it fill at least half of it and it is 1 MiB to
-  // 1 GiB (the preload runs before the request's threads start decoding:
-  // spans of a few tiles, such as a batch's patches, would serialise their
-  // reads; larger ones would double a request's memory);
-  // else nullptr, and the caller reads through source().
-  std::unique_ptr<PreloadedSpan> preload(uint64_t first, uint64_t last, uint64_t bytes, size_t workers) const;
+  // With file_access "preload": the span [first, last) of file `file` read
+  // into memory when the `bytes` wanted from it fill at least half of it and
+  // it is 1 MiB to 1 GiB (the preload runs before the request's threads
+  // start decoding: spans of a few tiles, such as a batch's patches, would
+  // serialise their reads; larger ones would double a request's memory);
+  // else nullptr, and the caller reads through source(file).
+  std::unique_ptr<PreloadedSpan> preload(size_t file, uint64_t first, uint64_t last, uint64_t bytes,
+                                         size_t workers) const;
 
-  void close() { file_.close(); }
+  void close() {
+    for (auto& f : files_) f->close();
+  }
 
  private:
-  File file_;
-  FileSource source_;
+  FileAccess access_ = FileAccess::Pread;
+  std::vector<std::unique_ptr<File>> files_;
+  std::vector<std::unique_ptr<FileSource>> sources_;
   std::vector<std::unique_ptr<LevelDesc>> levels_;
 };
 
