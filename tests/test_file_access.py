@@ -255,3 +255,23 @@ def test_other_sigbus_still_ends_the_process(pyramid_slides: dict[str, str], tmp
     # Under tools/asan.sh the handler before ours is AddressSanitizer's: it reports and aborts.
     expected = -6 if "libasan" in os.environ.get("LD_PRELOAD", "") else -7
     assert proc.returncode == expected and "read" not in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+#: A DICOM series in the shared test data (a folder: one file per level).
+DICOM_SERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom" / "cmu-1-small-region"
+
+
+@pytest.mark.needs_data
+def test_dicom_series_in_every_mode() -> None:
+    # A series' reader opens the folder (never read) and one file per level, all in its mode.
+    if not DICOM_SERIES.is_dir():
+        pytest.skip(f"{DICOM_SERIES} is missing")
+    path = str(DICOM_SERIES)
+    slide = wsiarray.open(path)
+    want = [slide.read_level_region(level, (0, 0), size) for level, size in enumerate(slide.level_dimensions)]
+    for mode in MODES[1:]:
+        other = wsiarray.open(path, file_access=mode)
+        sizes = enumerate(other.level_dimensions)
+        assert_same(
+            [other.read_level_region(level, (0, 0), size) for level, size in sizes], want, f"dicom {mode}"
+        )

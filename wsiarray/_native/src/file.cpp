@@ -179,14 +179,15 @@ const char* file_access_name(FileAccess access) noexcept {
 File::File(const std::string& path, FileAccess access) : path_(path), access_(access) {
   const bool direct = access == FileAccess::Direct || access == FileAccess::Preload;
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
-  if (fd_ < 0) {
-    int err = errno;
-    if (direct && err == EINVAL) {
+  if (fd_ < 0 && direct && errno == EINVAL) {
+    // Directories refuse O_DIRECT; a directory (a DICOM series' reader) is never read.
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECTORY);
+    if (fd_ < 0) {
       throw Error(ErrorKind::Open, path + ": the file system refuses O_DIRECT (file_access='" +
                                        file_access_name(access) + "'); open it with file_access='pread'");
     }
-    throw Error(ErrorKind::Open, path + ": " + std::strerror(err));
   }
+  if (fd_ < 0) throw Error(ErrorKind::Open, path + ": " + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd_, &st) != 0) fail_open(errno, "");
   identity_.device = static_cast<uint64_t>(st.st_dev);
@@ -194,7 +195,10 @@ File::File(const std::string& path, FileAccess access) : path_(path), access_(ac
   identity_.size = static_cast<uint64_t>(st.st_size);
   identity_.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL +
                        static_cast<int64_t>(st.st_mtim.tv_nsec);
-  if (direct && identity_.size > 0) {
+  // A directory (a DICOM series' reader: its levels live in files added
+  // later) is never read: nothing to probe or map.
+  const bool regular = S_ISREG(st.st_mode);
+  if (direct && regular && identity_.size > 0) {
     // Some file systems accept O_DIRECT at open and refuse the reads.
     uint8_t* probe = bounce_buffer().get(kDirectAlign);
     ssize_t got;
@@ -210,7 +214,7 @@ File::File(const std::string& path, FileAccess access) : path_(path), access_(ac
       fail_open(err, "");
     }
   }
-  if (access == FileAccess::Mmap && identity_.size > 0) {
+  if (access == FileAccess::Mmap && regular && identity_.size > 0) {
     if (identity_.size > uint64_t(SIZE_MAX)) fail_open(EFBIG, "");
     void* map = ::mmap(nullptr, size_t(identity_.size), PROT_READ, MAP_SHARED, fd_, 0);
     if (map == MAP_FAILED) {
@@ -254,7 +258,9 @@ void File::read_exact(uint64_t offset, uint64_t length, uint8_t* dst) const {
   check_range(offset, length);
   if (length == 0) return;
   switch (access_) {
-    case FileAccess::Mmap: return read_mapped(offset, length, dst);
+    case FileAccess::Mmap:
+      if (map_ != nullptr) return read_mapped(offset, length, dst);
+      break;  // not a regular file: nothing mapped
     case FileAccess::Direct:
     case FileAccess::Preload: return read_direct(offset, length, dst);
     case FileAccess::Pread: break;
