@@ -1,8 +1,9 @@
 """A slide file truncated or replaced while it is open (issue 18, item 8).
 
-The engine has one access mode: tile bytes are read with ``pread`` from the
-descriptor the native reader opened (no ``mmap`` of slide files, so no mode to
-parametrize over and no SIGBUS to expect; these tests make sure of it).
+Tile bytes are read in the handle's file access mode (issue 12): ``pread`` by
+default, ``mmap`` (a mapping of a file that shrank raises SIGBUS on access: the
+engine's guarded copies turn that into the same error), ``direct`` and
+``preload`` (``O_DIRECT``). The truncation test runs in every mode.
 
 - Truncated to half while open, after some tiles were read: tiles past the new
   end give :class:`wsiarray.TileReadError` naming the file, through a single
@@ -58,7 +59,7 @@ import wsiarray
 from cache_support import crop, tifffile_level
 from wsitest import tile_table
 
-path, kind, name = ARGS
+path, kind, name, access = ARGS
 ref = tifffile_level(path)
 H, W = ref.shape[:2]
 T = 128
@@ -72,7 +73,7 @@ if kind == "nocache":
     wsiarray.cache("nocache")
 else:
     wsiarray.cache(kind, memory_capacity=64, name=name or None)
-slide = wsiarray.open(path)
+slide = wsiarray.open(path, file_access=access)
 out = {"beyond": len(beyond), "within": len(within), "errors": {}, "ok": {}}
 # Some tiles read (and cached) before the truncation: the first tile row.
 out["ok"]["before"] = bool(np.array_equal(slide.read_region((0, 0), (W, T)), ref[:T]))
@@ -105,7 +106,7 @@ for i in within:
 out["ok"]["first row again"] = bool(np.array_equal(slide.read_region((0, 0), (W, T)), ref[:T]))
 # A new handle on the truncated file: refused at open, or its tiles past the end are errors.
 try:
-    reopened = wsiarray.open(path)
+    reopened = wsiarray.open(path, file_access=access)
 except wsiarray.WSIError as exc:
     out["reopen"] = type(exc).__name__
 else:
@@ -117,15 +118,17 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_file_truncated_while_open(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(("kind", "access"), [(kind, "pread") for kind in KINDS] + [
+    ("nocache", "mmap"), ("per_process", "mmap"), ("nocache", "direct"), ("nocache", "preload"),
+])
+def test_file_truncated_while_open(tmp_path: Path, kind: str, access: str) -> None:
     path = write_slide(tmp_path / "truncated.tif", tile=128, seed=41)  # 48 deflate tiles
     name = shm_segment(kind)
     script = "import json, sys\nARGS = json.loads(sys.argv[1])\n" + textwrap.dedent(TRUNCATE)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     env.pop("WSIARRAY_CACHE", None)
     try:
-        proc = subprocess.run([sys.executable, "-c", script, json.dumps([path, kind, name])],
+        proc = subprocess.run([sys.executable, "-c", script, json.dumps([path, kind, name, access])],
                               capture_output=True, text=True, timeout=TIMEOUT, env=env)
     finally:
         remove_segment(name)
@@ -135,9 +138,9 @@ def test_file_truncated_while_open(tmp_path: Path, kind: str) -> None:
     assert out["reopen"] in ("opened", "OpenError", "FormatError"), out
     assert len(out["errors"]) >= 10, out
     for what, got in out["errors"].items():
-        assert got == "TileReadError", f"{kind}, truncated file, {what}: {got}"
+        assert got == "TileReadError", f"{kind}, {access}, truncated file, {what}: {got}"
     for what, ok in out["ok"].items():
-        assert ok, f"{kind}, truncated file, {what}: wrong pixels"
+        assert ok, f"{kind}, {access}, truncated file, {what}: wrong pixels"
 
 
 @pytest.fixture

@@ -3,11 +3,13 @@
 Modelled on xarray's ``CachingFileManager``: a :class:`~wsiarray.Slide` holds no
 open file, only its recipe (path, file identity, options). Each call asks the
 process's :class:`HandleManager` for the :class:`~wsiarray._reader.OpenedSlide`
-of that recipe, which it opens on first use and then shares with every other
-handle, dask task, xarray array and batch of the same file. An opened slide
-holds one file descriptor (the native reader's; tifffile's is closed once the
-file is parsed), plus one per other file its levels live in (a DICOM series:
-one per level file). At most ``capacity`` files are kept open (like xarray's
+of that recipe (keyed by path, identity and file access mode: handles
+opened with different ``file_access=`` never share a reader), which it
+opens on first use and then shares with every other handle, dask task,
+xarray array and batch of the same file. An opened slide holds one file
+descriptor (the native reader's; tifffile's is closed once the file is
+parsed), plus one per other file its levels live in (a DICOM series: one
+per level file). At most ``capacity`` files are kept open (like xarray's
 ``file_cache_maxsize``; by default a quarter of the soft ``RLIMIT_NOFILE``, at
 most 128 and at least 8, so the defaults work under ``ulimit -n 256`` with room
 for everything else); opening one more closes the least recently used, and a
@@ -42,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from ._reader import FileIdentity, OpenedSlide
+from ._request import DEFAULT_FILE_ACCESS
 from .errors import ArgumentError, OpenError
 
 __all__ = [
@@ -55,7 +58,8 @@ _LIMIT_SHARE = 4
 #: Fewest files kept open by default, however low the limit.
 _MIN_CAPACITY = 8
 
-Key = tuple[str, FileIdentity]
+#: ``(path, identity, file_access)``.
+Key = tuple[str, FileIdentity, str]
 
 
 def file_identity(path: str) -> FileIdentity:
@@ -100,7 +104,7 @@ class HandleManager:
     """
 
     def __init__(self, capacity: int | None = None,
-                 opener: Callable[[str, FileIdentity], OpenedSlide] = OpenedSlide.open) -> None:
+                 opener: Callable[[str, FileIdentity, str], OpenedSlide] = OpenedSlide.open) -> None:
         # None: follow default_capacity(), i.e. the descriptor limit of the moment.
         self._capacity = None if capacity is None else _check_capacity(capacity)
         self._opener = opener
@@ -120,8 +124,9 @@ class HandleManager:
             self._capacity = None if value is None else _check_capacity(value)
             self._evict()
 
-    def acquire(self, path: str, identity: FileIdentity | None = None, *, check: bool = False) -> OpenedSlide:
-        """The opened slide for ``path``, opened now unless it is open already.
+    def acquire(self, path: str, identity: FileIdentity | None = None,
+                file_access: str = DEFAULT_FILE_ACCESS, *, check: bool = False) -> OpenedSlide:
+        """The opened slide for ``path`` read with ``file_access``, opened now unless it is open already.
 
         With ``identity``, the file must have it when it is (re)opened, and with
         ``check`` also now if it is open already (:class:`~wsiarray.OpenError`
@@ -132,7 +137,7 @@ class HandleManager:
             if identity is not None and now != identity:
                 raise OpenError(f"{path}: the file changed since this slide handle was created")
             identity = now
-        key = (path, identity)
+        key = (path, identity, file_access)
         with self._lock:
             opened = self._open.get(key)
             if opened is not None:
@@ -142,7 +147,7 @@ class HandleManager:
             raise OpenError(f"{path}: the file changed since this slide handle was created")
         # Parsed outside the lock: other files open meanwhile. Two threads racing
         # for the same file both parse it, and the first one kept wins.
-        opened = self._opener(path, identity)
+        opened = self._opener(path, identity, file_access)
         with self._lock:
             opened = self._open.setdefault(key, opened)
             self._open.move_to_end(key)
@@ -150,15 +155,16 @@ class HandleManager:
             self._evict()
         return opened
 
-    def retain(self, path: str, identity: FileIdentity) -> None:
-        """Count one more open handle on the file."""
-        key = (path, identity)
+    def retain(self, path: str, identity: FileIdentity, file_access: str = DEFAULT_FILE_ACCESS) -> None:
+        """Count one more open handle on the file (in that access mode)."""
+        key = (path, identity, file_access)
         with self._lock:
             self._users[key] = self._users.get(key, 0) + 1
 
-    def release(self, path: str, identity: FileIdentity, *, close: bool) -> None:
+    def release(self, path: str, identity: FileIdentity, file_access: str = DEFAULT_FILE_ACCESS, *,
+                close: bool) -> None:
         """Count one handle less; with ``close``, close the file when no open handle is left."""
-        key = (path, identity)
+        key = (path, identity, file_access)
         with self._lock:
             users = self._users.get(key, 0) - 1
             if users > 0:
@@ -176,7 +182,7 @@ class HandleManager:
     def paths(self) -> list[str]:
         """Paths of the open files, least recently used first."""
         with self._lock:
-            return [path for path, _ in self._open]
+            return [key[0] for key in self._open]
 
     def __len__(self) -> int:
         return len(self._open)

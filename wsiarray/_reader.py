@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import _native
+from ._request import DEFAULT_FILE_ACCESS
 from .cache import ensure_configured
 from .errors import OpenError, WSIError
 
@@ -113,6 +114,8 @@ class OpenedSlide:
     def __init__(self, path: str, identity: FileIdentity, info: SlideInfo, native: _native.Reader) -> None:
         self.path = path
         self.identity = identity
+        #: How the native reader reads the file (``wsiarray.open(file_access=...)``).
+        self.file_access: str = native.file_access
         self.info = info
         self.native = native
         from .formats import Codec
@@ -138,10 +141,12 @@ class OpenedSlide:
         self.dtype = level0.dtype
 
     @classmethod
-    def open(cls, path: str, identity: FileIdentity) -> OpenedSlide:
+    def open(cls, path: str, identity: FileIdentity, file_access: str = DEFAULT_FILE_ACCESS) -> OpenedSlide:
         """Describe ``path`` with the format layer and load its levels into a native reader.
 
-        Raises :class:`~wsiarray.OpenError` when the file no longer has ``identity``.
+        The reader reads the file's bytes as ``file_access`` says
+        (:func:`~wsiarray._request.parse_file_access`). Raises
+        :class:`~wsiarray.OpenError` when the file no longer has ``identity``.
         """
         from .formats import read_slide_info
 
@@ -149,7 +154,7 @@ class OpenedSlide:
         info = read_slide_info(path)
         if not info.levels:
             raise OpenError(f"{path}: no image levels found")
-        native = _native.Reader(path)
+        native = _native.Reader(path, file_access)
         if tuple(native.identity) != identity:
             native.close()
             raise OpenError(f"{path}: the file changed while it was being opened")

@@ -19,6 +19,8 @@ The rules:
   slide's dtype (256 is not a uint8; silently wrapping it would be wrong).
 - **num_workers**: an integer >= 0; 0 and 1 both mean the calling thread.
 - **device**: ``"cpu"``; ``"cuda"`` is reserved for the GPU path.
+- **file_access** (``open``): one of :data:`FILE_ACCESS_MODES`, how the native
+  engine reads the file's bytes (see :func:`parse_file_access`).
 - **apply_icc**: ``True`` or ``False`` (a Python or NumPy bool), or ``None`` for the
   handle's own setting (``wsiarray.open(path, apply_icc=...)``, default ``False``).
   ``True`` returns sRGB pixels through the slide's ICC profile; that needs uint8
@@ -67,7 +69,9 @@ import numpy as np
 from .errors import ArgumentError, RequestTooLargeError, UnsupportedError
 
 __all__ = [
+    "DEFAULT_FILE_ACCESS",
     "DEVICES",
+    "FILE_ACCESS_MODES",
     "LIMIT_ENV",
     "MPP_TOLERANCE",
     "DctLike",
@@ -82,6 +86,7 @@ __all__ = [
     "parse_batch_options",
     "parse_dct",
     "parse_device",
+    "parse_file_access",
     "parse_fill",
     "parse_level",
     "parse_location",
@@ -110,6 +115,13 @@ MPP_TOLERANCE = 1e-3
 
 #: Devices a read may target; only ``"cpu"`` is built so far.
 DEVICES = ("cpu", "cuda")
+
+#: How the native engine may read a file's bytes (``wsiarray.open(file_access=...)``).
+FILE_ACCESS_MODES = ("pread", "mmap", "direct", "preload")
+
+#: The mode files are opened with unless ``file_access=`` says otherwise: the
+#: fastest in ``benchmarks/bench_file_access.py`` (see ``docs/architecture.md``).
+DEFAULT_FILE_ACCESS = "pread"
 
 #: Environment variable that sets the request limit, in MiB (see :func:`request_limit`).
 LIMIT_ENV = "WSIARRAY_MAX_REQUEST_MIB"
@@ -273,6 +285,35 @@ def parse_device(device: Any) -> str:
             f"device={device!r} needs the GPU path, which is not built yet; use device='cpu'"
         )
     return str(device)
+
+
+def parse_file_access(file_access: Any) -> str:
+    """How the native engine reads the file: one of :data:`FILE_ACCESS_MODES`; None is the default.
+
+    - ``"pread"`` (the default): ``pread`` into a buffer, through the page cache.
+    - ``"mmap"``: the file is mapped read-only and runs are copied out of the
+      mapping; a file that shrinks underneath is a :class:`~wsiarray.TileReadError`,
+      as with ``pread``, never a SIGBUS.
+    - ``"direct"``: ``O_DIRECT`` reads into aligned buffers, bypassing the page
+      cache; a file system that refuses ``O_DIRECT`` is an :class:`~wsiarray.OpenError`
+      at open.
+    - ``"preload"``: ``"direct"``, and a read whose tiles fill at least half of
+      their byte span (a whole level, a band of it) first reads that span
+      (1 MiB to 1 GiB) with large parallel ``O_DIRECT`` reads, then decodes from memory.
+
+    Example:
+        >>> parse_file_access(None), parse_file_access("mmap")
+        ('pread', 'mmap')
+        >>> parse_file_access("O_DIRECT")
+        Traceback (most recent call last):
+        ...
+        wsiarray.errors.ArgumentError: file_access must be one of (...), got 'O_DIRECT'
+    """
+    if file_access is None:
+        return DEFAULT_FILE_ACCESS
+    if not isinstance(file_access, str) or file_access not in FILE_ACCESS_MODES:
+        raise ArgumentError(f"file_access must be one of {FILE_ACCESS_MODES}, got {file_access!r}")
+    return file_access
 
 
 def parse_apply_icc(apply_icc: Any, default: bool) -> bool:

@@ -55,7 +55,7 @@ class BatchIterator(Iterator[np.ndarray]):
 
     def __init__(
         self,
-        sources: Sequence[tuple[str, FileIdentity]],
+        sources: Sequence[tuple[str, FileIdentity, str]],
         which: np.ndarray,
         levels: np.ndarray,
         locations: np.ndarray,

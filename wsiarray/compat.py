@@ -137,7 +137,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._request import parse_locations
+from ._request import parse_file_access, parse_locations
 from .batch import BatchIterator
 from .cache import TileCache
 from .cache import cache as _tile_cache
@@ -846,17 +846,22 @@ class FileCuImage(CuImage):
 
     The description (levels, spacing, metadata) is read once from the format layer
     and stays readable after :meth:`close`; reading pixels then raises.
+    ``file_access`` (wsiarray's, not cuCIM's) chooses how the file's bytes are read,
+    as in :func:`wsiarray.open`.
 
     Example:
         >>> img = CuImage(svs_path)
         >>> isinstance(img, FileCuImage), type(img).__name__
         (True, 'CuImage')
+        >>> CuImage(svs_path, file_access="mmap").read_region((0, 0), (64, 64)).shape
+        [64, 64, 3]
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, file_access: str | None = None) -> None:
         self._path = os.fspath(path)
+        file_access = parse_file_access(file_access)  # a bad value is the caller's ArgumentError
         try:
-            slide = Slide(self._path)
+            slide = Slide(self._path, file_access=file_access)
             info = slide.format_info
         except (WSIError, OSError) as exc:
             exists = os.path.exists(self._path)

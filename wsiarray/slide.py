@@ -36,6 +36,7 @@ from ._request import (
     parse_batch_options,
     parse_dct,
     parse_device,
+    parse_file_access,
     parse_fill,
     parse_level,
     parse_location,
@@ -97,35 +98,38 @@ class Slide:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, fill: FillLike = None,
-                 apply_icc: bool = False) -> None:
+                 apply_icc: bool = False, file_access: str | None = None) -> None:
         self._path = os.path.abspath(os.fspath(path))
         apply_icc = parse_apply_icc(apply_icc, False)
-        opened = manager.acquire(self._path)
-        self._setup(opened.identity, fill, apply_icc)
+        file_access = parse_file_access(file_access)
+        opened = manager.acquire(self._path, None, file_access)
+        self._setup(opened.identity, fill, apply_icc, file_access)
         self._checked = True
         if fill is not None:
             self._fill_bytes(None)  # a bad fill is refused when the slide is opened
         if apply_icc:
             self._transform(opened, None)  # so is a profile that cannot be applied
 
-    def _setup(self, identity: FileIdentity, fill: FillLike, apply_icc: bool) -> None:
+    def _setup(self, identity: FileIdentity, fill: FillLike, apply_icc: bool, file_access: str) -> None:
         self._identity: FileIdentity = tuple(identity)  # type: ignore[assignment]
         self._fill = fill
         self._apply_icc = apply_icc
+        self._file_access = file_access
         self._default_fill: bytes | None = None  # the fill pixel's bytes, made on first use
         self._closed = False
-        manager.retain(self._path, self._identity)
+        manager.retain(self._path, self._identity, file_access)
         # A handle that is dropped unclosed leaves the file open for the next one.
-        self._finalizer = weakref.finalize(self, manager.release, self._path, self._identity, close=False)
+        self._finalizer = weakref.finalize(self, manager.release, self._path, self._identity, file_access,
+                                           close=False)
 
     @classmethod
     def _from_recipe(cls, path: str, identity: FileIdentity, fill: FillLike,
-                     apply_icc: bool = False) -> Slide:
+                     apply_icc: bool = False, file_access: str | None = None) -> Slide:
         # Opens nothing: the file is opened (or found open) on first use, so a
         # process that only passes the handle along never touches the file.
         slide = cls.__new__(cls)
         slide._path = path
-        slide._setup(identity, fill, apply_icc)
+        slide._setup(identity, fill, apply_icc, parse_file_access(file_access))
         slide._checked = False  # the file's identity is checked on first use
         return slide
 
@@ -141,7 +145,7 @@ class Slide:
         if not self._closed:
             self._closed = True
             self._finalizer.detach()
-            manager.release(self._path, self._identity, close=True)
+            manager.release(self._path, self._identity, self._file_access, close=True)
 
     def __enter__(self) -> Slide:
         return self
@@ -153,13 +157,14 @@ class Slide:
         # A recipe, not a handle: reopened (and shared) where it is unpickled.
         if self._closed:
             raise ClosedError(f"{self._path}: a closed slide cannot be pickled")
-        return (Slide._from_recipe, (self._path, self._identity, self._fill, self._apply_icc))
+        recipe = (self._path, self._identity, self._fill, self._apply_icc, self._file_access)
+        return (Slide._from_recipe, recipe)
 
     def __copy__(self) -> Slide:
         """A new handle on the same file: closing either leaves the other open."""
         if self._closed:
             raise ClosedError(f"{self._path}: slide is closed")
-        twin = Slide._from_recipe(self._path, self._identity, self._fill, self._apply_icc)
+        twin = Slide._from_recipe(self._path, self._identity, self._fill, self._apply_icc, self._file_access)
         twin._checked = self._checked
         return twin
 
@@ -172,8 +177,8 @@ class Slide:
         if self._closed:
             raise ClosedError(f"{self._path}: slide is closed")
         if self._checked:
-            return manager.acquire(self._path, self._identity)
-        opened = manager.acquire(self._path, self._identity, check=True)
+            return manager.acquire(self._path, self._identity, self._file_access)
+        opened = manager.acquire(self._path, self._identity, self._file_access, check=True)
         self._checked = True
         return opened
 
@@ -188,6 +193,19 @@ class Slide:
     def identity(self) -> FileIdentity:
         """``(st_dev, st_ino, st_size, st_mtime_ns)`` of the file when it was opened."""
         return self._identity
+
+    @property
+    def file_access(self) -> str:
+        """How the native engine reads this file: ``"pread"``, ``"mmap"``, ``"direct"`` or ``"preload"``.
+
+        Set with ``wsiarray.open(path, file_access=...)``; it travels with pickles
+        and copies of the handle.
+
+        Example:
+            >>> wsiarray.open(path, file_access="mmap").file_access
+            'mmap'
+        """
+        return self._file_access
 
     @property
     def vendor(self) -> str:
@@ -458,7 +476,8 @@ class Slide:
         count = len(many)
         batch_size, prefetch_factor = parse_batch_options(batch_size, prefetch_factor)
         return BatchIterator(
-            [(self._path, self._identity)], np.zeros(count, np.int64), np.full(count, level, np.int64),
+            [(self._path, self._identity, self._file_access)], np.zeros(count, np.int64),
+            np.full(count, level, np.int64),
             to_level_locations(many, downsample), (width, height),
             fill=self._fill_bytes(fill), channels=opened.channels, dtype=opened.dtype,
             num_workers=workers, batch_size=batch_size, drop_last=drop_last,
@@ -788,7 +807,8 @@ def _resample_coords(target: MppTarget, level0: np.ndarray, downsample: float) -
     return coords
 
 
-def open(path: str | os.PathLike[str], *, fill: FillLike = None, apply_icc: bool = False) -> Slide:
+def open(path: str | os.PathLike[str], *, fill: FillLike = None, apply_icc: bool = False,
+         file_access: str | None = None) -> Slide:
     """Open a whole-slide image (Aperio SVS, OME-TIFF, generic tiled TIFF).
 
     ``fill`` sets the value of pixels outside the image for this handle.
@@ -798,12 +818,22 @@ def open(path: str | os.PathLike[str], *, fill: FillLike = None, apply_icc: bool
     profile that cannot be applied is refused here. Slides without a profile
     read unchanged.
 
+    ``file_access`` chooses how the native engine reads the file's bytes:
+    ``"pread"`` (the default), ``"mmap"``, ``"direct"`` (``O_DIRECT``, bypassing
+    the page cache) or ``"preload"`` (``O_DIRECT``, and whole-level reads load
+    the level's byte span first); pixels are the same in every mode (see
+    ``wsiarray._request.parse_file_access``). Handles opened with different
+    modes do not share a reader.
+
     Example:
         >>> slide = wsiarray.open(path)
         >>> slide.level_dimensions
         ((1000, 763), (500, 382), (250, 191))
+        >>> direct = wsiarray.open(path, file_access="direct")
+        >>> bool((direct.read_region((0, 0), (64, 64)) == slide.read_region((0, 0), (64, 64))).all())
+        True
     """
-    return Slide(path, fill=fill, apply_icc=apply_icc)
+    return Slide(path, fill=fill, apply_icc=apply_icc, file_access=file_access)
 
 
 def read_regions(
@@ -901,7 +931,8 @@ def read_regions(
             mask = which_array == index
             resample[mask] = _resample_coords(target, level0[mask], slide_downsamples[index])
     return BatchIterator(
-        [(slide.path, slide.identity) for slide in slides], which_array, levels, level_xy, (width, height),
+        [(slide.path, slide.identity, slide.file_access) for slide in slides], which_array, levels, level_xy,
+        (width, height),
         fill=first._fill_bytes(fill), channels=first.channels, dtype=first.dtype,
         num_workers=workers, batch_size=batch_size, drop_last=drop_last,
         prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed, transforms=transforms,

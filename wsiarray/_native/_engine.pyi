@@ -110,11 +110,15 @@ class OutputMemoryStats(TypedDict):
     max_idle_seconds: float
 
 class Reader:
-    """Open files (one descriptor each, pread; file 0 is ``path``) and the levels' tile tables."""
+    """Open files (one descriptor each, read in the reader's file access mode; file 0 is
+    ``path``) and the levels' tile tables."""
 
-    def __init__(self, path: str) -> None: ...
+    def __init__(self, path: str, file_access: str = "pread") -> None: ...
     @property
     def path(self) -> str: ...
+    @property
+    def file_access(self) -> str:
+        """How the file's bytes are read: ``"pread"``, ``"mmap"``, ``"direct"`` or ``"preload"``."""
     @property
     def identity(self) -> tuple[int, int, int, int]:
         """``(st_dev, st_ino, st_size, st_mtime_ns)`` at open time."""
@@ -180,6 +184,10 @@ class Reader:
         """The plan of a region of a level (see :func:`plan_region`), without reading anything."""
     def fetch(self, level: int, x: int, y: int, width: int, height: int, workers: int = 1) -> FetchDict:
         """The plan of a region plus the compressed bytes of its tiles (GIL released)."""
+    def read_ranges(self, offsets: U64, lengths: U64, out: U8, workers: int = 1) -> None:
+        """Reads byte range ``i`` (raw, undecoded) to ``out[sum(lengths[:i]):]``, one read per
+        range in order (shared out among ``workers`` threads), in the reader's file access mode;
+        with ``"preload"``, dense ranges through a preloaded span. GIL released."""
     def level_info(self, level: int) -> LevelInfo:
         """The level's geometry, codec parameters and tile tables."""
     def close(self) -> None: ...

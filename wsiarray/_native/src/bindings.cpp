@@ -215,8 +215,17 @@ NB_MODULE(_engine, m) {
   });
 
   nb::class_<wsi::Reader>(m, "Reader")
-      .def(nb::init<const std::string&>(), "path"_a, nb::call_guard<nb::gil_scoped_release>())
+      .def(
+          "__init__",
+          [](wsi::Reader* r, const std::string& path, const std::string& file_access) {
+            const wsi::FileAccess access = wsi::parse_file_access(file_access);
+            nb::gil_scoped_release release;
+            new (r) wsi::Reader(path, access);
+          },
+          "path"_a, "file_access"_a = "pread")
       .def_prop_ro("path", [](const wsi::Reader& r) { return r.file().path(); })
+      .def_prop_ro("file_access", [](const wsi::Reader& r) { return wsi::file_access_name(r.access()); },
+                   "How the file's bytes are read: 'pread', 'mmap', 'direct' or 'preload'.")
       .def_prop_ro("identity",
                    [](const wsi::Reader& r) {
                      const auto& id = r.file().identity();
@@ -407,6 +416,18 @@ NB_MODULE(_engine, m) {
             return d;
           },
           "level"_a, "The level's geometry, codec parameters and tile tables, to decode its tiles elsewhere.")
+      .def(
+          "read_ranges",
+          [](const wsi::Reader& r, U64Array offsets, U64Array lengths, nb::ndarray<uint8_t, nb::c_contig, nb::device::cpu> out,
+             size_t workers) {
+            if (offsets.ndim() != 1 || lengths.ndim() != 1 || offsets.size() != lengths.size()) {
+              argument_error("offsets and lengths must be 1-d arrays of one length");
+            }
+            nb::gil_scoped_release release;
+            r.read_ranges(offsets.data(), lengths.data(), offsets.size(), out.data(), out.size(), workers);
+          },
+          "offsets"_a, "lengths"_a, "out"_a, "workers"_a = 1,
+          "Reads each byte range of the file (raw, undecoded) into `out`, one after another.")
       .def("close", &wsi::Reader::close);
 
   m.def(

@@ -23,6 +23,7 @@ const uint8_t* fetch_span(const ByteSource& source, const Plan& plan, size_t fir
   const PlanTile& a = plan.tiles[first];
   const PlanTile& b = plan.tiles[last - 1];
   const uint64_t span = b.offset + b.bytecount - a.offset;
+  if (const uint8_t* bytes = source.view(a.offset, span)) return bytes;
   if (buffer.size() < span) buffer.resize(span);
   read_named(source, a.offset, span, buffer.data(), a, g, label);
   return buffer.data();

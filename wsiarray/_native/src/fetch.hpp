@@ -1,6 +1,7 @@
 // The fetcher: reads the compressed bytes of planned tiles, one read per
-// run, from a byte source (a local file today; a fault-injecting or remote
-// source can be slotted in behind the same interface).
+// run, from a ByteSource (file.hpp: a local file in its access mode, or a
+// preloaded span of it; a fault-injecting or remote source can be slotted in
+// behind the same interface).
 #pragma once
 
 #include <cstddef>
@@ -12,28 +13,11 @@
 
 namespace wsi {
 
-class ByteSource {
- public:
-  virtual ~ByteSource() = default;
-  // Reads exactly [offset, offset + length) into dst; throws wsi::Error
-  // (Read) when the range lies outside the source or the read comes up short.
-  virtual void read(uint64_t offset, uint64_t length, uint8_t* dst) const = 0;
-};
-
-// pread on an open file.
-class FileSource final : public ByteSource {
- public:
-  explicit FileSource(const File& file) : file_(file) {}
-  void read(uint64_t offset, uint64_t length, uint8_t* dst) const override { file_.read_exact(offset, length, dst); }
-
- private:
-  const File& file_;
-};
-
 // Reads the bytes of tiles [first, last) of plan.tiles, which must lie in
 // one run, with one read into `buffer` (grown as needed); returns where
 // tile `first`'s bytes start (the others follow at their file offsets).
-// A failure names tile `first`.
+// A failure names tile `first`. A source that holds the bytes in memory
+// (ByteSource::view) is returned from without a copy.
 const uint8_t* fetch_span(const ByteSource& source, const Plan& plan, size_t first, size_t last,
                           std::vector<uint8_t>& buffer, const LevelGeometry& g, const TileLabel& label);
 

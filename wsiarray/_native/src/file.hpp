@@ -1,9 +1,11 @@
-// One open file, read with pread: stateless, so every thread (and a forked
-// child) can share the descriptor without locking.
+// One open file and the ways of reading its bytes (file access modes). Every
+// source is stateless after it is made, so every thread (and a forked child)
+// can share it without locking.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace wsi {
@@ -16,9 +18,43 @@ struct FileIdentity {
   int64_t mtime_ns = 0;
 };
 
+// How a reader gets a file's bytes (wsiarray.open(file_access=...)):
+//   Pread    pread into the caller's buffer (through the page cache);
+//   Mmap     the file mapped read-only, runs copied out of the mapping under
+//            a SIGBUS guard, then the file's size checked (a file shrunk
+//            underneath is a read error, as with pread);
+//   Direct   O_DIRECT preads into aligned bounce buffers, bypassing the page cache;
+//   Preload  Direct, and a dense request (a whole level) first reads its
+//            whole byte span with large aligned reads, then decodes from memory.
+enum class FileAccess { Pread, Mmap, Direct, Preload };
+
+// Parses "pread", "mmap", "direct", "preload"; throws Error(Argument) otherwise.
+FileAccess parse_file_access(const std::string& name);
+const char* file_access_name(FileAccess access) noexcept;
+
+// Anything that reads byte ranges of one file.
+class ByteSource {
+ public:
+  virtual ~ByteSource() = default;
+  // Reads exactly [offset, offset + length) into dst; throws wsi::Error
+  // (Read) when the range lies outside the source or the read comes up short.
+  virtual void read(uint64_t offset, uint64_t length, uint8_t* dst) const = 0;
+  // The bytes [offset, offset + length) where they already lie in this
+  // process's memory and stay valid while the source lives, else nullptr
+  // (then call read). Only sources whose memory cannot fault return them.
+  virtual const uint8_t* view(uint64_t offset, uint64_t length) const {
+    (void)offset;
+    (void)length;
+    return nullptr;
+  }
+};
+
 class File {
  public:
-  explicit File(const std::string& path);
+  // Opens `path` for `access`: O_DIRECT for Direct and Preload (an OpenError
+  // naming the mode where the file system refuses it), a read-only mapping
+  // for Mmap.
+  explicit File(const std::string& path, FileAccess access = FileAccess::Pread);
   ~File();
   File(const File&) = delete;
   File& operator=(const File&) = delete;
@@ -26,17 +62,59 @@ class File {
   const std::string& path() const noexcept { return path_; }
   const FileIdentity& identity() const noexcept { return identity_; }
   uint64_t size() const noexcept { return identity_.size; }
+  FileAccess access() const noexcept { return access_; }
 
-  // Reads exactly [offset, offset + length) into dst; throws wsi::Error
-  // (Read) when the range lies outside the file or the read comes up short.
+  // Reads exactly [offset, offset + length) into dst in the file's access
+  // mode; throws wsi::Error (Read) when the range lies outside the file or
+  // the read comes up short (a file truncated underneath, in every mode).
   void read_exact(uint64_t offset, uint64_t length, uint8_t* dst) const;
 
   void close() noexcept;
 
  private:
+  void check_range(uint64_t offset, uint64_t length) const;
+  void read_pread(uint64_t offset, uint64_t length, uint8_t* dst) const;
+  void read_direct(uint64_t offset, uint64_t length, uint8_t* dst) const;
+  void read_mapped(uint64_t offset, uint64_t length, uint8_t* dst) const;
+  void fail_open(int err, const std::string& why);
+
   std::string path_;
   int fd_ = -1;
+  FileAccess access_ = FileAccess::Pread;
+  const uint8_t* map_ = nullptr;  // Mmap: the whole file, identity_.size bytes
   FileIdentity identity_;
 };
+
+// Reads through the file's own access mode.
+class FileSource final : public ByteSource {
+ public:
+  explicit FileSource(const File& file) : file_(file) {}
+  void read(uint64_t offset, uint64_t length, uint8_t* dst) const override { file_.read_exact(offset, length, dst); }
+
+ private:
+  const File& file_;
+};
+
+// A byte span of a file read into memory once (Preload): reads inside the
+// span are served from memory (and viewed without a copy), reads outside it
+// go to `fallback`.
+class PreloadedSpan final : public ByteSource {
+ public:
+  // Reads [first, last) of `file` with reads of at most `chunk` bytes on up
+  // to `workers` threads of the pool, into one buffer aligned for O_DIRECT.
+  PreloadedSpan(const File& file, const ByteSource& fallback, uint64_t first, uint64_t last, size_t workers);
+  void read(uint64_t offset, uint64_t length, uint8_t* dst) const override;
+  const uint8_t* view(uint64_t offset, uint64_t length) const override;
+
+ private:
+  const ByteSource& fallback_;
+  uint64_t first_ = 0;  // file offset of data_[0]
+  uint64_t length_ = 0;
+  std::unique_ptr<uint8_t, void (*)(void*)> data_;
+};
+
+// Alignment of O_DIRECT offsets, lengths and buffers: the largest logical
+// block size in common use (4Kn disks), so one value serves every device.
+constexpr uint64_t kDirectAlign = 4096;
 
 }  // namespace wsi

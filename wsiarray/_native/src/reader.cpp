@@ -1,6 +1,7 @@
 #include "reader.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -36,6 +37,9 @@ void fail(ErrorKind kind, const std::string& message) { throw Error(kind, messag
 // At most this much memory holds the tiles several regions of a batch share
 // (BatchTiles); past it, further shared tiles are decoded once per region.
 constexpr size_t kSharedBytes = size_t(256) << 20;
+// Preload bounds (see Reader::preload).
+constexpr uint64_t kMinPreload = uint64_t(1) << 20;
+constexpr uint64_t kMaxPreload = uint64_t(1) << 30;
 
 // One request: its plan, and what its threads share read-only.
 class RegionRead {
@@ -46,7 +50,7 @@ class RegionRead {
              size_t pitch, const RequestCache& cache, size_t workers, uint32_t scale, const uint8_t* fill,
              size_t batch = 1)
       : reader_(reader), level_(source(reader.level(level_index), layer)), level_index_(level_index),
-        layer_(uint32_t(layer)), file_(reader.file(level_.file)), source_(reader.source(level_.file)), fill_(fill),
+        layer_(uint32_t(layer)), file_(reader.file(level_.file)), source_(&reader.source(level_.file)), fill_(fill),
         g_(scaled_geometry(level_.geometry(), scale)), label_{&file_.path(), level_index, level_.page_index},
         cache_(cache),
         out_{out, pitch, region.width, region.height, level_.pixel_bytes()},
@@ -101,6 +105,27 @@ class RegionRead {
   }
   size_t run_count() const { return level_.codec == Codec::JpegRestart ? blocks_.size() : plan_.runs.size(); }
 
+  // With file_access "preload", a dense request (a whole level, a band of
+  // it) reads its byte span into memory first (Reader::preload).
+  void preload(size_t workers) {
+    // (A restart level's blocks read past its plan's tiles: not preloaded.)
+    if (plan_.runs.size() < 2 || level_.codec == Codec::JpegRestart) return;
+    uint64_t first = UINT64_MAX, last = 0, bytes = 0;
+    for (const PlanTile& t : plan_.tiles) {
+      if (t.bytecount == 0) continue;
+      first = std::min(first, t.offset);
+      last = std::max(last, t.offset + t.bytecount);
+      bytes += t.bytecount;
+    }
+    try {
+      preloaded_ = reader_.preload(level_.file, first, last, bytes, workers);
+    } catch (const Error& e) {
+      throw Error(e.kind(), "level " + std::to_string(label_.level) + " (IFD " + std::to_string(label_.ifd) +
+                                "), preloading its tiles' bytes: " + e.what());
+    }
+    if (preloaded_) source_ = preloaded_.get();
+  }
+
   static const LevelDesc& source(const LevelDesc& level, size_t layer) {
     return level.placed() ? level.layers[layer] : level;
   }
@@ -138,7 +163,7 @@ class RegionRead {
     prefault_rows(out_, std::min(a.out_y, b.out_y),
                   std::max(a.out_y + a.in_tile.height, b.out_y + b.in_tile.height));
     const uint8_t* bytes =
-        fetch_span(source_, plan_, run.first + first, run.first + last, scratch.bytes, g_, label_);
+        fetch_span(*source_, plan_, run.first + first, run.first + last, scratch.bytes, g_, label_);
     for (size_t k = first; k < last; ++k) {
       if (served[k]) continue;
       const PlanTile& t = plan_.tiles[run.first + k];
@@ -280,7 +305,7 @@ class RegionRead {
       if (read_size > 0 && start == read_at + read_size) {
         read_size += span;
       } else {
-        if (read_size > 0) source_.read(read_at, read_size, buffer + read_to);
+        if (read_size > 0) source_->read(read_at, read_size, buffer + read_to);
         read_at = start;
         read_size = span;
         read_to = pos;
@@ -291,7 +316,7 @@ class RegionRead {
         index.push_back(row * stored_across + (i - row * across));
       }
     }
-    if (read_size > 0) source_.read(read_at, read_size, buffer + read_to);
+    if (read_size > 0) source_->read(read_at, read_size, buffer + read_to);
     renumber_restart_markers(buffer, l.scan.length, ends, index, last_index);
     const TileLayout frame{uint32_t((fw + s - 1) / s), uint32_t((fh + s - 1) / s), g_.samples_per_plane, 1};
     uint8_t* origin = out_.base + size_t(b.out_y) * out_.pitch + size_t(b.out_x) * out_.pixel_bytes;
@@ -305,7 +330,7 @@ class RegionRead {
   size_t level_index_;
   uint32_t layer_;
   const File& file_;
-  const ByteSource& source_;
+  const ByteSource* source_;  // the file's, or a preloaded span of it
   const uint8_t* fill_;
   LevelGeometry g_;
   TileLabel label_;
@@ -315,6 +340,7 @@ class RegionRead {
   DecodeFn decode_;
   CodecParams params_;
   uint32_t scale_;
+  std::unique_ptr<PreloadedSpan> preloaded_;
   Plan plan_;
   std::vector<Block> blocks_;  // JpegRestart levels: what each run decodes
 };
@@ -412,11 +438,43 @@ void check_restart_level(LevelDesc& level, const std::string& what) {
 
 }  // namespace
 
-Reader::Reader(const std::string& path) { add_file(path); }
+Reader::Reader(const std::string& path, FileAccess access) : access_(access) { add_file(path); }
+
+std::unique_ptr<PreloadedSpan> Reader::preload(size_t file, uint64_t first, uint64_t last, uint64_t bytes,
+                                               size_t workers) const {
+  if (access_ != FileAccess::Preload || first >= last || last - first < kMinPreload ||
+      last - first > kMaxPreload || bytes * 2 < last - first) {
+    return nullptr;
+  }
+  return std::make_unique<PreloadedSpan>(this->file(file), source(file), first, last, workers);
+}
+
+void Reader::read_ranges(const uint64_t* offsets, const uint64_t* lengths, size_t count, uint8_t* out,
+                         size_t out_size, size_t workers) const {
+  const File& f = file(0);
+  std::vector<uint64_t> starts(count);
+  uint64_t total = 0, first = UINT64_MAX, last = 0;
+  for (size_t i = 0; i < count; ++i) {
+    if (lengths[i] > out_size - total) fail(ErrorKind::Argument, "the output is smaller than the byte ranges");
+    if (offsets[i] > f.size() || lengths[i] > f.size() - offsets[i]) {
+      fail(ErrorKind::Read, f.path() + ": byte range " + std::to_string(offsets[i]) + "+" +
+                                std::to_string(lengths[i]) + " lies past the end of the file (" +
+                                std::to_string(f.size()) + " bytes)");
+    }
+    starts[i] = total;
+    total += lengths[i];
+    if (lengths[i] == 0) continue;
+    first = std::min(first, offsets[i]);
+    last = std::max(last, offsets[i] + lengths[i]);
+  }
+  const std::unique_ptr<PreloadedSpan> preloaded = preload(0, first, last, total, workers);
+  const ByteSource& src = preloaded ? static_cast<const ByteSource&>(*preloaded) : source(0);
+  parallel_for(count, workers == 0 ? 1 : workers, [&](size_t i) { src.read(offsets[i], lengths[i], out + starts[i]); });
+}
 
 size_t Reader::add_file(const std::string& path) {
   if (files_.size() >= kMaxFiles) fail(ErrorKind::Format, path + ": more than " + std::to_string(kMaxFiles) + " files");
-  files_.push_back(std::make_unique<File>(path));
+  files_.push_back(std::make_unique<File>(path, access_));
   sources_.push_back(std::make_unique<FileSource>(*files_.back()));
   return files_.size() - 1;
 }
@@ -542,6 +600,7 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
       auto read = std::make_unique<RegionRead>(*r.reader, r.level, layer, r.region, r.out, r.pitch, cache, workers,
                                                r.scale, fill, requests.size());
       read->fill();
+      read->preload(workers);
       for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
       reads.push_back(std::move(read));
     }

@@ -109,7 +109,7 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
 
 class Reader {
  public:
-  explicit Reader(const std::string& path);
+  explicit Reader(const std::string& path, FileAccess access = FileAccess::Pread);
   Reader(const Reader&) = delete;
   Reader& operator=(const Reader&) = delete;
 
@@ -117,6 +117,8 @@ class Reader {
   const File& file(size_t index = 0) const { return *files_[index]; }
   const ByteSource& source(size_t index = 0) const { return *sources_[index]; }
   size_t file_count() const { return files_.size(); }
+  // How every file of the reader is read (wsiarray.open(file_access=...)).
+  FileAccess access() const { return access_; }
   // Opens another file the levels' tiles may live in; returns its index.
   size_t add_file(const std::string& path);
   // The file and byte source holding a level's tiles.
@@ -140,11 +142,28 @@ class Reader {
   void read_region(size_t level, const Region& region, uint8_t* out, size_t pitch,
                    const uint8_t* fill, size_t workers) const;
 
+  // Reads byte range i of file 0, [offsets[i], offsets[i] + lengths[i]), to
+  // out + lengths[0] + ... + lengths[i - 1], one read per range, in order on
+  // one worker (shared out among up to `workers`). `out_size` must hold them
+  // all. With file_access "preload", dense ranges are read through preload().
+  void read_ranges(const uint64_t* offsets, const uint64_t* lengths, size_t count, uint8_t* out,
+                   size_t out_size, size_t workers) const;
+
+  // With file_access "preload": the span [first, last) of file `file` read
+  // into memory when the `bytes` wanted from it fill at least half of it and
+  // it is 1 MiB to 1 GiB (the preload runs before the request's threads
+  // start decoding: spans of a few tiles, such as a batch's patches, would
+  // serialise their reads; larger ones would double a request's memory);
+  // else nullptr, and the caller reads through source(file).
+  std::unique_ptr<PreloadedSpan> preload(size_t file, uint64_t first, uint64_t last, uint64_t bytes,
+                                         size_t workers) const;
+
   void close() {
     for (auto& f : files_) f->close();
   }
 
  private:
+  FileAccess access_ = FileAccess::Pread;
   std::vector<std::unique_ptr<File>> files_;
   std::vector<std::unique_ptr<FileSource>> sources_;
   std::vector<std::unique_ptr<LevelDesc>> levels_;
