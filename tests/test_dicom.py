@@ -293,6 +293,32 @@ def test_two_series_in_a_folder(tmp_path: Path) -> None:
         assert [lv.dimensions for lv in slide.levels] == [(64, 64)]
 
 
+def test_huge_element_length_allocates_nothing(tmp_path: Path) -> None:
+    """A corrupt 4-byte value length (here 0xF4F4F4F4 on an OB element) is refused without
+    Python allocating that much (the fuzzer found a 4 GiB allocation in pydicom's read)."""
+    import tracemalloc
+
+    import pydicom
+
+    path = tmp_path / "huge.dcm"
+    write_wsi(path, _image(64, 64))
+    ds = pydicom.dcmread(path)
+    ds.ICCProfile = b"\0" * 16  # (0028,2000) OB: a 4-byte length in explicit VR
+    ds.save_as(path)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x28\x00\x00\x20OB\x00\x00") + 8
+    data[at : at + 4] = b"\xf4\xf4\xf4\xf4"
+    path.write_bytes(bytes(data))
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError):
+            wsiarray.open(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak
+
+
 def test_concatenated_level_is_refused(tmp_path: Path) -> None:
     import pydicom
 

@@ -27,6 +27,7 @@ tiles no frame covers are the request's fill.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import struct
@@ -128,6 +129,27 @@ def _pydicom() -> Any:
     return pydicom
 
 
+class _ClampedReader(io.BufferedReader):
+    """A file whose ``read(n)`` never asks for more than the bytes left in it.
+
+    pydicom reads an element's value with ``read(length)``, and Python allocates
+    ``length`` bytes before reading: a corrupt 4-byte length field (up to 4 GiB)
+    would cost that much memory for a small file. Clamped, the read comes back
+    short and pydicom reports the truncation.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(io.FileIO(path, "rb"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(0, self._size - self.tell()))
+            if size == 0:
+                return b""
+        return super().read(size)
+
+
 def _identity(path: str) -> tuple[int, int, int, int]:
     st = os.stat(path)
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -139,7 +161,7 @@ def _read_image(path: str, *, required: bool) -> _Image | None:
     pydicom = _pydicom()
     try:
         identity = _identity(path)
-        with open(path, "rb") as fh:
+        with _ClampedReader(path) as fh:
             fh.seek(_PREAMBLE)
             if fh.read(4) != b"DICM":
                 if required:
