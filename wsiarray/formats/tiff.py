@@ -240,7 +240,8 @@ def level_from_pages(pages: Sequence[tifffile.TiffPage], what: str) -> LevelSpec
         stored_row_bytes = -(-width * samples_per_plane // 8) if bilevel else row_bytes
         piece = _raw_strip_piece(tile_h, row_bytes)
         if piece == 0:
-            raise UnsupportedError(f"{what}: one row of {row_bytes >> 20} MiB is larger than {MAX_TILE_BYTES >> 20} MiB")
+            limit = MAX_TILE_BYTES >> 20
+            raise UnsupportedError(f"{what}: one row of {row_bytes >> 20} MiB is larger than {limit} MiB")
     elif tile_w * tile_h * samples_per_plane * itemsize > MAX_TILE_BYTES:
         if not first.is_tiled:
             raise UnsupportedError(
