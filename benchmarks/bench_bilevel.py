@@ -56,8 +56,10 @@ def write_files(folder: Path, image: np.ndarray) -> dict[str, str]:
 
         if features.check("libtiff"):
             Image.MAX_IMAGE_PIXELS = None
-            for name, compression in (("CCITT G3 strips (external)", "group3"),
-                                      ("CCITT G4 strips (external)", "group4")):
+            for name, compression in (
+                ("CCITT G3 strips (external)", "group3"),
+                ("CCITT G4 strips (external)", "group4"),
+            ):
                 path = folder / f"{compression}.tif"
                 Image.fromarray(image).save(path, compression=compression, tiffinfo={278: 64})
                 files[name] = str(path)
@@ -84,20 +86,23 @@ def main(argv: list[str] | None = None) -> None:
             assert np.array_equal(got[..., 0], tifffile.imread(path).view(np.uint8)), name
             cells[name, "tifffile"] = lambda path=path: tifffile.imread(path, maxworkers=1)
             for workers in (1, 2):
-                cells[name, f"wsiarray {workers}T"] = lambda s=slide, w=workers: s.read_region((0, 0), size,
-                                                                                                num_workers=w)
+                cells[name, f"wsiarray {workers}T"] = lambda s=slide, w=workers: s.read_region(
+                    (0, 0), size, num_workers=w
+                )
         times: dict[tuple[str, str], list[float]] = {key: [] for key in cells}
         keys = list(cells)
         for r in range(args.rounds):
-            for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+            for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
                 start = time.perf_counter()
                 cells[key]()
                 times[key].append(time.perf_counter() - start)
         for slide in slides.values():
             slide.close()
         sizes = {name: os.path.getsize(path) for name, path in files.items()}
-    print(f"Bilevel {args.width} x {args.height} ({args.width * args.height / 1e6:.0f} Mpx), whole level, "
-          f"{args.rounds} rounds, {os.cpu_count()} CPUs; median s (median ratio to tifffile)\n")
+    print(
+        f"Bilevel {args.width} x {args.height} ({args.width * args.height / 1e6:.0f} Mpx), whole level, "
+        f"{args.rounds} rounds, {os.cpu_count()} CPUs; median s (median ratio to tifffile)\n"
+    )
     print("| file | MB | tifffile | wsiarray 1 thread | wsiarray 2 threads |")
     print("|---|---:|---:|---:|---:|")
     for name in files:

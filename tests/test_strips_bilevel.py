@@ -31,7 +31,7 @@ from wsitest import (
 )
 
 import wsiarray
-from wsiarray import cli
+from wsiarray import _native, cli
 from wsiarray.errors import TileDecodeError, UnsupportedError
 
 
@@ -361,3 +361,40 @@ def test_other_bit_depths_are_still_refused(tmp_path: Path) -> None:
     tifffile.imwrite(path, np.zeros((8, 8), np.uint8), bitspersample=4, photometric="minisblack")
     with pytest.raises(UnsupportedError, match="4 bits per sample"):
         wsiarray.open(path)
+
+
+@pytest.mark.parametrize(
+    ("codec", "bytes_per_sample", "predictor"),
+    [(3, 1, 1), (255, 1, 1), (0, 2, 1), (1, 1, 2)],
+    ids=["jpeg", "external", "16-bit", "predictor"],
+)
+def test_native_refuses_impossible_bilevel_levels(
+    written: Callable[[str], str], codec: int, bytes_per_sample: int, predictor: int
+) -> None:
+    """The engine checks a bilevel level itself: one byte per sample, raw/deflate/LZW, no predictor."""
+    reader = _native.Reader(written("bilevel-raw-strips-miniswhite"))
+    tables = np.zeros((1, 12, 1), np.uint64)
+    try:
+        with pytest.raises(UnsupportedError, match="bilevel"):
+            reader.add_level(
+                width=301,
+                height=203,
+                tile_width=301,
+                tile_height=17,
+                samples_per_plane=1,
+                bytes_per_sample=bytes_per_sample,
+                codec=codec,
+                byteswap=False,
+                predictor=predictor,
+                jpeg_tables=b"",
+                jpeg_in=-1,
+                jpeg_out=-1,
+                offsets=tables,
+                bytecounts=tables,
+                external=lambda data, index: None,
+                page_index=0,
+                strips=True,
+                bilevel=True,
+            )
+    finally:
+        reader.close()
