@@ -83,7 +83,10 @@ class Slide:
 
     Coordinates follow OpenSlide and cuCIM: ``location`` is ``(x, y)`` in
     level-0 pixels, ``size`` is ``(width, height)`` in the chosen level's
-    pixels, and arrays come back as ``(height, width, channels)``.
+    pixels, and arrays come back as ``(height, width, channels)`` of the
+    slide's :attr:`dtype`; bilevel (1 bit per sample) images come back as
+    ``uint8`` 0 or 1, the stored bit (tifffile's ``bool`` values; a
+    WhiteIsZero image's 0 is white).
 
     A handle holds no open file: the process's handle manager
     (:func:`wsiarray.file_handles`) opens the file once, shares it with every
@@ -239,7 +242,7 @@ class Slide:
 
     @property
     def dtype(self) -> np.dtype:
-        """Sample type of every level, in native byte order."""
+        """Sample type of every level, in native byte order (``uint8`` 0/1 for bilevel images)."""
         return self._opened().dtype
 
     @property

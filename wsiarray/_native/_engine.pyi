@@ -76,6 +76,8 @@ class LevelInfo(TypedDict):
     """0 raw, 1 deflate, 2 LZW, 3 JPEG, 255 external (imagecodecs via Python)."""
     byteswap: bool
     predictor: int
+    bilevel: bool
+    """Packed 1-bit samples (rows padded to a byte, MSB first) that decode to bytes 0/1."""
     jpeg_tables: bytes
     """The TIFF JPEGTables stream (empty when tiles are complete JPEG streams)."""
     jpeg_in: int
@@ -156,6 +158,7 @@ class Reader:
         dct_scale: int = 1,
         stored_width: int = 0,
         stored_height: int = 0,
+        bilevel: bool = False,
     ) -> int:
         """Validates and adds a level; returns its index. Tables are ``(planes, down, across)``.
 
@@ -176,6 +179,9 @@ class Reader:
         Codec 4 (``JPEG_RESTART``, NDPI): the tiles are the restart intervals of one JPEG of
         ``stored_width`` x ``stored_height`` px whose header (SOI..SOS) is ``jpeg_tables``, read
         at 1/``dct_scale``; rectangles of intervals are decoded as one JPEG, not cached.
+        ``bilevel``: the tiles hold packed 1-bit samples (rows of ``tile_width * samples_per_plane``
+        bits, most significant bit first, padded to a byte) that decode to one byte 0 or 1 each
+        (``bytes_per_sample`` 1, codec raw, deflate or LZW, no predictor).
         """
     def read_region(self, level: int, x: int, y: int, out: U8, fill: bytes, workers: int = 1) -> None:
         """Reads pixels at level coordinates (x, y) into out, a C-contiguous (h, w, pixel_bytes)

@@ -118,6 +118,10 @@ class LevelSpec:
     page_index: int = 0
     #: Strips (full-width tiles of RowsPerStrip rows; the last may be shorter), not tiles.
     strips: bool = False
+    #: The tiles hold packed 1-bit samples (bilevel: rows padded to a byte, most
+    #: significant bit first) that the engine unpacks to ``uint8`` 0/1; ``dtype`` is uint8.
+    #: False for a bilevel level whose ``external_decoder`` returns the 0/1 bytes itself.
+    bilevel: bool = False
     #: The file holding the tiles when it is not the slide's own path (a DICOM level's file).
     file: str | None = None
     #: Tiles never written (offset and byte count 0) are the request's fill, not black
@@ -230,6 +234,7 @@ class LevelSpec:
                 page_index=self.page_index,
                 compression=self.compression,
                 strips=self.strips,
+                bilevel=self.bilevel,
                 file=file,
                 missing_fill=self.missing_is_fill,
                 dct_scale=self.dct_scale,

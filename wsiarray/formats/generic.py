@@ -5,8 +5,10 @@ levels are later IFDs of the main chain marked reduced-resolution
 (NewSubfileType bit 0), plus the first IFD's SubIFDs where a writer stores
 the pyramid there.  Unlike OpenSlide, transparency masks (NewSubfileType
 bit 2, Photometric MASK) are never levels, even when also marked reduced,
-and pages whose samples or dtype differ from level 0 are ignored.  A
-stripped (untiled) file opens as a single level.  The pixel size comes from
+and pages whose samples or dtype differ from level 0 are ignored.  Levels
+may be stripped or tiled independently (strips are full-width tiles): a
+stripped full-resolution image with tiled reduced images, which OpenSlide
+refuses, is a pyramid as in tifffile.  The pixel size comes from
 X/YResolution when ResolutionUnit is a length.
 """
 

@@ -10,6 +10,7 @@ hands them to tifffile's own decoder (imagecodecs) through
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "PageLoader",
     "check_page",
     "compression_name",
+    "is_bilevel",
     "is_mask",
     "is_reduced",
     "iter_pages",
@@ -51,6 +53,10 @@ MAX_PAGES = 4096
 MAX_SAMPLES = 64
 MAX_DIMENSION = 1 << 22  # 4 Mi pixels along one axis
 MAX_TILE_BYTES = 1 << 28  # 256 MiB decoded per tile
+#: Uncompressed strips larger than this are described as pieces of at most this
+#: size (their rows are stored in order), so a small read does not copy a whole
+#: strip and a strip over MAX_TILE_BYTES can still be read.
+RAW_STRIP_PIECE_BYTES = 1 << 22
 #: More pyramid levels than this (SubIFDs of one page) is treated as corrupt.
 MAX_LEVELS = 64
 #: Associated images (label, macro, thumbnail) are decoded whole, so cap them.
@@ -127,8 +133,13 @@ def check_page(page: tifffile.TiffPage, what: str) -> None:
     if page.imagedepth != 1:
         raise UnsupportedError(f"{what}: volumetric tiles (ImageDepth {page.imagedepth})")
     bits = page.bitspersample
-    if bits not in (8, 16, 32, 64):
+    if bits not in (8, 16, 32, 64) and not is_bilevel(page):
         raise UnsupportedError(f"{what}: {bits} bits per sample")
+
+
+def is_bilevel(page: tifffile.TiffPage) -> bool:
+    """True for 1-bit unsigned samples, which tifffile reads as ``bool`` and wsiarray as uint8 0/1."""
+    return page.bitspersample == 1 and page.dtype is not None and page.dtype.kind == "b"
 
 
 def jpeg_colorspaces(page: tifffile.TiffPage) -> tuple[JpegColor, JpegColor]:
@@ -155,6 +166,8 @@ def _native_codec(page: tifffile.TiffPage, samples_per_plane: int) -> Codec:
     compression = int(page.compression)
     if page.fillorder != 1 or page.sampleformat == 6:  # bit-reversed, complex
         return Codec.EXTERNAL
+    if is_bilevel(page) and page.predictor != 1:  # no predictor is defined for packed bits
+        return Codec.EXTERNAL
     if compression == 7:
         native_jpeg = (
             page.bitspersample == 8
@@ -175,11 +188,10 @@ def _native_codec(page: tifffile.TiffPage, samples_per_plane: int) -> Codec:
     return Codec.EXTERNAL
 
 
-def _external_decoder(page: tifffile.TiffPage, tiles_per_plane: int, shape: tuple[int, int, int]):
-    """Decode one tile with tifffile's decoder (imagecodecs; releases the GIL)."""
+def _external_decoder(page: tifffile.TiffPage, shape: tuple[int, int, int], dtype: np.dtype):
+    """Decode one tile with tifffile's decoder (imagecodecs; releases the GIL) into ``dtype``."""
     decode = page.decode  # built once; tifffile caches it on the page
     jpegtables = page.jpegtables
-    dtype = page.dtype.newbyteorder("=")
 
     def decode_tile(data: bytes, index: int) -> np.ndarray:
         tile, _, _ = decode(data, index, jpegtables=jpegtables, _fullsize=True)
@@ -218,8 +230,24 @@ def level_from_pages(pages: Sequence[tifffile.TiffPage], what: str) -> LevelSpec
     spp = int(first.samplesperpixel)
     samples_per_plane = 1 if separate else spp
     planes_per_page = spp if separate else 1
-    itemsize = first.dtype.itemsize
-    if tile_w * tile_h * samples_per_plane * itemsize > MAX_TILE_BYTES:
+    bilevel = is_bilevel(first)
+    # Bilevel samples are unpacked to one byte each, 0 or 1.
+    dtype = np.dtype(np.uint8) if bilevel else first.dtype.newbyteorder("=")
+    itemsize = dtype.itemsize
+    codec = _native_codec(first, samples_per_plane)
+    row_bytes = width * samples_per_plane * itemsize  # decoded
+    if not first.is_tiled and codec is Codec.RAW:
+        stored_row_bytes = -(-width * samples_per_plane // 8) if bilevel else row_bytes
+        piece = _raw_strip_piece(tile_h, row_bytes)
+        if piece == 0:
+            limit = MAX_TILE_BYTES >> 20
+            raise UnsupportedError(f"{what}: one row of {row_bytes >> 20} MiB is larger than {limit} MiB")
+    elif tile_w * tile_h * samples_per_plane * itemsize > MAX_TILE_BYTES:
+        if not first.is_tiled:
+            raise UnsupportedError(
+                f"{what}: a {tile_w}x{tile_h} {compression_name(int(first.compression))} strip decodes to "
+                f"more than {MAX_TILE_BYTES >> 20} MiB, and only uncompressed strips can be read in pieces"
+            )
         raise FormatError(f"{what}: a {tile_w}x{tile_h} tile is larger than {MAX_TILE_BYTES >> 20} MiB")
 
     across = -(-width // tile_w)
@@ -239,14 +267,16 @@ def level_from_pages(pages: Sequence[tifffile.TiffPage], what: str) -> LevelSpec
         sl = slice(i * planes_per_page, (i + 1) * planes_per_page)
         offsets[sl] = page_offsets.reshape(planes_per_page, down, across)
         counts[sl] = page_counts.reshape(planes_per_page, down, across)
+    if not first.is_tiled and codec is Codec.RAW and piece < tile_h:
+        offsets, counts = _strip_pieces(offsets, counts, tile_h, piece, stored_row_bytes, height)
+        tile_h = piece
 
-    codec = _native_codec(first, samples_per_plane)
     jpeg_in, jpeg_out = jpeg_colorspaces(first) if codec is Codec.JPEG else (JpegColor.AUTO,) * 2
     byteswap = itemsize > 1 and first.parent.byteorder != ("<" if sys.byteorder == "little" else ">")
     external = None
     if codec is Codec.EXTERNAL:
         tile_shape = (tile_h, tile_w, samples_per_plane)
-        decoders = [_external_decoder(p, per_plane, tile_shape) for p in pages]
+        decoders = [_external_decoder(p, tile_shape, dtype) for p in pages]
 
         def external(data: bytes, index: int) -> np.ndarray:
             # index counts tiles across all planes; tifffile counts within a page
@@ -261,7 +291,7 @@ def level_from_pages(pages: Sequence[tifffile.TiffPage], what: str) -> LevelSpec
         samples_per_plane=samples_per_plane,
         offsets=offsets,
         bytecounts=counts,
-        dtype=first.dtype.newbyteorder("="),
+        dtype=dtype,
         codec=codec,
         compression=int(first.compression),
         byteswap=byteswap,
@@ -273,7 +303,43 @@ def level_from_pages(pages: Sequence[tifffile.TiffPage], what: str) -> LevelSpec
         # a SubIFD page's .index is its position among the SubIFDs; name the main-chain IFD
         page_index=int(getattr(first, "_index", (first.index,))[0]),
         strips=not first.is_tiled,
+        bilevel=bilevel and codec is not Codec.EXTERNAL,
     )
+
+
+def _raw_strip_piece(rows_per_strip: int, row_bytes: int) -> int:
+    """Rows per piece of an uncompressed strip: the most that divide the strip and fit
+    ``RAW_STRIP_PIECE_BYTES`` (the whole strip when it fits; one row at least), or 0 when
+    one row is larger than ``MAX_TILE_BYTES``."""
+    if rows_per_strip * row_bytes <= RAW_STRIP_PIECE_BYTES:
+        return rows_per_strip
+    if row_bytes > MAX_TILE_BYTES:
+        return 0
+    most = max(1, RAW_STRIP_PIECE_BYTES // row_bytes)
+    divisors = (d for k in range(1, math.isqrt(rows_per_strip) + 1) if rows_per_strip % k == 0
+                for d in (k, rows_per_strip // k))
+    return max(d for d in divisors if d <= most)
+
+
+def _strip_pieces(offsets: np.ndarray, counts: np.ndarray, rows_per_strip: int, piece: int,
+                  row_bytes: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tables ``(planes, strips, 1)`` of uncompressed strips cut into pieces of ``piece`` rows
+    (which divides ``rows_per_strip``): piece ``k`` is rows ``k * piece ...`` of the image.
+
+    A strip stores its rows in order, ``row_bytes`` each, so a piece is a byte range of its
+    strip; the range is cut to the strip's byte count (the engine checks the rows a piece
+    needs), and strips never written (offset and byte count 0) give pieces never written.
+    """
+    per_strip = rows_per_strip // piece
+    pieces = -(-height // piece)
+    strip = np.arange(pieces) // per_strip
+    start = (np.arange(pieces) % per_strip).astype(np.uint64) * np.uint64(piece * row_bytes)
+    strip_offsets, strip_counts = offsets[:, strip, 0], counts[:, strip, 0]
+    new_counts = np.minimum(strip_counts - np.minimum(strip_counts, start), np.uint64(piece * row_bytes))
+    written = (strip_offsets != 0) | (strip_counts != 0)
+    new_offsets = np.where(written, strip_offsets + start, np.uint64(0))
+    new_counts = np.where(written, new_counts, np.uint64(0))
+    return new_offsets[:, :, None].astype(np.uint64), new_counts[:, :, None].astype(np.uint64)
 
 
 def _file_path(tif: tifffile.TiffFile) -> str:
@@ -361,13 +427,13 @@ def is_reduced(page: tifffile.TiffPage) -> bool:
 
 
 def same_layout(page: tifffile.TiffPage, base: tifffile.TiffPage) -> bool:
-    """True if ``page`` can be a lower level of ``base``: same samples, dtype, planar
-    layout and tiling, and no larger in either dimension."""
+    """True if ``page`` can be a lower level of ``base``: same samples, dtype and planar
+    layout, and no larger in either dimension.  Tiles or strips may differ (a stripped
+    full-resolution image with tiled reduced images), as in tifffile's pyramids."""
     return (
         page.samplesperpixel == base.samplesperpixel
         and page.dtype == base.dtype
         and int(page.planarconfig) == int(base.planarconfig)
-        and page.is_tiled == base.is_tiled
         and 0 < page.imagewidth <= base.imagewidth
         and 0 < page.imagelength <= base.imagelength
     )
@@ -443,7 +509,8 @@ class PageLoader:
                     nbytes = self.width * self.height * page.samplesperpixel * page.dtype.itemsize
                     if nbytes > MAX_ASSOCIATED_BYTES:
                         raise UnsupportedError(f"{what}: {nbytes >> 20} MiB is too large to load whole")
-                    planes.append(_as_hwc(page.asarray(), page))
+                    plane = _as_hwc(page.asarray(), page)
+                    planes.append(plane.view(np.uint8) if plane.dtype == np.bool_ else plane)
                 return planes[0] if len(planes) == 1 else np.concatenate(planes, axis=2)
         finally:
             tif.close()

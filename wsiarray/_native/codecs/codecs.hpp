@@ -70,6 +70,10 @@ struct CodecParams {
   const ExternalDecoder* external = nullptr;
   uint32_t compression = 0;  // the TIFF Compression value: which stream header to check (headers.hpp)
   bool strips = false;       // tiles are strips: the last may be shorter
+  // Bilevel (1 bit per sample): the stream holds rows of width * samples bits,
+  // most significant bit first, each row padded to a byte; they decode to one
+  // byte per sample, 0 or 1 (raw, deflate and LZW only).
+  bool bilevel = false;
 };
 
 // Where decoded pixels go: the window [x, x + width) x [y, y + height) of
@@ -122,5 +126,7 @@ void inflate_lzw(const uint8_t* src, size_t size, uint8_t* dst, size_t dst_size)
 // ... then, in place, swap to native byte order and undo TIFF predictor 2.
 void byteswap_samples(uint8_t* data, size_t bytes, uint32_t bytes_per_sample);
 void undo_horizontal_predictor(uint8_t* data, const TileLayout& layout);
+// Bits [first, first + count) of a packed row (MSB first) as bytes 0/1 at `out`.
+void unpack_bits(const uint8_t* row, size_t first, size_t count, uint8_t* out);
 
 }  // namespace wsi

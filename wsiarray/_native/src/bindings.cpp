@@ -251,7 +251,7 @@ NB_MODULE(_engine, m) {
              nb::bytes jpeg_tables, int jpeg_in, int jpeg_out, U64Array offsets, U64Array bytecounts,
              nb::object external, uint32_t page_index, uint32_t compression, bool strips, uint32_t file,
              bool missing_fill, std::vector<LayerTuple> layers, uint32_t dct_scale, uint32_t stored_width,
-             uint32_t stored_height) {
+             uint32_t stored_height, bool bilevel) {
             if (offsets.ndim() != 3 || bytecounts.ndim() != 3) {
               throw wsi::Error(wsi::ErrorKind::Format, "tile tables must be (planes, down, across)");
             }
@@ -276,6 +276,7 @@ NB_MODULE(_engine, m) {
             level.page_index = page_index;
             level.compression = compression;
             level.strips = strips;
+            level.bilevel = bilevel;
             level.file = file;
             level.missing_is_fill = missing_fill;
             level.dct_scale = dct_scale;
@@ -318,7 +319,7 @@ NB_MODULE(_engine, m) {
           "bytes_per_sample"_a, "codec"_a, "byteswap"_a, "predictor"_a, "jpeg_tables"_a, "jpeg_in"_a,
           "jpeg_out"_a, "offsets"_a, "bytecounts"_a, "external"_a.none(), "page_index"_a, "compression"_a = 0,
           "strips"_a = false, "file"_a = 0, "missing_fill"_a = false, "layers"_a = std::vector<LayerTuple>(),
-          "dct_scale"_a = 1, "stored_width"_a = 0, "stored_height"_a = 0,
+          "dct_scale"_a = 1, "stored_width"_a = 0, "stored_height"_a = 0, "bilevel"_a = false,
           "Adds a level; with `layers`, a placed level of width x height composed of those stored images.")
       .def(
           "read_region",
@@ -404,6 +405,7 @@ NB_MODULE(_engine, m) {
             d["codec"] = int(l.codec);
             d["byteswap"] = l.byteswap;
             d["predictor"] = l.predictor;
+            d["bilevel"] = l.bilevel;
             d["jpeg_tables"] = nb::bytes(reinterpret_cast<const char*>(l.jpeg_tables.data()), l.jpeg_tables.size());
             d["jpeg_in"] = l.jpeg_in_colorspace;
             d["jpeg_out"] = l.jpeg_out_colorspace;

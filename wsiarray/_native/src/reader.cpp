@@ -376,6 +376,7 @@ CodecParams LevelDesc::codec_params() const {
   params.external = external ? &external : nullptr;
   params.compression = compression;
   params.strips = strips;
+  params.bilevel = bilevel;
   return params;
 }
 
@@ -533,6 +534,10 @@ void check_level(const LevelDesc& level, const std::string& what, bool tables) {
   }
   if (level.predictor != 1 && level.predictor != 2) fail(ErrorKind::Unsupported, what + ": predictor");
   if (level.strips && level.tile_width != level.width) fail(ErrorKind::Format, what + ": strips narrower than the image");
+  if (level.bilevel && (bps != 1 || level.byteswap || level.predictor != 1 ||
+                        (level.codec != Codec::Raw && level.codec != Codec::Deflate && level.codec != Codec::Lzw))) {
+    fail(ErrorKind::Unsupported, what + ": bilevel samples need one byte each, no predictor, and raw, deflate or LZW");
+  }
 }
 
 // Checks a placed level's layers against it and their placements.

@@ -38,6 +38,7 @@ struct LevelDesc {
   ExternalDecoder external;
   uint32_t compression = 0;  // the TIFF Compression value (stream header checks)
   bool strips = false;       // strips, not tiles: the last may be shorter
+  bool bilevel = false;      // packed 1-bit samples, unpacked to 0/1 bytes (CodecParams::bilevel)
   uint32_t page_index = 0;  // for messages
   // Codec::JpegRestart only: the JPEG's size (the level is stored_width x
   // stored_height decoded at 1/dct_scale, cut to width x height), and its
