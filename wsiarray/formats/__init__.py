@@ -1,7 +1,8 @@
 """Format layer: what a slide file contains, as plain tables for the native engine.
 
 :func:`read_slide_info` hands a folder or a DICOM file (``DICM`` preamble) to
-:mod:`.dicom` (pydicom); any other file it opens with tifffile, lets each vendor module
+:mod:`.dicom` (pydicom) and a companion OME-XML file (``*.companion.ome``) to
+:mod:`.ome`; any other file it opens with tifffile, lets each vendor module
 try to claim it (Aperio, Hamamatsu NDPI, Leica SCN, Ventana BIF, then OME-TIFF, then
 generic pyramidal TIFF, the way OpenSlide tries its drivers), and returns a :class:`SlideInfo`: levels as
 :class:`LevelSpec` tile tables, OpenSlide-style properties, and lazy loaders
@@ -43,6 +44,8 @@ def read_slide_info(path: str | os.PathLike[str]) -> SlideInfo:
         path = os.fsdecode(path)
     if dicom.is_dicom(path):
         return dicom.read_slide_info(path)
+    if ome.is_companion(path):
+        return ome.read_companion(path)
     tif = open_tiff(path)
     try:
         with wrap_errors(path, "reading the TIFF structure"):
