@@ -14,14 +14,16 @@ from __future__ import annotations
 import os
 
 from ..errors import UnsupportedError
-from . import aperio, dicom, generic, leica, ndpi, ome, ventana
+from . import aperio, dicom, generic, leica, ndpi, ome, qptiff, ventana
 from .base import Codec, JpegColor, LevelSpec, SlideInfo
 from .tiff import open_tiff, wrap_errors
 
 __all__ = ["Codec", "JpegColor", "LevelSpec", "SlideInfo", "read_slide_info"]
 
 #: Vendor detectors in the order they are tried; generic accepts any TIFF.
-_DETECTORS = (aperio.detect, ndpi.detect, leica.detect, ventana.detect, ome.detect, generic.detect)
+_DETECTORS = (
+    aperio.detect, ndpi.detect, leica.detect, ventana.detect, qptiff.detect, ome.detect, generic.detect,
+)  # fmt: skip
 
 
 def read_slide_info(path: str | os.PathLike[str]) -> SlideInfo:
