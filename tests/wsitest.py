@@ -12,6 +12,7 @@ import contextlib
 import functools
 import math
 import os
+import re
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -767,12 +768,13 @@ def write_ome_set(
     }
 
 
-def _qpi_xml(image_type: str, **fields: str) -> str:
+def _qpi_xml(image_type: str | None, **fields: str) -> str:
     body = "".join(f"<{key}>{value}</{key}>" for key, value in fields.items())
+    kind = f"<ImageType>{image_type}</ImageType>" if image_type else ""
     return (
-        '<?xml version="1.0" encoding="utf-8"?>\r\n<PerkinElmer-QPI-ImageDescription>'
+        '<?xml version="1.0" encoding="utf-16"?>\r\n<PerkinElmer-QPI-ImageDescription>'
         f"<DescriptionVersion>2</DescriptionVersion><AcquisitionSoftware>Look-alike</AcquisitionSoftware>"
-        f"<ImageType>{image_type}</ImageType>{body}</PerkinElmer-QPI-ImageDescription>"
+        f"{kind}{body}</PerkinElmer-QPI-ImageDescription>"
     )
 
 
@@ -784,6 +786,7 @@ def write_qptiff(
     levels: int = 3,
     tile: int = 128,
     mpp: float = 0.5,
+    typed: bool = True,
 ) -> list[np.ndarray]:
     """A QPTIFF look-alike (Akoya/PerkinElmer Vectra, Polaris), in the page order real files have.
 
@@ -794,7 +797,8 @@ def write_qptiff(
     tiles, ``<Name>`` the fluorophore and ``<Biomarker>`` the marker), a
     Thumbnail (RGB strips), ReducedResolution pages per channel for each halved
     level, then Overview and Label (RGB). ``channels``: (Name, Biomarker) pairs; an
-    empty Biomarker is left out. Returns the levels as (C, H, W) arrays.
+    empty Biomarker is left out. ``typed=False`` leaves ImageType out (older
+    writers). Returns the levels as (C, H, W) arrays.
     """
     width, height = size
     base = np.moveaxis(texture(height, width, len(channels), "uint8", seed=21), 2, 0)
@@ -812,6 +816,8 @@ def write_qptiff(
     with tifffile.TiffWriter(path) as tw:
 
         def page(array: np.ndarray, xml: str, **kwargs: Any) -> None:
+            if not typed:
+                xml = re.sub("<ImageType>[^<]*</ImageType>", "", xml)
             tw.write(array, software="PerkinElmer-QPI", description=xml, metadata=None, **kwargs)
 
         tiled = {"tile": (tile, tile), "compression": "lzw", "photometric": "minisblack"}
