@@ -16,12 +16,12 @@ import pytest
 import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from wsitest import patch_tag_item, write_ome_set
 
 import wsiarray
 from wsiarray import cli
 from wsiarray.errors import FormatError, OpenError, TileReadError
 from wsiarray.formats import read_slide_info
-from wsitest import patch_tag_item, write_ome_set
 
 CHANNELS = ("DAPI", "CD3", "CD8")
 
@@ -65,7 +65,9 @@ def test_any_member_opens_the_whole_set(sets: dict[str, dict], kind: str) -> Non
             assert slide.format_info.mpp == (0.25, 0.25)
             for level, ref in enumerate(want):
                 h, w = ref.shape[:2]
-                np.testing.assert_array_equal(slide.read_region((0, 0), (w, h), level=level), ref, err_msg=path)
+                np.testing.assert_array_equal(
+                    slide.read_region((0, 0), (w, h), level=level), ref, err_msg=path
+                )
             # a region partly and one wholly outside the image, several workers
             got = slide.read_region((250, 150), (100, 80), fill=7, num_workers=3)
             want_part = np.full((80, 100, 3), 7, np.uint16)
@@ -144,7 +146,9 @@ def test_arrays_datatree_and_info(sets: dict[str, dict], capsys: pytest.CaptureF
     np.testing.assert_array_equal(ds.image.sel(c="CD8").values, want[0][:, :, 2])
     tree = xr.open_datatree(sets["companion"]["xml"], engine="wsiarray")
     np.testing.assert_array_equal(tree["1"].image.values, _cached_reference(sets["companion"])[1])
-    np.testing.assert_array_equal(tree["associated/label"].image.values, tifffile.imread(sets["companion"]["label"]))
+    np.testing.assert_array_equal(
+        tree["associated/label"].image.values, tifffile.imread(sets["companion"]["label"])
+    )
     assert cli.main(["info", sets["companion"]["xml"]]) == 0
     out = capsys.readouterr().out
     assert "ome-tiff" in out and "DAPI,CD3,CD8" in out
@@ -169,7 +173,9 @@ def test_bad_tile_names_its_member(tmp_path: Path) -> None:
     ome_set = write_ome_set(tmp_path, label=False, levels=1)
     patch_tag_item(ome_set["files"][2], 324, 0, 1 << 31)  # TileOffsets[0] of channel CD8, past its end
     with wsiarray.open(ome_set["files"][0]) as slide:
-        np.testing.assert_array_equal(slide.read_region((64, 0), (64, 64))[..., 0], ome_set["planes"][0][:64, 64:128])
+        np.testing.assert_array_equal(
+            slide.read_region((64, 0), (64, 64))[..., 0], ome_set["planes"][0][:64, 64:128]
+        )
         with pytest.raises(TileReadError, match=r"set_C2\.ome\.tif.*plane 2"):
             slide.read_region((0, 0), (64, 64))
 

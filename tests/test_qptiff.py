@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from wsitest import write_qptiff
 
 import wsiarray
 from wsiarray import cli
 from wsiarray.errors import FormatError
 from wsiarray.formats import read_slide_info
-from wsitest import write_qptiff
 
 #: tifffile's series name -> ours
 ASSOCIATED = {"Thumbnail": "thumbnail", "Macro": "macro", "Label": "label"}
@@ -74,7 +74,9 @@ def test_random_regions_every_level(scan: Path) -> None:
             h, w = ref.shape[:2]
             x, y = int(rng.integers(-60, w)), int(rng.integers(-60, h))
             cw, ch = int(rng.integers(1, 200)), int(rng.integers(1, 200))
-            got = slide.read_level_region(level, (x, y), (cw, ch), fill=0, num_workers=int(rng.integers(1, 4)))
+            got = slide.read_level_region(
+                level, (x, y), (cw, ch), fill=0, num_workers=int(rng.integers(1, 4))
+            )
             want = np.zeros((ch, cw, 3), np.uint8)
             x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + cw, w), min(y + ch, h)
             if x0 < x1 and y0 < y1:

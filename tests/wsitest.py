@@ -724,9 +724,12 @@ def write_ome_set(
     uuids = {name: _ome_uuid(stem, name) for name in [*names, home] + ([label_name] if label_name else [])}
 
     def tiffdata(name: str, first_c: int) -> str:
-        return f'<TiffData FirstC="{first_c}" IFD="0" PlaneCount="1"><UUID FileName="{name}">{uuids[name]}</UUID></TiffData>'
+        uuid = f'<UUID FileName="{name}">{uuids[name]}</UUID>'
+        return f'<TiffData FirstC="{first_c}" IFD="0" PlaneCount="1">{uuid}</TiffData>'
 
-    chans = "".join(f'<Channel ID="Channel:0:{c}" Name="{n}" SamplesPerPixel="1"/>' for c, n in enumerate(channels))
+    chans = "".join(
+        f'<Channel ID="Channel:0:{c}" Name="{n}" SamplesPerPixel="1"/>' for c, n in enumerate(channels)
+    )
     image0 = (
         f'<Image ID="Image:0" Name="{stem}"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint16" '
         f'SizeX="{width}" SizeY="{height}" SizeC="{len(channels)}" SizeZ="1" SizeT="1" '
@@ -827,7 +830,8 @@ def write_qptiff(
         page(texture(48, 64, 3, "uint8", seed=22), _qpi_xml("Thumbnail"), photometric="rgb")
         for k in range(1, levels):
             for c in range(len(channels)):
-                page(pyramid[k][c], _qpi_xml("ReducedResolution", **channel_fields(c)), subfiletype=1, **tiled)
+                xml = _qpi_xml("ReducedResolution", **channel_fields(c))
+                page(pyramid[k][c], xml, subfiletype=1, **tiled)
         page(texture(60, 160, 3, "uint8", seed=23), _qpi_xml("Overview"), photometric="rgb")
         page(texture(50, 50, 3, "uint8", seed=24), _qpi_xml("Label"), photometric="rgb")
     return pyramid

@@ -289,5 +289,6 @@ class SlideInfo:
     #: name -> ICC profile of that associated image's page (only those that have one).
     associated_icc_profiles: dict[str, bytes] = field(default_factory=dict)
     #: path -> ``(st_dev, st_ino, st_size, st_mtime_ns)`` when parsed, of each other file
-    #: (``LevelSpec.file``, ``LevelSpec.plane_files``) the levels' tiles live in: the reader refuses a file that changed since.
+    #: (``LevelSpec.file``, ``LevelSpec.plane_files``) the levels' tiles live in: the reader
+    #: refuses a file that changed since.
     file_identities: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)

@@ -422,9 +422,7 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
         members.close()
 
 
-def _describe(
-    root: ET.Element, members: _Members, path: str, opened: tifffile.TiffPage | None
-) -> SlideInfo:
+def _describe(root: ET.Element, members: _Members, path: str, opened: tifffile.TiffPage | None) -> SlideInfo:
     """The slide the OME-XML ``root`` describes; ``opened``: IFD 0 of the file opened, if a TIFF."""
     images = _children(root, "Image")
     if not images:
@@ -444,7 +442,8 @@ def _describe(
     for pages in candidates:
         by_size.setdefault((int(pages[0].imagewidth), int(pages[0].imagelength)), pages)
     levels = [
-        _in_files(spec, by_size[(spec.width, spec.height)], members) for spec in pyramid_levels(path, candidates)
+        _in_files(spec, by_size[(spec.width, spec.height)], members)
+        for spec in pyramid_levels(path, candidates)
     ]
 
     first = opened if opened is not None else level0[0]

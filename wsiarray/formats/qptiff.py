@@ -52,7 +52,9 @@ def _fields(page: tifffile.TiffPage, what: str) -> dict[str, str]:
         raise FormatError(f"{what}: invalid QPI XML: {exc}") from exc
     fields = {}
     for child in root:
-        value = "".join(child.itertext()).strip() if len(child) == 0 else (child.findtext("Name") or "").strip()
+        value = (
+            "".join(child.itertext()).strip() if len(child) == 0 else (child.findtext("Name") or "").strip()
+        )
         if value and len(value) <= 1024 and child.tag not in fields:
             fields[str(child.tag)] = value
     return fields
@@ -120,7 +122,7 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
     by_place: dict[int, str] = {}
     if untyped and untyped[0] == full[-1] + 1:
         by_place[untyped.pop(0)] = "thumbnail"
-    by_place.update(zip(untyped, ("macro", "label")))
+    by_place.update(zip(untyped, ("macro", "label"), strict=False))  # more untyped pages: ignored
     for i, page in enumerate(pages):
         name = _ASSOCIATED.get(kinds[i] or "") or by_place.get(i)
         if name is None or name in associated or i in used:
