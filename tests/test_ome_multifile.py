@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsitest import patch_tag_item, write_ome_set
 
@@ -90,7 +90,7 @@ def test_planes_name_their_files(sets: dict[str, dict]) -> None:
     assert set(info.file_identities) >= set(companion["files"])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_random_regions(sets: dict[str, dict], data: st.DataObject) -> None:
     ome_set = sets["companion"]

@@ -163,7 +163,8 @@ def _member_name(uuid: ET.Element | None, root_uuid: str | None, what: str) -> s
         if root_uuid is None:
             return None  # a single file that did not name itself
         raise FormatError(f"{what}: OME-XML TiffData UUID {(uuid.text or '').strip()!r} has no FileName")
-    if os.path.isabs(name) or "\0" in name or len(name) > 4096:
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or ".." in parts or "\0" in name or len(name) > 4096:
         raise FormatError(f"{what}: OME-XML TiffData FileName {name!r} is not a name next to the XML")
     return name
 
@@ -400,7 +401,7 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
     if binary_only is not None:
         # A member of a set: the XML is in the master TIFF or a companion file.
         name = (binary_only.get("MetadataFile") or "").strip()
-        if not name or os.path.isabs(name):
+        if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
             raise FormatError(f"{path}: OME-XML is BinaryOnly but names no MetadataFile next to it")
         home = os.path.join(os.path.dirname(path), name)
         if not os.path.exists(home):

@@ -60,8 +60,10 @@ class RegionRead {
     if (scale != 1 && !can_scale(top, scale)) fail(ErrorKind::Argument, "level cannot be read scaled");
     params_.jpeg.scale_denom = scale;
     if (!top.placed()) {
-      plane_files_ = reader.plane_files(level_);
-      make_plan(g_, level_.tables(), file_.size(), region, workers, label_, plan_, plane_files_.data());
+      // (Levels in one file need no per-plane files: their tiles' `file` is unused.)
+      if (!level_.plane_files.empty()) plane_files_ = reader.plane_files(level_);
+      make_plan(g_, level_.tables(), file_.size(), region, workers, label_, plan_,
+                plane_files_.empty() ? nullptr : plane_files_.data());
       if (level_.codec == Codec::JpegRestart) {
         params_.jpeg.tables = nullptr;  // the assembled stream has the header
         params_.jpeg.tables_size = 0;
