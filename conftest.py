@@ -15,6 +15,10 @@ doctest finds these names already defined:
 - ``svs_path``: a small Aperio-style slide (1024x768 and 512x384, JPEG tiles,
   0.25 µm/px, 40x) with a thumbnail, a label (100x80) and a macro (300x120);
 - ``ome_path``: a one-level OME-TIFF, uint16, 256x192, channels DAPI, CD3 and CD8;
+- ``companion_path``: the ``.companion.ome`` of a multi-file OME-TIFF set, uint16 128x96,
+  channels DAPI and CD3, one TIFF per channel (``tests/wsitest.py``, ``write_ome_set``);
+- ``qptiff_path``: a QPTIFF look-alike, channels DAPI, CD8 and PD-L1, 512x384 and two lower
+  levels, with a thumbnail, an overview (``macro``) and a label (``write_qptiff``);
 - ``dicom_path``: a folder holding a DICOM WSI series written with pydicom: level 0
   300x200 (JPEG frames of 64x64), level 1 150x100 (uncompressed), a label 40x20;
 - ``tmp``: a temporary folder of its own (a :class:`pathlib.Path`), also the
@@ -43,7 +47,7 @@ from _pytest.doctest import DoctestItem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
-from wsitest import preserved_cache, texture, write_dicom_wsi, write_jpeg_pyramid
+from wsitest import preserved_cache, texture, write_dicom_wsi, write_jpeg_pyramid, write_ome_set, write_qptiff
 
 # wsiarray.openslide and the ICC transforms need Pillow (the "openslide" and "icc" extras):
 # without it, their examples are not collected
@@ -94,6 +98,12 @@ def doctest_slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     _write_ome(paths["ome_path"])
     paths["dicom_path"] = folder / "dicom"
     _write_dicom(paths["dicom_path"])
+    (folder / "ome-set").mkdir()
+    ome_set = write_ome_set(folder / "ome-set", channels=("DAPI", "CD3"), size=(128, 96), levels=1,
+                            companion=True, label=False)
+    paths["companion_path"] = Path(ome_set["xml"])
+    paths["qptiff_path"] = folder / "scan.qptiff"
+    write_qptiff(paths["qptiff_path"])
     return {name: str(p) for name, p in paths.items()}
 
 

@@ -464,7 +464,10 @@ def test_ome_plane_mapping(tmp_path: Path, order: str, tiffdata: str, planes: li
     [
         ('<?xml version="1.0"?><OME><Image></OME>', FormatError, "invalid OME-XML"),
         (OME_XML.format(order="XYCZT", tiffdata='<TiffData IFD="0" PlaneCount="4"><UUID>urn:uuid:2</UUID>'
-                                                 "</TiffData>"), UnsupportedError, "multi-file"),
+                                                 "</TiffData>"), FormatError, "has no FileName"),
+        (OME_XML.format(order="XYCZT", tiffdata='<TiffData IFD="0" PlaneCount="4">'
+                                                 '<UUID FileName="gone.tif">urn:uuid:2</UUID></TiffData>'),
+         OpenError, "'gone.tif' is missing"),
         (OME_XML.format(order="XYCZT", tiffdata='<TiffData IFD="9" PlaneCount="4"/>'), FormatError,
          "IFD 9 does not exist"),
         (OME_XML.format(order="XYQZT", tiffdata=""), FormatError, "DimensionOrder"),

@@ -15,6 +15,7 @@ import importlib.util
 import io
 import math
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -720,3 +721,172 @@ def write_dicom_wsi(
         ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
     return decoded
+
+
+# -- multi-file OME-TIFF sets and QPTIFF look-alikes, written with tifffile --------------------
+
+_OME_NS = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
+
+
+def _ome_uuid(stem: str, name: str) -> str:
+    return f"urn:uuid:{abs(hash((stem, name))) % 10**12:012d}-0000-4000-8000-000000000000"
+
+
+def _write_ome_member(path: Path, levels: Sequence[np.ndarray], xml: str, tile: int) -> None:
+    """One file of a set: ``levels[0]`` in IFD 0 with ``xml`` as its description, the rest as SubIFDs."""
+    rgb = levels[0].ndim == 3
+    with tifffile.TiffWriter(path, ome=False) as tw:
+        for k, array in enumerate(levels):
+            tw.write(
+                array,
+                tile=(tile, tile),
+                compression="zlib",
+                photometric="rgb" if rgb else "minisblack",
+                description=xml if k == 0 else None,
+                metadata=None,
+                subifds=len(levels) - 1 if k == 0 else None,
+                subfiletype=1 if k else 0,
+            )
+
+
+def write_ome_set(
+    folder: Path,
+    *,
+    stem: str = "set",
+    channels: Sequence[str] = ("DAPI", "CD3", "CD8"),
+    size: tuple[int, int] = (300, 200),
+    levels: int = 2,
+    tile: int = 64,
+    companion: bool = False,
+    label: bool = True,
+) -> dict[str, Any]:
+    """A multi-file OME-TIFF set laid out as Bio-Formats writes one: one file per channel.
+
+    Each channel file holds a uint16 ``size`` (W x H) plane in IFD 0 (zlib tiles)
+    and ``levels - 1`` halved SubIFD levels. ``companion=False``: the first file is
+    the master holding the whole OME-XML (TiffData ``UUID``/``FileName`` for every
+    plane) and the others are ``BinaryOnly`` members naming it as their
+    ``MetadataFile``; ``companion=True``: the XML is ``<stem>.companion.ome`` and every
+    TIFF is a ``BinaryOnly`` member. ``label``: a second Image named "label" (RGB,
+    80x40) in a file of its own. Returns ``files`` (channel files), ``xml`` (the
+    file holding the XML), ``label`` (its file or None) and ``planes`` ((C, H, W)).
+    """
+    width, height = size
+    planes = np.moveaxis(texture(height, width, len(channels), "uint16", seed=len(stem)), 2, 0)
+    names = [f"{stem}_C{c}.ome.tif" for c in range(len(channels))]
+    label_name = f"{stem}_label.ome.tif" if label else None
+    home = f"{stem}.companion.ome" if companion else names[0]
+    uuids = {name: _ome_uuid(stem, name) for name in [*names, home] + ([label_name] if label_name else [])}
+
+    def tiffdata(name: str, first_c: int) -> str:
+        uuid = f'<UUID FileName="{name}">{uuids[name]}</UUID>'
+        return f'<TiffData FirstC="{first_c}" IFD="0" PlaneCount="1">{uuid}</TiffData>'
+
+    chans = "".join(
+        f'<Channel ID="Channel:0:{c}" Name="{n}" SamplesPerPixel="1"/>' for c, n in enumerate(channels)
+    )
+    image0 = (
+        f'<Image ID="Image:0" Name="{stem}"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint16" '
+        f'SizeX="{width}" SizeY="{height}" SizeC="{len(channels)}" SizeZ="1" SizeT="1" '
+        f'PhysicalSizeX="0.25" PhysicalSizeY="0.25">{chans}'
+        + "".join(tiffdata(name, c) for c, name in enumerate(names))
+        + "</Pixels></Image>"
+    )
+    image1 = ""
+    if label_name:
+        image1 = (
+            '<Image ID="Image:1" Name="label"><Pixels ID="Pixels:1" DimensionOrder="XYCZT" Type="uint8" '
+            'SizeX="80" SizeY="40" SizeC="3" SizeZ="1" SizeT="1">'
+            '<Channel ID="Channel:1:0" SamplesPerPixel="3"/>' + tiffdata(label_name, 0) + "</Pixels></Image>"
+        )
+    xml = (
+        f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="{_OME_NS}" UUID="{uuids[home]}">'
+        f"{image0}{image1}</OME>"
+    )
+
+    def binary_only(name: str) -> str:
+        return (
+            f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="{_OME_NS}" UUID="{uuids[name]}">'
+            f'<BinaryOnly MetadataFile="{home}" UUID="{uuids[home]}"/></OME>'
+        )
+
+    if companion:
+        (folder / home).write_text(xml, encoding="utf-8")
+    for c, name in enumerate(names):
+        pyramid = [planes[c][:: 2**k, :: 2**k] for k in range(levels)]
+        _write_ome_member(folder / name, pyramid, xml if name == home else binary_only(name), tile)
+    if label_name:
+        label_image = texture(40, 80, 3, "uint8", seed=5)
+        _write_ome_member(folder / label_name, [label_image], binary_only(label_name), tile)
+    return {
+        "files": [str(folder / n) for n in names],
+        "xml": str(folder / home),
+        "label": str(folder / label_name) if label_name else None,
+        "planes": planes,
+    }
+
+
+def _qpi_xml(image_type: str | None, **fields: str) -> str:
+    body = "".join(f"<{key}>{value}</{key}>" for key, value in fields.items())
+    kind = f"<ImageType>{image_type}</ImageType>" if image_type else ""
+    return (
+        '<?xml version="1.0" encoding="utf-16"?>\r\n<PerkinElmer-QPI-ImageDescription>'
+        f"<DescriptionVersion>2</DescriptionVersion><AcquisitionSoftware>Look-alike</AcquisitionSoftware>"
+        f"{kind}{body}</PerkinElmer-QPI-ImageDescription>"
+    )
+
+
+def write_qptiff(
+    path: Path,
+    *,
+    channels: Sequence[tuple[str, str]] = (("DAPI", "DAPI"), ("Opal 520", "CD8"), ("Opal 570", "PD-L1")),
+    size: tuple[int, int] = (512, 384),
+    levels: int = 3,
+    tile: int = 128,
+    mpp: float = 0.5,
+    typed: bool = True,
+) -> list[np.ndarray]:
+    """A QPTIFF look-alike (Akoya/PerkinElmer Vectra, Polaris), in the page order real files have.
+
+    No public sample is small enough to ship: this follows the layout tifffile's
+    ``is_qpi`` series and Bio-Formats' Vectra reader expect. Every IFD has
+    Software ``PerkinElmer-QPI`` and a ``<PerkinElmer-QPI-ImageDescription>`` XML
+    naming its ``ImageType``: one FullResolution page per channel (uint8, LZW
+    tiles, ``<Name>`` the fluorophore and ``<Biomarker>`` the marker), a
+    Thumbnail (RGB strips), ReducedResolution pages per channel for each halved
+    level, then Overview and Label (RGB). ``channels``: (Name, Biomarker) pairs; an
+    empty Biomarker is left out. ``typed=False`` leaves ImageType out (older
+    writers). Returns the levels as (C, H, W) arrays.
+    """
+    width, height = size
+    base = np.moveaxis(texture(height, width, len(channels), "uint8", seed=21), 2, 0)
+    pyramid = [np.ascontiguousarray(base[:, :: 2**k, :: 2**k]) for k in range(levels)]
+    px_per_cm = 1e4 / mpp
+
+    def channel_fields(c: int) -> dict[str, str]:
+        name, marker = channels[c]
+        fields = {"Name": name, "Color": f"{40 * c},255,{255 - 40 * c}", "ExposureTime": str(100 + c)}
+        if marker:
+            fields["Biomarker"] = marker
+        fields["Objective"] = "20x"
+        return fields
+
+    with tifffile.TiffWriter(path) as tw:
+
+        def page(array: np.ndarray, xml: str, **kwargs: Any) -> None:
+            if not typed:
+                xml = re.sub("<ImageType>[^<]*</ImageType>", "", xml)
+            tw.write(array, software="PerkinElmer-QPI", description=xml, metadata=None, **kwargs)
+
+        tiled = {"tile": (tile, tile), "compression": "lzw", "photometric": "minisblack"}
+        for c in range(len(channels)):
+            page(pyramid[0][c], _qpi_xml("FullResolution", **channel_fields(c)),
+                 resolution=(px_per_cm, px_per_cm), resolutionunit="CENTIMETER", **tiled)  # fmt: skip
+        page(texture(48, 64, 3, "uint8", seed=22), _qpi_xml("Thumbnail"), photometric="rgb")
+        for k in range(1, levels):
+            for c in range(len(channels)):
+                xml = _qpi_xml("ReducedResolution", **channel_fields(c))
+                page(pyramid[k][c], xml, subfiletype=1, **tiled)
+        page(texture(60, 160, 3, "uint8", seed=23), _qpi_xml("Overview"), photometric="rgb")
+        page(texture(50, 50, 3, "uint8", seed=24), _qpi_xml("Label"), photometric="rgb")
+    return pyramid

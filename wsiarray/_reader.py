@@ -161,12 +161,14 @@ class OpenedSlide:
         try:
             files: dict[str | None, int] = {None: 0, path: 0}  # the path opened is file 0
             for spec in info.levels:
-                if spec.file not in files:
-                    files[spec.file] = native.add_file(spec.file)
-                expected = info.file_identities.get(spec.file) if spec.file is not None else None
-                if expected is not None and tuple(native.file_identity(files[spec.file])) != expected:
-                    raise OpenError(f"{spec.file}: the file changed while the slide was being opened")
-                spec.add_to(native, files[spec.file])
+                for name in (spec.file, *spec.plane_files):
+                    if name in files:
+                        continue
+                    files[name] = native.add_file(name)
+                    expected = info.file_identities.get(name) if name is not None else None
+                    if expected is not None and tuple(native.file_identity(files[name])) != expected:
+                        raise OpenError(f"{name}: the file changed while the slide was being opened")
+                spec.add_to(native, files[spec.file], [files[name] for name in spec.plane_files])
         except BaseException:
             native.close()
             raise

@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 #: File name endings the engine claims in ``guess_can_open`` (with the TIFF magic).
-TIFF_EXTENSIONS = (".svs", ".tif", ".tiff", ".btf", ".tf2", ".tf8")
+TIFF_EXTENSIONS = (".svs", ".tif", ".tiff", ".btf", ".tf2", ".tf8", ".qptiff")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 #: Name of the image variable in every Dataset.

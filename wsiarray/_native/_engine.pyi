@@ -159,6 +159,7 @@ class Reader:
         stored_width: int = 0,
         stored_height: int = 0,
         bilevel: bool = False,
+        plane_files: list[int] = ...,
     ) -> int:
         """Validates and adds a level; returns its index. Tables are ``(planes, down, across)``.
 
@@ -175,7 +176,9 @@ class Reader:
         ``compression`` (the TIFF tag value) picks the stream header that is checked against the
         tile before any decode; ``strips``: the tiles are strips, the last may be shorter;
         ``file``: the index (``add_file``) of the file holding the tiles; ``missing_fill``: tiles
-        never written (offset and byte count 0) get the request's fill pixel instead of zeros..
+        never written (offset and byte count 0) get the request's fill pixel instead of zeros.
+        ``plane_files``: the file index of each plane when the planes are in several files
+        (a multi-file OME-TIFF's channels; one entry per plane), else empty.
         Codec 4 (``JPEG_RESTART``, NDPI): the tiles are the restart intervals of one JPEG of
         ``stored_width`` x ``stored_height`` px whose header (SOI..SOS) is ``jpeg_tables``, read
         at 1/``dct_scale``; rectangles of intervals are decoded as one JPEG, not cached.

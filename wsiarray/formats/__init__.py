@@ -1,7 +1,8 @@
 """Format layer: what a slide file contains, as plain tables for the native engine.
 
 :func:`read_slide_info` hands a folder or a DICOM file (``DICM`` preamble) to
-:mod:`.dicom` (pydicom); any other file it opens with tifffile, lets each vendor module
+:mod:`.dicom` (pydicom) and a companion OME-XML file (``*.companion.ome``) to
+:mod:`.ome`; any other file it opens with tifffile, lets each vendor module
 try to claim it (Aperio, Hamamatsu NDPI, Leica SCN, Ventana BIF, then OME-TIFF, then
 generic pyramidal TIFF, the way OpenSlide tries its drivers), and returns a :class:`SlideInfo`: levels as
 :class:`LevelSpec` tile tables, OpenSlide-style properties, and lazy loaders
@@ -13,14 +14,16 @@ from __future__ import annotations
 import os
 
 from ..errors import UnsupportedError
-from . import aperio, dicom, generic, leica, ndpi, ome, ventana
+from . import aperio, dicom, generic, leica, ndpi, ome, qptiff, ventana
 from .base import Codec, JpegColor, LevelSpec, SlideInfo
 from .tiff import open_tiff, wrap_errors
 
 __all__ = ["Codec", "JpegColor", "LevelSpec", "SlideInfo", "read_slide_info"]
 
 #: Vendor detectors in the order they are tried; generic accepts any TIFF.
-_DETECTORS = (aperio.detect, ndpi.detect, leica.detect, ventana.detect, ome.detect, generic.detect)
+_DETECTORS = (
+    aperio.detect, ndpi.detect, leica.detect, ventana.detect, qptiff.detect, ome.detect, generic.detect,
+)  # fmt: skip
 
 
 def read_slide_info(path: str | os.PathLike[str]) -> SlideInfo:
@@ -43,6 +46,8 @@ def read_slide_info(path: str | os.PathLike[str]) -> SlideInfo:
         path = os.fsdecode(path)
     if dicom.is_dicom(path):
         return dicom.read_slide_info(path)
+    if ome.is_companion(path):
+        return ome.read_companion(path)
     tif = open_tiff(path)
     try:
         with wrap_errors(path, "reading the TIFF structure"):

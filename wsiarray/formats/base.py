@@ -8,7 +8,7 @@ reads pixels.  The native engine only ever sees :class:`LevelSpec`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +124,9 @@ class LevelSpec:
     bilevel: bool = False
     #: The file holding the tiles when it is not the slide's own path (a DICOM level's file).
     file: str | None = None
+    #: The file of each plane when the planes are in several files (a multi-file OME-TIFF's
+    #: channels; None: the slide's own path); empty: every plane is in ``file``.
+    plane_files: tuple[str | None, ...] = ()
     #: Tiles never written (offset and byte count 0) are the request's fill, not black
     #: (a DICOM TILED_SPARSE level's missing tiles).
     missing_is_fill: bool = False
@@ -203,8 +206,9 @@ class LevelSpec:
 
         return compression_name(self.compression)
 
-    def add_to(self, native: Any, file: int = 0) -> int:
-        """Hand this level to a native ``Reader`` (``file``: its ``add_file`` index); returns the level index.
+    def add_to(self, native: Any, file: int = 0, plane_files: Sequence[int] = ()) -> int:
+        """Hand this level to a native ``Reader`` (``file``: its ``add_file`` index; ``plane_files``:
+        each plane's, for :attr:`plane_files`); returns the level index.
 
         Example:
             >>> from wsiarray import _native
@@ -241,6 +245,7 @@ class LevelSpec:
                 stored_width=self.stored_width,
                 stored_height=self.stored_height,
                 layers=[_layer_tuple(layer) for layer in self.layers],
+                plane_files=list(plane_files),
             )
         )
 
@@ -289,5 +294,6 @@ class SlideInfo:
     #: name -> ICC profile of that associated image's page (only those that have one).
     associated_icc_profiles: dict[str, bytes] = field(default_factory=dict)
     #: path -> ``(st_dev, st_ino, st_size, st_mtime_ns)`` when parsed, of each other file
-    #: (``LevelSpec.file``) the levels' tiles live in: the reader refuses a file that changed since.
+    #: (``LevelSpec.file``, ``LevelSpec.plane_files``) the levels' tiles live in: the reader
+    #: refuses a file that changed since.
     file_identities: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)

@@ -251,7 +251,7 @@ NB_MODULE(_engine, m) {
              nb::bytes jpeg_tables, int jpeg_in, int jpeg_out, U64Array offsets, U64Array bytecounts,
              nb::object external, uint32_t page_index, uint32_t compression, bool strips, uint32_t file,
              bool missing_fill, std::vector<LayerTuple> layers, uint32_t dct_scale, uint32_t stored_width,
-             uint32_t stored_height, bool bilevel) {
+             uint32_t stored_height, bool bilevel, std::vector<uint32_t> plane_files) {
             if (offsets.ndim() != 3 || bytecounts.ndim() != 3) {
               throw wsi::Error(wsi::ErrorKind::Format, "tile tables must be (planes, down, across)");
             }
@@ -278,6 +278,7 @@ NB_MODULE(_engine, m) {
             level.strips = strips;
             level.bilevel = bilevel;
             level.file = file;
+            level.plane_files = std::move(plane_files);
             level.missing_is_fill = missing_fill;
             level.dct_scale = dct_scale;
             level.stored_width = stored_width;
@@ -320,7 +321,8 @@ NB_MODULE(_engine, m) {
           "jpeg_out"_a, "offsets"_a, "bytecounts"_a, "external"_a.none(), "page_index"_a, "compression"_a = 0,
           "strips"_a = false, "file"_a = 0, "missing_fill"_a = false, "layers"_a = std::vector<LayerTuple>(),
           "dct_scale"_a = 1, "stored_width"_a = 0, "stored_height"_a = 0, "bilevel"_a = false,
-          "Adds a level; with `layers`, a placed level of width x height composed of those stored images.")
+          "plane_files"_a = std::vector<uint32_t>(),
+          "Adds a level (`plane_files`: each plane's file, when they are in several); with `layers`, a placed level of width x height composed of those stored images.")
       .def(
           "read_region",
           [](const wsi::Reader& r, size_t level, int64_t x, int64_t y, OutArray out, nb::bytes fill,
@@ -371,7 +373,9 @@ NB_MODULE(_engine, m) {
               r.plan(level, region, workers, plan);
               layout = wsi::fetch_layout(plan);
               data.resize(layout.bytes);
-              wsi::fetch_plan(r.level_source(level), plan, layout, data.data(), workers == 0 ? 1 : workers,
+              std::vector<const wsi::ByteSource*> sources;
+              for (size_t f = 0; f < r.file_count(); ++f) sources.push_back(&r.source(f));
+              wsi::fetch_plan(sources, plan, layout, data.data(), workers == 0 ? 1 : workers,
                               r.level(level).geometry(), r.label(level));
             }
             const size_t n = plan.tiles.size();
@@ -411,6 +415,7 @@ NB_MODULE(_engine, m) {
             d["jpeg_out"] = l.jpeg_out_colorspace;
             d["page_index"] = l.page_index;
             d["file"] = l.file;
+            d["plane_files"] = l.plane_files;
             d["missing_fill"] = l.missing_is_fill;
             const size_t planes = l.planes, down = l.tiles_down(), across = l.tiles_across();
             d["offsets"] = to_numpy(std::vector<uint64_t>(l.offsets), {planes, down, across});

@@ -1,5 +1,7 @@
 #include "fetch.hpp"
 
+#include <string>
+
 #include "error.hpp"
 #include "thread_pool.hpp"
 
@@ -43,10 +45,14 @@ FetchLayout fetch_layout(const Plan& plan) {
   return layout;
 }
 
-void fetch_plan(const ByteSource& source, const Plan& plan, const FetchLayout& layout, uint8_t* data,
-                size_t workers, const LevelGeometry& g, const TileLabel& label) {
+void fetch_plan(const std::vector<const ByteSource*>& sources, const Plan& plan, const FetchLayout& layout,
+                uint8_t* data, size_t workers, const LevelGeometry& g, const TileLabel& label) {
+  for (const PlanTile& t : plan.tiles) {
+    if (t.file >= sources.size()) throw Error(ErrorKind::Argument, "tile in file " + std::to_string(t.file) + " of " + std::to_string(sources.size()));
+  }
   parallel_for(plan.runs.size(), workers, [&](size_t i) {
     const Run& run = plan.runs[i];
+    const ByteSource& source = *sources[plan.tiles[run.first].file];
     read_named(source, run.offset, run.size, data + layout.run_start[i], plan.tiles[run.first], g, label);
   });
 }

@@ -30,8 +30,9 @@ struct FetchLayout {
 FetchLayout fetch_layout(const Plan& plan);
 
 // Reads every run of the plan into `data` as `layout` says, on up to
-// `workers` threads of the pool.
-void fetch_plan(const ByteSource& source, const Plan& plan, const FetchLayout& layout, uint8_t* data,
+// `workers` threads of the pool; a run's bytes come from
+// sources[its tiles' PlanTile::file].
+void fetch_plan(const std::vector<const ByteSource*>& sources, const Plan& plan, const FetchLayout& layout, uint8_t* data,
                 size_t workers, const LevelGeometry& g, const TileLabel& label);
 
 }  // namespace wsi

@@ -58,7 +58,7 @@ void make_runs(Plan& plan, size_t workers) {
     if (!plan.runs.empty()) {
       Run& run = plan.runs.back();
       const PlanTile& prev = tiles[i - 1];
-      if (t.bytecount > 0 && prev.bytecount > 0 && t.offset == prev.offset + prev.bytecount &&
+      if (t.bytecount > 0 && prev.bytecount > 0 && t.file == prev.file && t.offset == prev.offset + prev.bytecount &&
           run.size + t.bytecount <= kMaxRunBytes && run.count < max_tiles) {
         run.count += 1;
         run.size += t.bytecount;
@@ -105,7 +105,7 @@ bool start_plan(const Region& region, int64_t width, int64_t height, Plan& plan)
 }  // namespace
 
 void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_size, const Region& region,
-               size_t workers, const TileLabel& label, Plan& plan) {
+               size_t workers, const TileLabel& label, Plan& plan, const PlaneFile* plane_files) {
   if (!start_plan(region, g.width, g.height, plan)) return;
 
   const uint32_t tw = g.tile_width, th = g.tile_height;
@@ -114,6 +114,9 @@ void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_s
   const uint64_t across = g.tiles_across(), down = g.tiles_down();
   plan.tiles.reserve(size_t(g.planes) * (tx1 - tx0 + 1) * (ty1 - ty0 + 1));
   for (uint32_t p = 0; p < g.planes; ++p) {
+    const uint64_t size = plane_files != nullptr ? plane_files[p].size : file_size;
+    TileLabel plane_label = label;
+    if (plane_files != nullptr && plane_files[p].path != nullptr) plane_label.path = plane_files[p].path;
     for (uint32_t ty = ty0; ty <= ty1; ++ty) {
       for (uint32_t tx = tx0; tx <= tx1; ++tx) {
         PlanTile t;
@@ -121,7 +124,8 @@ void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_s
         t.tx = tx;
         t.ty = ty;
         t.index = (p * down + ty) * across + tx;
-        set_tile_bytes(g, tables, file_size, label, t);
+        t.file = plane_files != nullptr ? plane_files[p].file : 0;
+        set_tile_bytes(g, tables, size, plane_label, t);
         const int64_t tile_x = int64_t(tx) * tw, tile_y = int64_t(ty) * th;
         const int64_t cx0 = std::max(tile_x, plan.x0), cx1 = std::min(tile_x + tw, plan.x1);
         const int64_t cy0 = std::max(tile_y, plan.y0), cy1 = std::min(tile_y + th, plan.y1);

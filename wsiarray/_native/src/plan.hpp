@@ -80,6 +80,7 @@ struct PlanTile {
   uint32_t out_x = 0;      // where in_tile lands in the output (same size)
   uint32_t out_y = 0;
   bool whole = false;      // the request covers the whole tile
+  uint32_t file = 0;       // the reader's file holding its bytes (see PlaneFile)
   // 0: in_tile lands at (out_x, out_y) in one piece. Otherwise the tile
   // lands in Plan::pieces[piece_first, piece_first + piece_count), and
   // in_tile is their bounding window in the tile (what to decode) and
@@ -120,14 +121,25 @@ struct Plan {
 std::string describe_tile(const TileLabel& label, const LevelGeometry& g, uint32_t plane, uint32_t tx,
                           uint32_t ty);
 
+// Where one plane's tiles live when a level's planes are in several files
+// (a multi-file OME-TIFF's channels): the reader's file index, its size and
+// its path (for messages).
+struct PlaneFile {
+  uint32_t file = 0;
+  uint64_t size = 0;
+  const std::string* path = nullptr;
+};
+
 // Plans `region`: lists the tiles it touches, checks each tile's bytes lie
 // inside a file of `file_size` bytes (TileReadError naming the tile
 // otherwise), merges contiguous tiles into runs of at most kMaxRunBytes and,
 // when `workers` > 1, at most a quarter of an even share of the tiles, and
 // lists the fill rectangles. `g` must be valid (geometry_problem) and the
-// tables hold g.tile_count() entries each.
+// tables hold g.tile_count() entries each. With `plane_files` (g.planes
+// entries), plane p's tiles are checked against plane_files[p].size instead
+// of `file_size`, carry its file index, and no run spans two files.
 void make_plan(const LevelGeometry& g, const TileTables& tables, uint64_t file_size, const Region& region,
-               size_t workers, const TileLabel& label, Plan& plan);
+               size_t workers, const TileLabel& label, Plan& plan, const PlaneFile* plane_files = nullptr);
 
 // Levels whose tiles are the restart intervals of one JPEG (Codec::JpegRestart)
 // are not decoded tile by tile: a block is a rectangle of intervals decoded

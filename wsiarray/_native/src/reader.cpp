@@ -60,7 +60,10 @@ class RegionRead {
     if (scale != 1 && !can_scale(top, scale)) fail(ErrorKind::Argument, "level cannot be read scaled");
     params_.jpeg.scale_denom = scale;
     if (!top.placed()) {
-      make_plan(g_, level_.tables(), file_.size(), region, workers, label_, plan_);
+      // (Levels in one file need no per-plane files: their tiles' `file` is unused.)
+      if (!level_.plane_files.empty()) plane_files_ = reader.plane_files(level_);
+      make_plan(g_, level_.tables(), file_.size(), region, workers, label_, plan_,
+                plane_files_.empty() ? nullptr : plane_files_.data());
       if (level_.codec == Codec::JpegRestart) {
         params_.jpeg.tables = nullptr;  // the assembled stream has the header
         params_.jpeg.tables_size = 0;
@@ -108,8 +111,9 @@ class RegionRead {
   // With file_access "preload", a dense request (a whole level, a band of
   // it) reads its byte span into memory first (Reader::preload).
   void preload(size_t workers) {
-    // (A restart level's blocks read past its plan's tiles: not preloaded.)
-    if (plan_.runs.size() < 2 || level_.codec == Codec::JpegRestart) return;
+    // (A restart level's blocks read past its plan's tiles: not preloaded;
+    // nor is a level whose planes lie in several files.)
+    if (plan_.runs.size() < 2 || level_.codec == Codec::JpegRestart || !level_.plane_files.empty()) return;
     uint64_t first = UINT64_MAX, last = 0, bytes = 0;
     for (const PlanTile& t : plan_.tiles) {
       if (t.bytecount == 0) continue;
@@ -162,23 +166,31 @@ class RegionRead {
     const PlanTile& b = plan_.tiles[run.first + last - 1];
     prefault_rows(out_, std::min(a.out_y, b.out_y),
                   std::max(a.out_y + a.in_tile.height, b.out_y + b.in_tile.height));
-    const uint8_t* bytes =
-        fetch_span(*source_, plan_, run.first + first, run.first + last, scratch.bytes, g_, label_);
+    // (A run's tiles are in one file: make_plan never merges across files.)
+    const TileLabel label = tile_label(a);
+    const ByteSource& source = level_.plane_files.empty() ? *source_ : reader_.source(a.file);
+    const uint8_t* bytes = fetch_span(source, plan_, run.first + first, run.first + last, scratch.bytes, g_, label);
     for (size_t k = first; k < last; ++k) {
       if (served[k]) continue;
       const PlanTile& t = plan_.tiles[run.first + k];
       try {
         read_tile(t, bytes + (t.offset - a.offset), scratch);
       } catch (const Error& e) {
-        throw Error(e.kind(), describe_tile(label_, g_, t.plane, t.tx, t.ty) + ": " + e.what(), e.cause());
+        throw Error(e.kind(), describe_tile(label, g_, t.plane, t.tx, t.ty) + ": " + e.what(), e.cause());
       }
     }
   }
 
  private:
+  // The file holding a tile's bytes.
+  const File& tile_file(const PlanTile& t) const {
+    return level_.plane_files.empty() ? file_ : reader_.file(t.file);
+  }
+  TileLabel tile_label(const PlanTile& t) const { return TileLabel{&tile_file(t).path(), label_.level, label_.ifd}; }
+
   TileKey key(const PlanTile& t) const {
     TileKey k;
-    k.file = file_.identity();
+    k.file = tile_file(t).identity();
     // A scaled read's tiles are other pixels than the level's: another key.
     // So are a placed level's layers' tiles.
     k.level = uint32_t(level_index_) | (layer_ << 16) | (scale_ << 24);
@@ -341,6 +353,7 @@ class RegionRead {
   CodecParams params_;
   uint32_t scale_;
   std::unique_ptr<PreloadedSpan> preloaded_;
+  std::vector<PlaneFile> plane_files_;  // points into the reader's files
   Plan plan_;
   std::vector<Block> blocks_;  // JpegRestart levels: what each run decodes
 };
@@ -498,7 +511,17 @@ void Reader::plan(size_t index, const Region& region, size_t workers, Plan& plan
     fail(ErrorKind::Unsupported, file(l.file).path() + ": level " + std::to_string(index) +
                                      " is placed from several images; plan is for stored levels");
   }
-  make_plan(l.geometry(), l.tables(), file(l.file).size(), region, workers, label(index), plan);
+  const std::vector<PlaneFile> files = plane_files(l);
+  make_plan(l.geometry(), l.tables(), file(l.file).size(), region, workers, label(index), plan, files.data());
+}
+
+std::vector<PlaneFile> Reader::plane_files(const LevelDesc& level) const {
+  std::vector<PlaneFile> files(level.planes);
+  for (uint32_t p = 0; p < level.planes; ++p) {
+    const uint32_t index = level.plane_files.empty() ? level.file : level.plane_files[p];
+    files[p] = PlaneFile{index, file(index).size(), &file(index).path()};
+  }
+  return files;
 }
 
 namespace {
@@ -572,6 +595,16 @@ size_t Reader::add_level(LevelDesc level) {
   }
   const std::string what = file(level.file).path() + ": IFD " + std::to_string(level.page_index);
   check_level(level, what, !level.placed());
+  if (!level.plane_files.empty()) {
+    if (level.plane_files.size() != level.planes) fail(ErrorKind::Format, what + ": one file per plane expected");
+    for (uint32_t f : level.plane_files) {
+      if (f >= files_.size()) fail(ErrorKind::Argument, what + ": plane in file " + std::to_string(f) + " of " +
+                                                           std::to_string(files_.size()));
+    }
+    if (level.placed() || level.codec == Codec::JpegRestart) {
+      fail(ErrorKind::Unsupported, what + ": planes in several files of a placed or restart-interval level");
+    }
+  }
   if (level.placed()) check_layers(level, what);
   if (level.codec == Codec::JpegRestart) {
     if (level.placed()) fail(ErrorKind::Unsupported, what + ": a placed level of restart intervals");

@@ -56,6 +56,10 @@ struct LevelDesc {
   // Which of the reader's files holds the tiles (0: the one it was opened
   // with; see Reader::add_file), so one slide's levels may live in several files.
   uint32_t file = 0;
+  // When the planes live in different files (a multi-file OME-TIFF's
+  // channels): the file of each plane (`planes` entries; `file` is plane
+  // 0's). Empty: every plane is in `file`.
+  std::vector<uint32_t> plane_files;
   // Tiles never written (offset and byte count 0) get the request's fill
   // pixel (a sparse layout's missing tiles), not black.
   bool missing_is_fill = false;
@@ -132,6 +136,9 @@ class Reader {
   const LevelDesc& level(size_t index) const;
   // Names the level's tiles in messages.
   TileLabel label(size_t level) const;
+
+  // Each plane's file of `level` (see PlaneFile), `planes` entries.
+  std::vector<PlaneFile> plane_files(const LevelDesc& level) const;
 
   // Plans `region` of `level` (see make_plan).
   void plan(size_t level, const Region& region, size_t workers, Plan& plan) const;
