@@ -2,7 +2,7 @@
 
 :func:`read_slide_info` hands a folder or a DICOM file (``DICM`` preamble) to
 :mod:`.dicom` (pydicom); any other file it opens with tifffile, lets each vendor module
-try to claim it (Aperio, Hamamatsu NDPI, Leica SCN, Ventana BIF, then OME-TIFF, then
+try to claim it (Aperio, Hamamatsu NDPI, Leica SCN, Ventana BIF, Philips TIFF, then OME-TIFF, then
 generic pyramidal TIFF, the way OpenSlide tries its drivers), and returns a :class:`SlideInfo`: levels as
 :class:`LevelSpec` tile tables, OpenSlide-style properties, and lazy loaders
 for associated images.  No pixels are read here.
@@ -13,14 +13,16 @@ from __future__ import annotations
 import os
 
 from ..errors import UnsupportedError
-from . import aperio, dicom, generic, leica, ndpi, ome, ventana
+from . import aperio, dicom, generic, leica, ndpi, ome, philips, ventana
 from .base import Codec, JpegColor, LevelSpec, SlideInfo
 from .tiff import open_tiff, wrap_errors
 
 __all__ = ["Codec", "JpegColor", "LevelSpec", "SlideInfo", "read_slide_info"]
 
 #: Vendor detectors in the order they are tried; generic accepts any TIFF.
-_DETECTORS = (aperio.detect, ndpi.detect, leica.detect, ventana.detect, ome.detect, generic.detect)
+_DETECTORS = (
+    aperio.detect, ndpi.detect, leica.detect, ventana.detect, philips.detect, ome.detect, generic.detect,
+)
 
 
 def read_slide_info(path: str | os.PathLike[str]) -> SlideInfo:
