@@ -201,7 +201,7 @@ def level_downsamples(root: ET.Element, levels: int, what: str) -> list[int]:
     (row0, column0), out = spacings[0], [1]
     for i, (row, column) in enumerate(spacings[1:], start=1):
         ratio = (row / row0 + column / column0) / 2
-        downsample = math.floor(ratio + 0.5) if ratio < 2.0**62 else 0
+        downsample = math.floor(ratio + 0.5) if ratio < 2.0**62 else 2**62  # an empty level, refused below
         if downsample < out[-1]:
             raise FormatError(
                 f"{what}: level {i}'s pixel spacing gives downsample {ratio:.6g}, "
