@@ -29,7 +29,9 @@ BARCODE = "BARCODE-0042"
 WSI_SPACING = ("0.000226316", "0.000226321")
 
 
-def _attribute(name: str, value: object, pmsvr: str = "IString", group: str = "0x301D", element: str = "0x1000") -> str:
+def _attribute(
+    name: str, value: object, pmsvr: str = "IString", group: str = "0x301D", element: str = "0x1000"
+) -> str:
     return f'<Attribute Name="{name}" Group="{group}" Element="{element}" PMSVR="{pmsvr}">{value}</Attribute>'
 
 
@@ -44,11 +46,19 @@ def philips_xml(
     *,
     barcode: str = BARCODE,
 ) -> str:
-    """The DPUfsImport XML: per-level spacings (row, column mm) and stored sizes (w, h); images (type, JPEG)."""
+    """The DPUfsImport XML: per-level spacings (row, column mm), stored sizes (w, h), images (type, JPEG)."""
     representations = "".join(
         '<DataObject ObjectType="PixelDataRepresentation">'
-        + _attribute("DICOM_PIXEL_SPACING", _doubles(f"{row:.6g}", f"{column:.6g}"), "IDoubleArray", "0x0028", "0x0030")
-        + _attribute("PIIM_DP_PIXEL_DATA_REPRESENTATION_POSITION", _doubles(0, 0, 0), "IDoubleArray", "0x101D", "0x100B")
+        + _attribute(
+            "DICOM_PIXEL_SPACING", _doubles(f"{row:.6g}", f"{column:.6g}"), "IDoubleArray", "0x0028", "0x0030"
+        )
+        + _attribute(
+            "PIIM_DP_PIXEL_DATA_REPRESENTATION_POSITION",
+            _doubles(0, 0, 0),
+            "IDoubleArray",
+            "0x101D",
+            "0x100B",
+        )
         + _attribute("PIIM_PIXEL_DATA_REPRESENTATION_COLUMNS", width, "IUInt32", "0x2001", "0x115E")
         + _attribute("PIIM_PIXEL_DATA_REPRESENTATION_NUMBER", i, "IUInt16", "0x1001", "0x8B02")
         + _attribute("PIIM_PIXEL_DATA_REPRESENTATION_ROWS", height, "IUInt32", "0x2001", "0x115D")
@@ -62,8 +72,13 @@ def philips_xml(
         + _attribute("DICOM_LOSSY_IMAGE_COMPRESSION_METHOD", _doubles("PHILIPS_TIFF_1_0"), "IStringArray")
         + _attribute("DICOM_PIXEL_SPACING", _doubles(*WSI_SPACING), "IDoubleArray", "0x0028", "0x0030")
         + _attribute("DICOM_SAMPLES_PER_PIXEL", 3, "IUInt16", "0x0028", "0x0002")
-        + _attribute("PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE", f"<Array>{representations}</Array>",
-                     "IDataObjectArray", "0x1001", "0x8B01")
+        + _attribute(
+            "PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE",
+            f"<Array>{representations}</Array>",
+            "IDataObjectArray",
+            "0x1001",
+            "0x8B01",
+        )
         + _attribute("PIM_DP_IMAGE_COLUMNS", sizes[0][0], "IUInt32", element="0x1007")
         + _attribute("PIM_DP_IMAGE_ROWS", sizes[0][1], "IUInt32", element="0x1006")
         + _attribute("PIM_DP_SOURCE_FILE", "%FILENAME%")
@@ -80,7 +95,9 @@ def philips_xml(
         '<?xml version="1.0" encoding="UTF-8" ?>\n<DataObject ObjectType="DPUfsImport">'
         + _attribute("DICOM_MANUFACTURER", "PHILIPS", group="0x0008", element="0x0070")
         + _attribute("DICOM_DEVICE_SERIAL_NUMBER", "FMT0042", group="0x0018", element="0x1000")
-        + _attribute("PIM_DP_SCANNED_IMAGES", f"<Array>{wsi}{others}</Array>", "IDataObjectArray", element="0x1003")
+        + _attribute(
+            "PIM_DP_SCANNED_IMAGES", f"<Array>{wsi}{others}</Array>", "IDataObjectArray", element="0x1003"
+        )
         + _attribute("PIM_DP_UFS_BARCODE", base64.b64encode(barcode.encode()).decode(), element="0x1002")
         + _attribute("PIM_DP_UFS_INTERFACE_VERSION", "3.0", element="0x1001")
         + _attribute("DICOM_SOFTWARE_VERSIONS", _doubles("1.6.6186"), "IStringArray", "0x0018", "0x1020")
@@ -104,13 +121,19 @@ def _pad(image: np.ndarray, tile: int) -> np.ndarray:
     return out
 
 
-def _tiles(image: np.ndarray, tile: int, sparse: set[tuple[int, int]], encode: Callable[[np.ndarray], bytes]) -> Iterator[bytes]:
+def _tiles(
+    image: np.ndarray, tile: int, sparse: set[tuple[int, int]], encode: Callable[[np.ndarray], bytes]
+) -> Iterator[bytes]:
     for row in range(image.shape[0] // tile):
         for column in range(image.shape[1] // tile):
             if (row, column) in sparse:
                 yield b""  # tifffile writes offset and byte count 0
             else:
-                yield encode(np.ascontiguousarray(image[row * tile : (row + 1) * tile, column * tile : (column + 1) * tile]))
+                yield encode(
+                    np.ascontiguousarray(
+                        image[row * tile : (row + 1) * tile, column * tile : (column + 1) * tile]
+                    )
+                )
 
 
 def write_philips(
@@ -180,5 +203,7 @@ def write_philips(
                 **codec,
             )
         if label_page:
-            tif.write(_texture(24, 36, 4), photometric="rgb", description="Label", software=software, metadata=None)
+            tif.write(
+                _texture(24, 36, 4), photometric="rgb", description="Label", software=software, metadata=None
+            )
     return stored

@@ -34,8 +34,15 @@ FILES = {
     # sparse tiles on levels 0 and 1, label and macro in the XML
     "default": {"sparse": {0: {(0, 1), (2, 3)}, 1: {(1, 0)}}},
     # BigTIFF, 128-px tiles, odd sizes, a stripped Label page (wins over the XML label)
-    "bigtiff-label-page": {"width": 777, "height": 555, "tile": 128, "levels": 4, "bigtiff": True,
-                           "label_page": True, "sparse": {2: {(0, 0)}}},
+    "bigtiff-label-page": {
+        "width": 777,
+        "height": 555,
+        "tile": 128,
+        "levels": 4,
+        "bigtiff": True,
+        "label_page": True,
+        "sparse": {2: {(0, 0)}},
+    },
     # spacing ratios that are not powers of two: downsamples round(mean(2.2, 3.8)) = 3 and 6
     "anisotropic": {"spacings": [(1e-4, 1e-4), (2.2e-4, 3.8e-4), (5.9e-4, 6.1e-4)], "macro": False},
     # level 1's spacing says downsample 1: the level is larger than its page (OpenSlide: transparent there)
@@ -89,7 +96,9 @@ def test_equals_openslide_and_tifffile(philips: dict[str, str], name: str) -> No
     assert dict(ours.properties) == {k: v for k, v in ref.properties.items() if k != "openslide.quickhash-1"}
     assert sorted(ours.associated_images) == sorted(ref.associated_images)
     for key in ref.associated_images:
-        np.testing.assert_array_equal(np.asarray(ours.associated_images[key]), np.asarray(ref.associated_images[key]))
+        np.testing.assert_array_equal(
+            np.asarray(ours.associated_images[key]), np.asarray(ref.associated_images[key])
+        )
     assert slide.mpp == pytest.approx((0.226321, 0.226316))
     assert slide.objective_power is None
     rng = np.random.default_rng(14)
@@ -102,8 +111,15 @@ def test_equals_openslide_and_tifffile(philips: dict[str, str], name: str) -> No
         page = _page_reference(path, level, width, height)
         page[~_present(path, level, width, height)] = (1, 2, 3)
         regions = [(0, 0, width, height), (width - 5, height - 3, 40, 30), (-20, -20, 10, 10)]
-        regions += [(int(rng.integers(-60, width)), int(rng.integers(-60, height)),
-                     int(rng.integers(1, 300)), int(rng.integers(1, 300))) for _ in range(6)]
+        regions += [
+            (
+                int(rng.integers(-60, width)),
+                int(rng.integers(-60, height)),
+                int(rng.integers(1, 300)),
+                int(rng.integers(1, 300)),
+            )
+            for _ in range(6)
+        ]
         for x, y, w, h in regions:
             np.testing.assert_array_equal(
                 slide.read_level_region(level, (x, y), (w, h)),
@@ -132,7 +148,9 @@ def test_random_regions(philips: dict[str, str]) -> None:
     path = philips["default"]
     ref = openslide.OpenSlide(path)
     slide = wsiarray.open(path, fill=(9, 8, 7))
-    canvases = [np.asarray(ref.read_region((0, 0), n, ref.level_dimensions[n])) for n in range(ref.level_count)]
+    canvases = [
+        np.asarray(ref.read_region((0, 0), n, ref.level_dimensions[n])) for n in range(ref.level_count)
+    ]
 
     @settings(max_examples=30, deadline=None)
     @given(st.data())
@@ -151,8 +169,15 @@ def test_random_regions(philips: dict[str, str]) -> None:
 def test_external_codec_regridded(tmp_path: Path) -> None:
     """Tiles tifffile decodes (JPEG 2000) on levels cut to their true size: tifffile's pixels."""
     path = str(tmp_path / "j2k.tiff")
-    write_philips(path, width=600, height=300, tile=128, levels=3, compression="jpeg2000",
-                  sparse={0: {(1, 2)}, 1: {(0, 1)}})
+    write_philips(
+        path,
+        width=600,
+        height=300,
+        tile=128,
+        levels=3,
+        compression="jpeg2000",
+        sparse={0: {(1, 2)}, 1: {(0, 1)}},
+    )
     slide = wsiarray.open(path)
     assert [lv.compression for lv in slide.levels] == ["JPEG2000"] * 3
     for level, (width, height) in enumerate(slide.level_dimensions):
@@ -207,7 +232,11 @@ def test_not_stolen(tmp_path: Path, kwargs: dict, edit) -> None:
     """Files that are not Philips by OpenSlide's rules are left to the next module (generic TIFF)."""
     path = str(tmp_path / "other.tiff")
     write_philips(path, width=300, height=200, tile=128, levels=2, edit=edit, **kwargs)
-    assert wsiarray.open(path).vendor == "generic-tiff" == openslide.OpenSlide(path).properties["openslide.vendor"]
+    assert (
+        wsiarray.open(path).vendor
+        == "generic-tiff"
+        == openslide.OpenSlide(path).properties["openslide.vendor"]
+    )
 
 
 def _garbage_label(xml: str) -> str:
@@ -220,8 +249,12 @@ def _headless_label(xml: str) -> str:
     def cut(match: re.Match) -> str:
         jpeg = base64.b64decode(match.group(2))
         sof = jpeg.index(b"\xff\xc0")
-        return match.group(1) + base64.b64encode(jpeg[: sof + 2 + int.from_bytes(jpeg[sof + 2 : sof + 4], "big")]
-                                                 + b"\xff\xd9").decode()
+        return (
+            match.group(1)
+            + base64.b64encode(
+                jpeg[: sof + 2 + int.from_bytes(jpeg[sof + 2 : sof + 4], "big")] + b"\xff\xd9"
+            ).decode()
+        )
 
     return re.sub(r'(Name="PIM_DP_IMAGE_DATA"[^>]*>)([^<]*)', cut, xml, count=1)
 
@@ -238,7 +271,7 @@ def test_bad_associated_images(tmp_path: Path) -> None:
     assert sorted(slide.associated_images) == ["label", "macro"]
     assert slide.properties["openslide.associated.label.width"] == "40"
     with pytest.raises(WSIError, match="label"):
-        slide.associated_images["label"]  # noqa: B018
+        slide.associated_images["label"]
     assert slide.associated_images["macro"].shape == (50, 120, 3)
 
 
@@ -247,19 +280,41 @@ def test_bad_associated_images(tmp_path: Path) -> None:
     [
         ({}, lambda xml: xml.replace(_first_rep(xml), ""), "describes 2 pyramid levels .* 3 tiled levels"),
         ({}, lambda xml: xml.replace(_first_rep(xml), _first_rep(xml) * 2), "describes 4 pyramid levels"),
-        ({"spacings": [(1e-4, 1e-4), (0, 0), (4e-4, 4e-4)]}, None, "level 1: DICOM_PIXEL_SPACING .* positive"),
+        (
+            {"spacings": [(1e-4, 1e-4), (0, 0), (4e-4, 4e-4)]},
+            None,
+            "level 1: DICOM_PIXEL_SPACING .* positive",
+        ),
         ({"spacings": [(1e-4, 1e-4), (-2e-4, -2e-4), (4e-4, 4e-4)]}, None, "level 1: .* positive"),
         ({"spacings": [(0, 0), (2e-4, 2e-4), (4e-4, 4e-4)]}, None, "level 0: .* positive"),
-        ({}, lambda xml: xml.replace("&quot;0.000227273&quot; &quot;0.000227273&quot;", "nan nan"), "level 0"),
-        ({}, lambda xml: xml.replace("&quot;0.000227273&quot; &quot;0.000227273&quot;", "&quot;1e-4&quot;"),
-         "level 0: .* two positive numbers"),
+        (
+            {},
+            lambda xml: xml.replace("&quot;0.000227273&quot; &quot;0.000227273&quot;", "nan nan"),
+            "level 0",
+        ),
+        (
+            {},
+            lambda xml: xml.replace("&quot;0.000227273&quot; &quot;0.000227273&quot;", "&quot;1e-4&quot;"),
+            "level 0: .* two positive numbers",
+        ),
         ({"spacings": [(1e-4, 1e-4), (4e-4, 4e-4), (2e-4, 2e-4)]}, None, "level 2's .* below level 1's 4"),
         ({"spacings": [(1e-4, 1e-4), (0.4e-4, 0.4e-4), (4e-4, 4e-4)]}, None, "below level 0's 1"),
         ({"spacings": [(1e-4, 1e-4), (2e-4, 2e-4), (1e300, 1e300)]}, None, "empty level"),
         ({}, lambda xml: xml.replace(">WSI<", ">XYZ<"), "no WSI image"),
     ],
-    ids=["xml-missing-level", "xml-extra-level", "spacing-zero", "spacing-negative", "spacing0-zero",
-         "spacing-nan", "spacing-one-value", "downsample-falls", "downsample-zero", "downsample-huge", "no-wsi"],
+    ids=[
+        "xml-missing-level",
+        "xml-extra-level",
+        "spacing-zero",
+        "spacing-negative",
+        "spacing0-zero",
+        "spacing-nan",
+        "spacing-one-value",
+        "downsample-falls",
+        "downsample-zero",
+        "downsample-huge",
+        "no-wsi",
+    ],
 )
 def test_bad_files(tmp_path: Path, kwargs: dict, edit, message: str) -> None:
     path = str(tmp_path / "bad.tiff")

@@ -105,14 +105,15 @@ def _objects(attribute: ET.Element | None) -> list[ET.Element]:
 
 
 def _scanned_images(root: ET.Element, image_type: str) -> list[ET.Element]:
+    """The DPScannedImage objects of ``PIM_DP_SCANNED_IMAGES`` whose PIM_DP_IMAGE_TYPE is ``image_type``."""
+
+    def image_type_of(obj: ET.Element) -> str | None:
+        attribute = _attribute(obj, "PIM_DP_IMAGE_TYPE")
+        return (attribute.text or "") if attribute is not None else None
+
     images = _objects(_attribute(root, "PIM_DP_SCANNED_IMAGES"))
-    return [
-        obj
-        for obj in images
-        if obj.get("ObjectType") == "DPScannedImage"
-        and (_attribute(obj, "PIM_DP_IMAGE_TYPE") is not None)
-        and (_attribute(obj, "PIM_DP_IMAGE_TYPE").text or "") == image_type  # type: ignore[union-attr]
-    ]
+    scanned = [obj for obj in images if obj.get("ObjectType") == "DPScannedImage"]
+    return [obj for obj in scanned if image_type_of(obj) == image_type]
 
 
 def philips_properties(root: ET.Element) -> dict[str, str]:
@@ -211,7 +212,9 @@ def level_downsamples(root: ET.Element, levels: int, what: str) -> list[int]:
     return out
 
 
-def _regridded(decode: TileDecoder, across: int, down: int, stored_across: int, stored_down: int) -> TileDecoder:
+def _regridded(
+    decode: TileDecoder, across: int, down: int, stored_across: int, stored_down: int
+) -> TileDecoder:
     """``decode`` (indices in the page's tile grid) called with indices in a grid of ``across x down``."""
 
     def decode_tile(data: bytes, index: int) -> np.ndarray:
@@ -385,7 +388,9 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
     for n, ((index, page), downsample) in enumerate(zip(level_pages, downsamples, strict=True)):
         width, height = width0 // downsample if downsample else 0, height0 // downsample if downsample else 0
         if width < 1 or height < 1:
-            raise FormatError(f"{what}: level {n}'s pixel spacing gives an empty level (downsample {downsample})")
+            raise FormatError(
+                f"{what}: level {n}'s pixel spacing gives an empty level (downsample {downsample})"
+            )
         spec = level_from_pages([page], f"{what}: level {n} (IFD {index})")
         levels.append(_sized(spec, width, height, downsample))
 
