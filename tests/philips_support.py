@@ -95,6 +95,7 @@ def philips_xml(
         '<?xml version="1.0" encoding="UTF-8" ?>\n<DataObject ObjectType="DPUfsImport">'
         + _attribute("DICOM_MANUFACTURER", "PHILIPS", group="0x0008", element="0x0070")
         + _attribute("DICOM_DEVICE_SERIAL_NUMBER", "FMT0042", group="0x0018", element="0x1000")
+        + _attribute("DICOM_INSTITUTION_NAME", "Hôpital Sainte-Lumière", group="0x0008", element="0x0080")
         + _attribute(
             "PIM_DP_SCANNED_IMAGES", f"<Array>{wsi}{others}</Array>", "IDataObjectArray", element="0x1003"
         )
@@ -196,7 +197,9 @@ def write_philips(
                 shape=image.shape,
                 dtype=np.uint8,
                 tile=(tile, tile),
-                description=xml if k == 0 else f"level={k} mag={40 / 2**k:g} quality=80",
+                # the XML as UTF-8 bytes: tifffile's description= takes 7-bit ASCII only
+                description=None if k == 0 else f"level={k} mag={40 / 2**k:g} quality=80",
+                extratags=[(270, 2, 0, xml.encode(), True)] if k == 0 else (),
                 software=software,
                 subfiletype=1 if k else 0,
                 metadata=None,
