@@ -260,7 +260,8 @@ def _headless_label(xml: str) -> str:
 
 
 def test_bad_associated_images(tmp_path: Path) -> None:
-    """A label that is not base64 JPEG is left out (as OpenSlide does); one that does not decode raises."""
+    """A label that is not base64 JPEG is left out (as OpenSlide does); one whose data does not decode
+    is listed (only its frame header is read at open; OpenSlide leaves it out) and raises when read."""
     path = str(tmp_path / "garbage.tiff")
     write_philips(path, width=300, height=200, tile=128, levels=2, edit=_garbage_label)
     slide = wsiarray.open(path)
