@@ -22,6 +22,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import tifffile
+from wsitest import generated
 
 import wsiarray
 from wsiarray import _native
@@ -45,17 +46,9 @@ def _module(name: str) -> ModuleType:
     return module
 
 
-_CACHE: dict[tuple[str, ...], str] = {}
-
-
 def _make(tmp_path_factory: pytest.TempPathFactory, kind: str, args: tuple[str, ...]) -> str:
-    key = (kind, *args)
-    if key not in _CACHE:
-        path = tmp_path_factory.mktemp(kind) / f"slide.{kind}"
-        with redirect_stdout(io.StringIO()):
-            _module("make_scn" if kind == "scn" else "make_bif").main([str(path), *args])
-        _CACHE[key] = str(path)
-    return _CACHE[key]
+    """The generated file (read-only, made once per machine: ``wsitest.generated``)."""
+    return str(generated(FORMATS / ("make_scn.py" if kind == "scn" else "make_bif.py"), args, f".{kind}"))
 
 
 SCN = {

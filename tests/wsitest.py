@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import importlib.util
+import io
 import math
 import os
+import shutil
 import struct
+import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +33,55 @@ from hypothesis import strategies as st
 SyntheticFactory = Callable[["SyntheticSpec"], str]
 #: The ``data_file`` fixture: path relative to shared/data -> absolute path (or skip).
 DataFile = Callable[[str], str]
+
+# -- files made by ../shared/formats -------------------------------------------------
+
+
+def _generated_folder() -> Path:
+    """Where generated test files are kept: ``$WSIARRAY_TEST_FILES``, else a private temporary folder."""
+    default = Path(tempfile.gettempdir()) / f"wsiarray-test-files-{os.getuid()}"
+    folder = Path(os.environ.get("WSIARRAY_TEST_FILES") or default)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_uid != os.getuid():
+        raise RuntimeError(f"{folder} belongs to another user: set WSIARRAY_TEST_FILES")
+    return folder
+
+
+def generated(script: Path, args: Sequence[str], suffix: str) -> Path:
+    """The file ``script``'s ``main([path, *args])`` writes, made once per machine (read-only).
+
+    The generators in ``shared/formats`` write byte-identical files for the same
+    arguments (their README) but take seconds each in Python, many times that
+    under the sanitizers' runtimes, so the sanitizer run in ``.ci/run`` reuses the
+    files the plain run made. The key covers every generator source, the
+    arguments and the versions of the libraries that write the bytes. Read-only,
+    so that no test can alter another's input: copy it first (:func:`generated_copy`).
+    """
+    key = hashlib.sha256()
+    for source in sorted(script.parent.glob("*.py")):
+        key.update(source.name.encode() + b"\0" + source.read_bytes())
+    versions = (tifffile.__version__, imagecodecs.__version__, np.__version__)
+    key.update(repr((script.name, tuple(args), versions)).encode())
+    path = _generated_folder() / f"{script.stem}-{key.hexdigest()[:24]}{suffix}"
+    if not path.is_file():
+        spec = importlib.util.spec_from_file_location(f"_shared_{script.stem}", script)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        # Written beside and renamed: parallel runs never see half a file.
+        partial = path.with_name(f".{os.getpid()}.{threading.get_ident()}.{path.name}")
+        with contextlib.redirect_stdout(io.StringIO()):
+            module.main([str(partial), *args])
+        partial.chmod(0o444)
+        partial.replace(path)
+    return path
+
+
+def generated_copy(script: Path, args: Sequence[str], destination: Path) -> Path:
+    """A writable copy of :func:`generated`'s file at ``destination``, for tests that edit it."""
+    shutil.copyfile(generated(script, args, destination.suffix), destination)
+    return destination
+
 
 # -- golden references ----------------------------------------------------------------
 
