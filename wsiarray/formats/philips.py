@@ -151,16 +151,17 @@ def philips_properties(root: ET.Element) -> dict[str, str]:
     return props
 
 
+def _values(text: str | None) -> list[str]:
+    """The items of an ``IDoubleArray``/``IStringArray`` value: ``"a" "b"`` -> ``["a", "b"]``."""
+    return (text or "").replace('"', " ").split()
+
+
 def _spacing(text: str | None, what: str) -> tuple[float, float]:
     """``"row" "column"`` spacing text -> (row, column); both finite and > 0, else FormatError."""
-    values = (text or "").replace('"', " ").split()
-    try:
-        numbers = [float(v) for v in values[:2]]
-    except ValueError:
-        numbers = []
-    if len(numbers) != 2 or not all(math.isfinite(v) and v > 0 for v in numbers):
+    values = [parse_positive_float(v) for v in _values(text)[:2]]
+    if len(values) != 2 or values[0] is None or values[1] is None:
         raise FormatError(f"{what}: DICOM_PIXEL_SPACING {text!r} is not two positive numbers")
-    return numbers[0], numbers[1]
+    return values[0], values[1]
 
 
 def level_downsamples(root: ET.Element, levels: int, what: str) -> list[int]:
@@ -330,14 +331,13 @@ def _barcode(text: str | None) -> str | None:
 
 
 def _mpp(root: ET.Element) -> tuple[float, float] | None:
+    """(x, y) µm per pixel: 1000 x the WSI's DICOM_PIXEL_SPACING column and row; None when unusable."""
     wsi = _scanned_images(root, "WSI")
     attribute = _attribute(wsi[0], "DICOM_PIXEL_SPACING") if wsi else None
-    values = (attribute.text or "").replace('"', " ").split() if attribute is not None else []
-    if len(values) < 2:
-        return None
-    row, column = parse_positive_float(values[0]), parse_positive_float(values[1])
-    if row is None or column is None:
-        return None
+    try:
+        row, column = _spacing(attribute.text if attribute is not None else None, "mpp")
+    except FormatError:
+        return None  # the pixel size is optional; levels do not depend on it
     return column * 1000, row * 1000
 
 
@@ -386,7 +386,7 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
     width0, height0 = int(first.imagewidth), int(first.imagelength)
     levels = []
     for n, ((index, page), downsample) in enumerate(zip(level_pages, downsamples, strict=True)):
-        width, height = width0 // downsample if downsample else 0, height0 // downsample if downsample else 0
+        width, height = width0 // downsample, height0 // downsample
         if width < 1 or height < 1:
             raise FormatError(
                 f"{what}: level {n}'s pixel spacing gives an empty level (downsample {downsample})"
