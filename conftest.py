@@ -21,6 +21,9 @@ doctest finds these names already defined:
   levels, with a thumbnail, an overview (``macro``) and a label (``write_qptiff``);
 - ``dicom_path``: a folder holding a DICOM WSI series written with pydicom: level 0
   300x200 (JPEG frames of 64x64), level 1 150x100 (uncompressed), a label 40x20;
+- ``philips_path``: a Philips TIFF look-alike (``tests/philips_support.py``): levels
+  512x384 and 256x192 (stored padded to 128-px tiles: 512x384, 256x256), a label (40x30) and a macro
+  (120x50) as base64 JPEGs in the XML;
 - ``tmp``: a temporary folder of its own (a :class:`pathlib.Path`), also the
   current directory while the doctest runs;
 - ``client`` and ``worker`` (examples of ``wsiarray.distributed`` only): a
@@ -47,6 +50,7 @@ from _pytest.doctest import DoctestItem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
+from philips_support import write_philips
 from wsitest import preserved_cache, texture, write_dicom_wsi, write_jpeg_pyramid, write_ome_set, write_qptiff
 
 # wsiarray.openslide and the ICC transforms need Pillow (the "openslide" and "icc" extras):
@@ -104,6 +108,8 @@ def doctest_slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     paths["companion_path"] = Path(ome_set["xml"])
     paths["qptiff_path"] = folder / "scan.qptiff"
     write_qptiff(paths["qptiff_path"])
+    paths["philips_path"] = folder / "philips.tiff"
+    write_philips(paths["philips_path"], width=500, height=380, tile=128, levels=2)
     return {name: str(p) for name, p in paths.items()}
 
 

@@ -3,7 +3,8 @@
 :func:`read_slide_info` hands a folder or a DICOM file (``DICM`` preamble) to
 :mod:`.dicom` (pydicom) and a companion OME-XML file (``*.companion.ome``) to
 :mod:`.ome`; any other file it opens with tifffile, lets each vendor module
-try to claim it (Aperio, Hamamatsu NDPI, Leica SCN, Ventana BIF, then OME-TIFF, then
+try to claim it (Aperio, Hamamatsu NDPI, Leica SCN, Ventana BIF, Philips TIFF, Akoya QPTIFF,
+then OME-TIFF, then
 generic pyramidal TIFF, the way OpenSlide tries its drivers), and returns a :class:`SlideInfo`: levels as
 :class:`LevelSpec` tile tables, OpenSlide-style properties, and lazy loaders
 for associated images.  No pixels are read here.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 
 from ..errors import UnsupportedError
-from . import aperio, dicom, generic, leica, ndpi, ome, qptiff, ventana
+from . import aperio, dicom, generic, leica, ndpi, ome, philips, qptiff, ventana
 from .base import Codec, JpegColor, LevelSpec, SlideInfo
 from .tiff import open_tiff, wrap_errors
 
@@ -22,7 +23,8 @@ __all__ = ["Codec", "JpegColor", "LevelSpec", "SlideInfo", "read_slide_info"]
 
 #: Vendor detectors in the order they are tried; generic accepts any TIFF.
 _DETECTORS = (
-    aperio.detect, ndpi.detect, leica.detect, ventana.detect, qptiff.detect, ome.detect, generic.detect,
+    aperio.detect, ndpi.detect, leica.detect, ventana.detect, philips.detect, qptiff.detect, ome.detect,
+    generic.detect,
 )  # fmt: skip
 
 
