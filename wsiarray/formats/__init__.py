@@ -4,9 +4,8 @@
 :mod:`.dicom` (pydicom) and a companion OME-XML file (``*.companion.ome``) to
 :mod:`.ome`; any other file it opens with tifffile, lets each vendor module
 try to claim it (Aperio, Hamamatsu NDPI, Leica SCN, Ventana BIF, Philips TIFF, Akoya QPTIFF,
-then OME-TIFF, then
-generic pyramidal TIFF, the way OpenSlide tries its drivers), and returns a :class:`SlideInfo`: levels as
-:class:`LevelSpec` tile tables, OpenSlide-style properties, and lazy loaders
+then OME-TIFF, then generic pyramidal TIFF, the way OpenSlide tries its drivers), and returns
+a :class:`SlideInfo`: levels as :class:`LevelSpec` tile tables, OpenSlide-style properties, and lazy loaders
 for associated images.  No pixels are read here.
 """
 
