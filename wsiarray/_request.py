@@ -18,7 +18,8 @@ The rules:
 - **fill**: a number or one number per channel, each representable in the
   slide's dtype (256 is not a uint8; silently wrapping it would be wrong).
 - **num_workers**: an integer >= 0; 0 and 1 both mean the calling thread.
-- **device**: ``"cpu"``; ``"cuda"`` is reserved for the GPU path.
+- **device**: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; the GPU decode backend
+  (``WSIARRAY_GPU_BACKEND``).
 - **file_access** (``open``): one of :data:`FILE_ACCESS_MODES`, how the native
   engine reads the file's bytes (see :func:`parse_file_access`).
 - **apply_icc**: ``True`` or ``False`` (a Python or NumPy bool), or ``None`` for the
@@ -86,6 +87,11 @@ __all__ = [
     "parse_batch_options",
     "parse_dct",
     "parse_device",
+    "device_index",
+    "parse_gpu_backend",
+    "GPU_BACKENDS",
+    "GPU_BACKEND_ENV",
+    "DEFAULT_GPU_BACKEND",
     "parse_file_access",
     "parse_fill",
     "parse_level",
@@ -113,8 +119,19 @@ MppLike = float | tuple[float, float] | Sequence[float] | None
 #: (``w0 / w``) and OpenSlide's averaged downsample.
 MPP_TOLERANCE = 1e-3
 
-#: Devices a read may target; only ``"cpu"`` is built so far.
+#: Devices a read may target: ``"cuda:N"`` names the N-th GPU, ``"cuda"`` the current one.
 DEVICES = ("cpu", "cuda")
+
+#: How ``device="cuda"`` decodes JPEG tiles with nvImageCodec (see :func:`parse_gpu_backend`).
+GPU_BACKENDS = ("hw", "cuda", "hybrid", "cpu")
+
+#: Environment variable that picks the GPU decode backend (one of :data:`GPU_BACKENDS`).
+GPU_BACKEND_ENV = "WSIARRAY_GPU_BACKEND"
+
+#: The backend used unless :data:`GPU_BACKEND_ENV` says otherwise. Not yet measured on a
+#: device: the hardware JPEG engines (A100/H100/H200), with the CUDA decoder behind them
+#: for what they cannot decode.
+DEFAULT_GPU_BACKEND = "hw"
 
 #: How the native engine may read a file's bytes (``wsiarray.open(file_access=...)``).
 FILE_ACCESS_MODES = ("pread", "mmap", "direct", "preload")
@@ -272,19 +289,62 @@ def parse_workers(num_workers: Any) -> int:
 
 
 def parse_device(device: Any) -> str:
-    """``"cpu"``; ``"cuda"`` raises :class:`~wsiarray.UnsupportedError` until the GPU path lands.
+    """``"cpu"``, ``"cuda"`` (the current GPU) or ``"cuda:N"`` (GPU number N), normalised.
+
+    Only parses: whether the GPU packages are installed and a GPU is usable is
+    checked when a GPU read runs (an ``ImportError`` naming the extra, or
+    :class:`~wsiarray.GPUUnavailableError`). ``None`` is ``"cpu"``.
 
     Example:
-        >>> parse_device("cpu")
+        >>> parse_device("cpu"), parse_device("CUDA"), parse_device("cuda:1")
+        ('cpu', 'cuda', 'cuda:1')
+    """
+    if device is None or device == "cpu":
+        return "cpu"
+    name = device.strip().lower() if isinstance(device, str) else None
+    if name in DEVICES:
+        return name
+    if name is not None and name.startswith("cuda:"):
+        number = name[5:]
+        if number.isdigit() and len(number) <= 4:
+            return f"cuda:{int(number)}"
+    raise ArgumentError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def device_index(device: str) -> int | None:
+    """The GPU number of a parsed device: None for ``"cpu"`` and ``"cuda"`` (the current GPU).
+
+    Example:
+        >>> device_index("cuda:2"), device_index("cuda")
+        (2, None)
+    """
+    return int(device[5:]) if device.startswith("cuda:") else None
+
+
+def parse_gpu_backend(backend: Any = None) -> str:
+    """The nvImageCodec backend a GPU read decodes JPEG with; None: :data:`GPU_BACKEND_ENV` or the default.
+
+    - ``"hw"`` (the default): the GPU's hardware JPEG engines (A100/H100/H200), with
+      the CUDA decoder behind them for streams they cannot decode;
+    - ``"cuda"``: nvJPEG's CUDA decoder (Huffman decoding on the GPU too);
+    - ``"hybrid"``: Huffman decoding on CPU threads, the rest on the GPU;
+    - ``"cpu"``: nvImageCodec's CPU decoder (libjpeg-turbo) into **NumPy** arrays, no
+      GPU or CuPy needed. It runs the whole GPU decode stage on a machine without a
+      GPU (CI); ``device="cuda"`` reads then return NumPy arrays.
+
+    Example:
+        >>> parse_gpu_backend("cpu")
         'cpu'
     """
-    if device not in DEVICES:
-        raise ArgumentError(f"device must be one of {DEVICES}, got {device!r}")
-    if device != "cpu":
-        raise UnsupportedError(
-            f"device={device!r} needs the GPU path, which is not built yet; use device='cpu'"
-        )
-    return str(device)
+    if backend is None:
+        backend = os.environ.get(GPU_BACKEND_ENV) or DEFAULT_GPU_BACKEND
+        where = f"{GPU_BACKEND_ENV}={backend!r}"
+    else:
+        where = f"gpu backend {backend!r}"
+    name = backend.strip().lower() if isinstance(backend, str) else None
+    if name not in GPU_BACKENDS:
+        raise ArgumentError(f"{where}: the GPU backend must be one of {GPU_BACKENDS}")
+    return name
 
 
 def parse_file_access(file_access: Any) -> str:

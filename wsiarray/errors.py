@@ -20,6 +20,7 @@ __all__ = [
     "CacheError",
     "ClosedError",
     "FormatError",
+    "GPUUnavailableError",
     "OpenError",
     "RequestTooLargeError",
     "TileDecodeError",
@@ -77,4 +78,14 @@ class RequestTooLargeError(ArgumentError, MemoryError):
     An :class:`ArgumentError` (the caller's arguments are what is too large)
     and a :class:`MemoryError` (what such a request used to end in, so code
     that catches that keeps working).
+    """
+
+
+class GPUUnavailableError(WSIError, RuntimeError):
+    """``device="cuda"`` was asked for, the GPU packages are installed, but no GPU can be used.
+
+    No NVIDIA driver, no device of that number, or CUDA failing to start: the
+    message says which. (Without the packages themselves the error is an
+    ``ImportError`` naming the extra to install, ``wsiarray[cuda12]`` or
+    ``wsiarray[cuda13]``.)
     """

@@ -60,6 +60,18 @@ class FetchDict(PlanDict):
     spans: U64
     """(n, 2) ``(start, length)`` of each tile's bytes in ``data``."""
 
+class JpegStreamsDict(PlanDict):
+    """A plan plus each tile as a standalone JPEG stream (see ``Reader.jpeg_streams``)."""
+
+    data: U8
+    """(bytes,) every standalone stream, one after another."""
+    spans: U64
+    """(n, 2) ``(start, length)`` of each tile's stream in ``data``; ``(0, 0)`` unless kind 0."""
+    kind: U8
+    """(n,) 0: decode the stream; 1: never written, black; 2: never written, the fill."""
+    frames: U32
+    """(n, 2) the frame's ``(width, height)`` (what the stream decodes to; 0 unless kind 0)."""
+
 class LevelInfo(TypedDict):
     """A level's geometry, codec parameters and tile tables, to decode its tiles elsewhere."""
 
@@ -85,6 +97,10 @@ class LevelInfo(TypedDict):
     jpeg_out: int
     """libjpeg J_COLOR_SPACE to decode to, -1 for libjpeg's default."""
     page_index: int
+    file: int
+    plane_files: list[int]
+    missing_fill: bool
+    """Never-written tiles are the request's fill (else black)."""
     offsets: U64
     """(planes, tiles_down, tiles_across) copy of the tile offsets."""
     bytecounts: U64
@@ -193,6 +209,16 @@ class Reader:
         """The plan of a region of a level (see :func:`plan_region`), without reading anything."""
     def fetch(self, level: int, x: int, y: int, width: int, height: int, workers: int = 1) -> FetchDict:
         """The plan of a region plus the compressed bytes of its tiles (GIL released)."""
+    def jpeg_streams_problem(self, level: int) -> str:
+        """Empty when :meth:`jpeg_streams` can hand out the level's tiles (single-plane 8-bit
+        RGB JPEG, stored, tables valid), else why not."""
+    def jpeg_streams(self, level: int, x: int, y: int, width: int, height: int,
+                     workers: int = 1) -> JpegStreamsDict:
+        """The plan of a region plus each tile as a standalone JPEG (GIL released): the level's
+        JPEGTables spliced in (``tile[:2] + tables[2:-2] + tile[2:]``), an Adobe APP14
+        transform-0 segment after SOI on RGB-coded tiles (the native decoder's colour rule),
+        every tile's header checked against the TIFF first. Levels whose ``level_info``
+        ``jpeg_streams_problem`` is not empty raise :class:`~wsiarray.UnsupportedError`."""
     def read_ranges(self, offsets: U64, lengths: U64, out: U8, workers: int = 1) -> None:
         """Reads byte range ``i`` (raw, undecoded) to ``out[sum(lengths[:i]):]``, one read per
         range in order (shared out among ``workers`` threads), in the reader's file access mode;

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace wsi {
 
@@ -109,6 +110,35 @@ void decode_deflate(const TileStream&, const CodecParams&, const TileLayout&, co
 void decode_lzw(const TileStream&, const CodecParams&, const TileLayout&, const TileTarget&);
 void decode_jpeg(const TileStream&, const CodecParams&, const TileLayout&, const TileTarget&);
 void decode_external(const TileStream&, const CodecParams&, const TileLayout&, const TileTarget&);
+
+// What the native JPEG decoder makes of one tile, without decoding it: its
+// header read with the level's tables and checked against the TIFF as
+// decode_jpeg checks it (throws Error(Decode) likewise), the frame's size
+// and components, and whether its three components are RGB-coded (decoded
+// without a YCbCr transform; the rule decode_jpeg applies). `layout` is the
+// full-size tile. For handing tiles to other decoders (streams.hpp).
+struct JpegTileInfo {
+  uint32_t width = 0;
+  uint32_t height = 0;
+  uint32_t components = 0;
+  bool rgb_coded = false;
+};
+JpegTileInfo inspect_jpeg(const TileStream& src, const CodecParams& params, const TileLayout& layout);
+
+// The bytes that turn an abbreviated tile stream into a standalone JPEG:
+// `prefix + tile[2:]` where prefix is SOI, for RGB-coded tiles an Adobe
+// APP14 segment with transform 0 (decoders that assume YCbCr for three
+// components, such as nvImageCodec, then keep RGB), and the tables stream's
+// segments (tables[2:-2]; none when size is 0). Returns nullptr, or why the
+// tables are not a tables-only stream.
+const char* jpeg_splice_prefix(const uint8_t* tables, size_t size, bool rgb_coded, std::vector<uint8_t>& out);
+
+// The size of the JFIF APP0 segment right after a stream's SOI (marker and
+// length included), or 0 when there is none. A JFIF marker says "YCbCr" to
+// decoders that honour it over an Adobe segment (nvImageCodec), so it is
+// left out of the standalone streams of RGB-coded tiles (DICOM RGB frames
+// carry one: their colour follows the photometric interpretation).
+size_t jpeg_jfif_bytes(const uint8_t* data, size_t size);
 
 // Decodes `target`'s window of a complete JPEG stream (no tables stream)
 // whose frame must be frame_width x frame_height (checked before anything is

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 // jpeglib.h needs size_t and FILE declared first.
 #include <jpeglib.h>
@@ -80,6 +81,34 @@ bool read_header(Decompressor& d, const uint8_t* src, size_t size, const JpegPar
   return true;
 }
 
+// The colour space a tile's samples are coded in, after read_header: the
+// level's (from the TIFF Photometric tag or DICOM's photometric
+// interpretation) when it names one, else libjpeg's guess from the stream's
+// markers. The one rule for the decoder below and for the standalone streams
+// handed to other decoders (inspect_jpeg).
+J_COLOR_SPACE coded_colorspace(const jpeg_decompress_struct& cinfo, const JpegParams& p) {
+  return p.in_colorspace >= 0 ? static_cast<J_COLOR_SPACE>(p.in_colorspace) : cinfo.jpeg_color_space;
+}
+
+// Reads a tile's header with the level's tables and checks its frame
+// against the TIFF (`full`: the full-size tile) before anything is sized
+// from it (a progressive frame of 60000x60000 would allocate gigabytes of
+// coefficients). Throws Error(Decode); on success the decompressor holds the
+// parsed header.
+void read_checked_header(Decompressor& d, const TileStream& src, const CodecParams& params, const TileLayout& full) {
+  if (!read_header(d, src.data, src.size, params.jpeg)) {
+    throw Error(ErrorKind::Decode, std::string("JPEG: ") + d.err.message);
+  }
+  const jpeg_decompress_struct& c = d.cinfo;
+  const StreamHeader header{c.image_width, c.image_height, uint32_t(c.num_components), uint32_t(c.data_precision)};
+  const std::string problem =
+      header_problem("JPEG", header, full, TileExtent{src.stored_cols, src.stored_rows, params.strips});
+  if (!problem.empty()) {
+    jpeg_abort_decompress(&d.cinfo);
+    throw Error(ErrorKind::Decode, problem);
+  }
+}
+
 // Decodes the window of `out` (a TileTarget) of the tile whose header
 // read_header read. A window smaller than the tile skips
 // the rows above it and crops the columns to whole iMCUs around it, so only
@@ -92,7 +121,7 @@ bool decode(Decompressor& d, const JpegParams& p, const TileLayout& layout, cons
     jpeg_abort_decompress(cinfo);
     return false;
   }
-  if (p.in_colorspace >= 0) cinfo->jpeg_color_space = static_cast<J_COLOR_SPACE>(p.in_colorspace);
+  cinfo->jpeg_color_space = coded_colorspace(*cinfo, p);
   if (p.out_colorspace >= 0) cinfo->out_color_space = static_cast<J_COLOR_SPACE>(p.out_colorspace);
   // Set on every tile: jpeg_read_header resets it to 1/1.
   cinfo->scale_num = 1;
@@ -176,23 +205,55 @@ void decode_jpeg(const TileStream& src, const CodecParams& params, const TileLay
     throw Error(ErrorKind::Decode, "JPEG window outside the tile");
   }
   Decompressor& d = thread_decompressor();
-  if (!read_header(d, src.data, src.size, params.jpeg)) {
-    throw Error(ErrorKind::Decode, std::string("JPEG: ") + d.err.message);
-  }
-  // The frame header must fit the tile before jpeg_start_decompress sizes
-  // its buffers from it (a progressive frame of 60000x60000 would allocate
-  // gigabytes of coefficients).
-  const jpeg_decompress_struct& c = d.cinfo;
-  const StreamHeader header{c.image_width, c.image_height, uint32_t(c.num_components), uint32_t(c.data_precision)};
-  const std::string problem =
-      header_problem("JPEG", header, full, TileExtent{src.stored_cols, src.stored_rows, params.strips});
-  if (!problem.empty()) {
-    jpeg_abort_decompress(&d.cinfo);
-    throw Error(ErrorKind::Decode, problem);
-  }
+  read_checked_header(d, src, params, full);
   if (!decode(d, params.jpeg, layout, dst)) {
     throw Error(ErrorKind::Decode, std::string("JPEG: ") + d.err.message);
   }
+}
+
+JpegTileInfo inspect_jpeg(const TileStream& src, const CodecParams& params, const TileLayout& layout) {
+  if (layout.bytes_per_sample != 1) throw Error(ErrorKind::Unsupported, "JPEG with more than 8 bits");
+  Decompressor& d = thread_decompressor();
+  read_checked_header(d, src, params, layout);
+  const jpeg_decompress_struct& c = d.cinfo;
+  JpegTileInfo info;
+  info.width = c.image_width;
+  info.height = c.image_height;
+  info.components = uint32_t(c.num_components);
+  info.rgb_coded = c.num_components == 3 && coded_colorspace(c, params.jpeg) == JCS_RGB;
+  jpeg_abort_decompress(&d.cinfo);
+  return info;
+}
+
+namespace {
+
+// Adobe APP14, transform 0: "the three components are RGB, not YCbCr".
+constexpr uint8_t kAdobeRgb[] = {0xFF, 0xEE, 0x00, 0x0E, 'A', 'd', 'o', 'b', 'e', 0x00, 0x64,
+                                 0x00, 0x00, 0x00, 0x00, 0x00};
+
+}  // namespace
+
+const char* jpeg_splice_prefix(const uint8_t* tables, size_t size, bool rgb_coded, std::vector<uint8_t>& out) {
+  out.clear();
+  if (size > 0) {
+    if (size < 4 || tables[0] != 0xFF || tables[1] != 0xD8 || tables[size - 2] != 0xFF || tables[size - 1] != 0xD9) {
+      return "JPEGTables is not an SOI ... EOI stream";
+    }
+  }
+  out.reserve(2 + sizeof kAdobeRgb + size);
+  out.push_back(0xFF);
+  out.push_back(0xD8);
+  if (rgb_coded) out.insert(out.end(), kAdobeRgb, kAdobeRgb + sizeof kAdobeRgb);
+  if (size > 0) out.insert(out.end(), tables + 2, tables + size - 2);
+  return nullptr;
+}
+
+size_t jpeg_jfif_bytes(const uint8_t* data, size_t size) {
+  // FF D8, FF E0, a 2-byte length (itself included), "JFIF\0".
+  if (size < 11 || data[0] != 0xFF || data[1] != 0xD8 || data[2] != 0xFF || data[3] != 0xE0) return 0;
+  const size_t length = (size_t(data[4]) << 8) | data[5];
+  if (length < 7 || 4 + length > size || std::memcmp(data + 6, "JFIF", 5) != 0) return 0;
+  return 2 + length;
 }
 
 void decode_jpeg_frame(const uint8_t* data, size_t size, const JpegParams& params, uint32_t frame_width,

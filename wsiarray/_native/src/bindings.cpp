@@ -19,6 +19,7 @@
 #include "../codecs/headers.hpp"
 #include "error.hpp"
 #include "fetch.hpp"
+#include "streams.hpp"
 #include "output_memory.hpp"
 #include "plan.hpp"
 #include "reader.hpp"
@@ -392,6 +393,32 @@ NB_MODULE(_engine, m) {
           },
           "level"_a, "x"_a, "y"_a, "width"_a, "height"_a, "workers"_a = 1,
           "The plan of a region plus the compressed bytes of its tiles, read with the plan's merged reads.")
+      .def(
+          "jpeg_streams_problem",
+          [](const wsi::Reader& r, size_t level) { return wsi::jpeg_export_problem(r.level(level)); },
+          "level"_a, "Empty when jpeg_streams can hand out the level's tiles, else why not.")
+      .def(
+          "jpeg_streams",
+          [](const wsi::Reader& r, size_t level, int64_t x, int64_t y, int64_t width, int64_t height,
+             size_t workers) {
+            const wsi::Region region = make_region(x, y, width, height);
+            wsi::TileStreams streams;
+            {
+              nb::gil_scoped_release release;
+              wsi::export_jpeg_streams(r, level, region, workers, streams);
+            }
+            const size_t n = streams.plan.tiles.size();
+            nb::dict d = plan_dict(streams.plan);
+            const size_t bytes = streams.data.size();
+            d["data"] = to_numpy(std::move(streams.data), {bytes});
+            d["spans"] = to_numpy(std::move(streams.spans), {n, 2});
+            d["kind"] = to_numpy(std::move(streams.kind), {n});
+            d["frames"] = to_numpy(std::move(streams.frames), {n, 2});
+            return d;
+          },
+          "level"_a, "x"_a, "y"_a, "width"_a, "height"_a, "workers"_a = 1,
+          "The plan of a region plus each tile as a standalone JPEG stream (tables spliced in, Adobe APP14 "
+          "on RGB-coded tiles), headers checked against the TIFF; kind 0 stream, 1 zeros, 2 fill.")
       .def(
           "level_info",
           [](const wsi::Reader& r, size_t level) {

@@ -610,6 +610,13 @@ size_t Reader::add_level(LevelDesc level) {
     if (level.placed()) fail(ErrorKind::Unsupported, what + ": a placed level of restart intervals");
     check_restart_level(level, what);
   }
+  if (level.codec == Codec::Jpeg) {
+    for (int rgb = 0; rgb < 2; ++rgb) {
+      if (jpeg_splice_prefix(level.jpeg_tables.data(), level.jpeg_tables.size(), rgb == 1, level.jpeg_prefix[rgb])) {
+        level.jpeg_prefix[rgb].clear();
+      }
+    }
+  }
   levels_.push_back(std::make_unique<LevelDesc>(std::move(level)));
   return levels_.size() - 1;
 }

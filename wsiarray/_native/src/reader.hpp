@@ -30,6 +30,10 @@ struct LevelDesc {
   int predictor = 1;
   Codec codec = Codec::Raw;
   std::vector<uint8_t> jpeg_tables;
+  // Codec::Jpeg: what makes a tile a standalone JPEG (jpeg_splice_prefix),
+  // for YCbCr-coded [0] and RGB-coded [1] tiles; built by add_level, empty
+  // when jpeg_tables is not a tables-only stream (streams.hpp).
+  std::vector<uint8_t> jpeg_prefix[2];
   int jpeg_in_colorspace = -1;
   int jpeg_out_colorspace = -1;
   // planes * tiles_down * tiles_across entries, plane-major then row-major.
