@@ -73,6 +73,7 @@ class BatchIterator(Iterator[np.ndarray]):
         transforms: Sequence[SrgbTransform | None] | None = None,
         resample: np.ndarray | None = None,
         dct: DctLike = True,
+        device: str = "cpu",
     ) -> None:
         # Arguments arrive parsed by the request layer (wsiarray._request),
         # which also refuses a batch too large to allocate, before any is.
@@ -110,6 +111,13 @@ class BatchIterator(Iterator[np.ndarray]):
         # One native call at a time: batches read ahead, but never on more than
         # num_workers threads in all.
         self._serial = threading.Lock()
+        # A GPU device (parsed by the request layer): resolved now, so a missing
+        # package or GPU is an error here, not in the first batch.
+        self._target = None
+        if device != "cpu":
+            from ._cuda import resolve
+
+            self._target = resolve(device)
 
     def __len__(self) -> int:
         return self._batches
@@ -117,7 +125,35 @@ class BatchIterator(Iterator[np.ndarray]):
     def __iter__(self) -> BatchIterator:
         return self
 
-    def _read(self, index: int) -> np.ndarray:
+    def _read(self, index: int) -> Any:
+        if self._target is not None:
+            return self._read_device(index)
+        return self._read_host(index)
+
+    def _read_device(self, index: int) -> Any:
+        """One batch on the GPU: one decode call per group of files (usually the whole batch)."""
+        from ._cuda import read_requests, upload
+
+        if self._coords is not None or self._transforms:  # resampled or sRGB: on the CPU, then up
+            return upload(self._read_host(index), self._target)
+        where = self._where[index * self._batch_size : (index + 1) * self._batch_size]
+        width, height = self._size
+        parts = []
+        with self._serial:
+            for start, stop in _file_groups(where[:, 0], manager.capacity):
+                group = where[start:stop]
+                readers = {int(i): manager.acquire(*self._sources[int(i)]).native
+                           for i in np.unique(group[:, 0])}
+                requests = [(readers[int(s)], int(lv), int(x), int(y)) for s, lv, x, y in group]
+                parts.append(read_requests(self._target, requests, width, height, self._fill, self._dtype,
+                                           self._channels, self._workers))
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return self._target.empty((0, height, width, self._channels), self._dtype)
+        return self._target.xp.concatenate(parts)
+
+    def _read_host(self, index: int) -> np.ndarray:
         where = self._where[index * self._batch_size : (index + 1) * self._batch_size]
         width, height = self._size
         out = empty_output((len(where), height, width, self._channels), self._dtype)

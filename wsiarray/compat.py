@@ -123,8 +123,10 @@ Deliberate differences from cuCIM:
 - The ``"aperio"`` metadata splits items as OpenSlide does (at the first ``=``, spaces
   around it optional); cuCIM keeps only items with exactly one ``" = "`` and keeps an
   empty key.
-- ``device`` must be ``"cpu"``, ``buf`` ``None`` and ``shm_name`` empty (cuCIM documents
-  them as not supported yet); other keyword arguments raise ``TypeError``.
+- ``device`` is ``"cpu"``, or ``"cuda"``/``"cuda:N"`` for reads decoded on the GPU (the
+  result then holds a CuPy array and has ``__cuda_array_interface__``; associated images
+  stay on the CPU); ``buf`` must be ``None`` and ``shm_name`` empty (cuCIM documents them
+  as not supported yet); other keyword arguments raise ``TypeError``.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._request import parse_file_access, parse_locations
+from ._request import parse_device, parse_file_access, parse_locations
 from .batch import BatchIterator
 from .cache import TileCache
 from .cache import cache as _tile_cache
@@ -787,7 +789,7 @@ class CuImage(abc.ABC):
             >>> np.asarray(img.associated_image("label")).shape
             (80, 100, 3)
         """
-        _check_device(device)
+        _check_cpu(device)
         raise _UnknownAssociatedImage(f"{self._path}: no associated image {name!r}")
 
     @property
@@ -948,7 +950,7 @@ class FileCuImage(CuImage):
             >>> np.asarray(label).shape, label.raw_metadata.splitlines()[1]
             ((80, 100, 3), 'label 100x80')
         """
-        _check_device(device)
+        _check_cpu(device)
         if name not in self._info.associated:
             raise _UnknownAssociatedImage(f"{self._path}: no associated image {name!r}")
         array = np.array(self._open_slide().associated_images[name], copy=True)
@@ -1021,7 +1023,7 @@ class FileCuImage(CuImage):
             >>> len(batches), [b.shape[0] for b in batches]
             (2, [2, 1])
         """
-        _check_request(kwargs, device, buf, shm_name)
+        device = _check_request(kwargs, device, buf, shm_name)
         slide = self._open_slide()
         level = _check_level(level, len(self._level_dimensions), size)
         if num_workers < 0:
@@ -1033,23 +1035,22 @@ class FileCuImage(CuImage):
 
         locations = _locations_or_none(location)
         if locations is None and _is_empty(size):
-            array = slide.read_region(level=level, fill=self._fill, num_workers=num_workers)
+            array = slide.read_region(level=level, fill=self._fill, num_workers=num_workers, device=device)
             return self._result(array, level, "YXC")
         if locations is None or len(locations) <= 1:
             x, y = (int(v) for v in locations[0]) if locations is not None and len(locations) else (0, 0)
             array = slide.read_region((x, y), (width, height), level, fill=self._fill,
-                                      num_workers=num_workers)
+                                      num_workers=num_workers, device=device)
             return self._result(array, level, "YXC")
         batches = slide.read_region(
             locations, (width, height), level, fill=self._fill, num_workers=num_workers,
             batch_size=batch_size, drop_last=drop_last, prefetch_factor=prefetch_factor,
-            shuffle=shuffle, seed=seed,
+            shuffle=shuffle, seed=seed, device=device,
         )
         return CuImageIterator(self, batches, level, squeeze=batch_size == 1)
 
     def _result(self, array: Any, level: int, dims: str) -> ArrayCuImage:
-        """Wrap pixels read from ``level`` (spacing scaled by the level's downsample)."""
-        assert isinstance(array, np.ndarray)
+        """Wrap pixels read from ``level`` (spacing scaled by the level's downsample; NumPy or CuPy)."""
         downsample = self._level_downsamples[level]
         (sx, sy), unit = self._pixel_size, self._pixel_unit
         spacing: list[float] = [sy * downsample, sx * downsample, 1.0]
@@ -1148,6 +1149,28 @@ class ArrayCuImage(CuImage):
             (8, 8, 3)
         """
         return self._array.__array_interface__
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        """CUDA's array interface of pixels read with ``device="cuda"`` (``cupy.asarray`` makes no copy).
+
+        Pixels in host memory have none (``AttributeError``), as in cuCIM.
+
+        Example:
+            >>> hasattr(img.read_region((0, 0), (8, 8)), "__cuda_array_interface__")
+            False
+        """
+        return self._array.__cuda_array_interface__
+
+    @property
+    def device(self) -> str:
+        """``"cuda"`` for pixels read with ``device="cuda"``, else ``"cpu"``.
+
+        Example:
+            >>> img.read_region((0, 0), (8, 8)).device
+            'cpu'
+        """
+        return "cuda" if hasattr(self._array, "__cuda_array_interface__") else "cpu"
 
     def __iter__(self) -> Iterator[ArrayCuImage]:
         """Yields the image itself, once, as cuCIM's ``CuImage.__iter__`` does.
@@ -1329,21 +1352,26 @@ def _float(text: str | None, default: float) -> float:
 # -- argument helpers -------------------------------------------------------------------
 
 
-def _check_device(device: Any) -> None:
-    name = "cpu" if device is None else str(device).lower()
-    if name != "cpu":
-        raise ArgumentError(f"device {device!r} is not supported by wsiarray.CuImage; only 'cpu'")
+def _check_device(device: Any) -> str:
+    """The parsed device (the request layer's rule; ``None`` is ``"cpu"``)."""
+    return parse_device(device)
 
 
-def _check_request(kwargs: dict[str, Any], device: Any, buf: Any, shm_name: str) -> None:
-    """What both kinds' ``read_region`` refuse alike."""
+def _check_cpu(device: Any) -> None:
+    if _check_device(device) != "cpu":
+        raise ArgumentError(f"device {device!r}: associated images are read on the CPU only")
+
+
+def _check_request(kwargs: dict[str, Any], device: Any, buf: Any, shm_name: str) -> str:
+    """What both kinds' ``read_region`` refuse alike; returns the parsed device."""
     if kwargs:
         raise TypeError(f"read_region() got unsupported keyword arguments {sorted(kwargs)}")
-    _check_device(device)
+    device = _check_device(device)
     if buf is not None:
         raise ArgumentError("read_region(buf=...) is not supported (nor by cuCIM)")
     if shm_name:
         raise ArgumentError("read_region(shm_name=...) is not supported (nor by cuCIM)")
+    return device
 
 
 def _check_level(level: Any, level_count: int, size: Any) -> int:

@@ -49,12 +49,33 @@ __all__ = [
 ]
 
 
-def _read_block(slide: Slide, level: int, apply_icc: bool = False,
-                block_info: dict[Any, Any] | None = None) -> np.ndarray:
-    """Task body: read exactly this block's level-space region (in sRGB with ``apply_icc``)."""
+def _read_block(slide: Slide, level: int, apply_icc: bool = False, device: str = "cpu",
+                block_info: dict[Any, Any] | None = None) -> Any:
+    """Task body: read exactly this block's level-space region (in sRGB with ``apply_icc``).
+
+    On a GPU device the chunk is one decode call of the GPU stage, its stream
+    synchronised before the task returns (``wsiarray._cuda``).
+    """
     assert block_info is not None
     (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
-    return slide.read_level_region(level, (x0, y0), (x1 - x0, y1 - y0), apply_icc=apply_icc)
+    return slide.read_level_region(level, (x0, y0), (x1 - x0, y1 - y0), apply_icc=apply_icc, device=device)
+
+
+def _meta(device: str, dtype: np.dtype) -> Any:
+    """The dask ``meta`` of a level array: NumPy, or CuPy for a GPU (NumPy on nvImageCodec's CPU backend)."""
+    if device == "cpu":
+        return np.empty((0, 0, 0), dtype)
+    from ._cuda import resolve
+
+    return resolve(device).empty((0, 0, 0), dtype)
+
+
+def _read_mpp_device_block(slide: Slide, mpp: Any, dct: DctLike, apply_icc: bool, device: str,
+                           block_info: dict[Any, Any] | None = None) -> Any:
+    """An ``mpp`` chunk for a GPU device: read on the CPU, copied up once."""
+    from ._cuda import resolve, upload
+
+    return upload(_read_mpp_block(slide, mpp, dct, apply_icc, block_info), resolve(device))
 
 
 def array_name(slide: Slide, level: int, chunks: Chunks3, device: str = "cpu",
@@ -120,8 +141,10 @@ def to_dask(slide: Slide, level: int = DEFAULT_LEVEL, chunks: ChunksLike = None,
     of their own on the file, so closing ``slide`` afterwards does not affect the
     array, and the graph runs unchanged on processes and ``dask.distributed`` workers.
 
-    ``device="cuda"`` (CuPy chunks) is reserved for the GPU path and raises
-    :class:`~wsiarray.UnsupportedError` until that lands.
+    ``device="cuda"`` (or ``"cuda:N"``) gives CuPy chunks (``meta`` a CuPy array):
+    each task decodes its chunk's JPEG tiles on the GPU in one batched call
+    (other codecs, and ``mpp`` arrays, on the CPU with one copy up per chunk).
+    Missing GPU packages or no usable GPU are an error here, not in a task.
 
     ``apply_icc=True`` gives sRGB pixels (see :meth:`wsiarray.Slide.read_region`):
     each task transforms its chunk after decoding it. ``None`` means the slide
@@ -151,16 +174,18 @@ def to_dask(slide: Slide, level: int = DEFAULT_LEVEL, chunks: ChunksLike = None,
         normalized = mpp_chunks(slide, mpp, chunks)
         token = repr((tuple(int(v) for v in slide.identity), "mpp", target.factor, target.level, dct,
                       tuple(tuple(int(c) for c in axis) for axis in normalized), str(device), apply_icc))
+        extra = {} if device == "cpu" else {"device": device}
         return da.map_blocks(
-            _read_mpp_block,
+            _read_mpp_block if device == "cpu" else _read_mpp_device_block,
             dtype=slide.dtype,
             chunks=normalized,
-            meta=np.empty((0, 0, 0), slide.dtype),
+            meta=_meta(device, slide.dtype),
             name="wsiarray-mpp-" + hashlib.sha1(token.encode(), usedforsecurity=False).hexdigest(),
             slide=copy.copy(slide),
             mpp=mpp,
             dct=dct,
             apply_icc=apply_icc,
+            **extra,
         )
     level = parse_level(level, slide.level_count)
     apply_icc = parse_apply_icc(apply_icc, slide.apply_icc) and slide.icc_profile is not None
@@ -171,11 +196,12 @@ def to_dask(slide: Slide, level: int = DEFAULT_LEVEL, chunks: ChunksLike = None,
         _read_block,
         dtype=slide.dtype,
         chunks=normalized,
-        meta=np.empty((0, 0, 0), slide.dtype),
+        meta=_meta(device, slide.dtype),
         name=array_name(slide, level, normalized, device, apply_icc),
         slide=copy.copy(slide),  # a handle of its own: closing `slide` leaves the array working
         level=level,
         apply_icc=apply_icc,
+        device=device,
     )
 
 

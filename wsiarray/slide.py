@@ -424,6 +424,13 @@ class Slide:
         ``docs/architecture.md``, "Reads at a target resolution". No location and
         no size reads the whole slide at ``mpp``.
 
+        ``device="cuda"`` (the current GPU) or ``"cuda:N"`` returns CuPy arrays (batches:
+        ``(batch_size, h, w, c)`` CuPy arrays): JPEG tiles are decoded by nvImageCodec on
+        the GPU straight into the output, other codecs on the CPU and copied up once per
+        request (``mpp`` and ``apply_icc`` reads too); see the GPU guide. It needs
+        ``pip install 'wsiarray[cuda12]'`` (or ``[cuda13]``); without a usable GPU it
+        raises :class:`~wsiarray.GPUUnavailableError`.
+
         ``progress=True`` shows a progress bar (in a notebook, or on stderr) while
         one region or a whole level is read: the read is then done in bands of
         whole tile rows, about 100 at most, with the same pixels; ``None`` shows
@@ -450,15 +457,16 @@ class Slide:
             level = parse_level(0 if level is DEFAULT_LEVEL else level, len(opened.levels))
         workers = parse_workers(num_workers)
         if device != "cpu":
-            parse_device(device)
+            device = parse_device(device)
         show = progress is not False and parse_progress(progress)
         transform = self._transform(opened, apply_icc)
         if location is None and size is None:
             if target is not None and not target.exact:
-                return self._read_at(opened, target, 0.0, 0.0, target.shape, fill, workers, dct, None,
-                                     transform, show)
+                return _on_device(self._read_at(opened, target, 0.0, 0.0, target.shape, fill, workers, dct,
+                                                None, transform, show), device)
             width, height = opened.levels[level].dimensions
-            return self._read(opened, level, 0, 0, width, height, fill, workers, None, transform, show)
+            return self._read(opened, level, 0, 0, width, height, fill, workers, None, transform, show,
+                              device)
         if type(location) is tuple and len(location) == 2 and type(location[0]) is int \
                 and type(location[1]) is int:
             many: tuple[int, int] | np.ndarray = location  # the common case, kept cheap
@@ -469,10 +477,11 @@ class Slide:
         if isinstance(many, tuple):
             if target is not None and not target.exact:
                 lx, ly = target.level_xy(many[0], many[1])
-                return self._read_at(opened, target, lx, ly, (width, height), fill, workers, dct, None,
-                                     transform, show)
+                return _on_device(self._read_at(opened, target, lx, ly, (width, height), fill, workers, dct,
+                                                None, transform, show), device)
             x, y = to_level(many[0], many[1], downsample)
-            return self._read(opened, level, x, y, width, height, fill, workers, None, transform, show)
+            return self._read(opened, level, x, y, width, height, fill, workers, None, transform, show,
+                              device)
         if show and progress is not None:  # None ("when stderr is a terminal") just shows nothing here
             raise ArgumentError("progress= is for one region or a whole level; a batch iterator yields "
                                 "batch by batch, so wrap it in a progress bar of your own")
@@ -486,6 +495,7 @@ class Slide:
             num_workers=workers, batch_size=batch_size, drop_last=drop_last,
             prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed, transforms=[transform],
             resample=None if target is None else _resample_coords(target, many, downsample), dct=dct,
+            device=device,
         )
 
     def read_level_region(
@@ -498,6 +508,7 @@ class Slide:
         num_workers: int = 0,
         out: np.ndarray | None = None,
         apply_icc: bool | None = None,
+        device: str = "cpu",
     ) -> np.ndarray:
         """Like :meth:`read_region`, but ``location`` is in the level's own pixels.
 
@@ -505,7 +516,8 @@ class Slide:
         no rounding through level-0 coordinates. ``out``, a C-contiguous writable
         ``(h, w, c)`` array of the slide's dtype, receives the pixels instead of a
         new array (reusing one saves the page faults of fresh memory).
-        ``apply_icc`` as in :meth:`read_region` (``out`` is transformed in place).
+        ``apply_icc`` and ``device`` as in :meth:`read_region` (``out`` is transformed in
+        place; it is a host array, so not with ``device="cuda"``).
 
         Example:
             >>> slide.read_level_region(1, (128, 0), (128, 128)).shape
@@ -516,17 +528,34 @@ class Slide:
         x, y = parse_location(location)
         width, height = parse_size(size)
         workers = parse_workers(num_workers)
+        if device != "cpu":
+            device = parse_device(device)
         transform = self._transform(opened, apply_icc)
-        return self._read(opened, level, x, y, width, height, fill, workers, out, transform)
+        return self._read(opened, level, x, y, width, height, fill, workers, out, transform, device=device)
 
     def _read(self, opened: OpenedSlide, level: int, x: int, y: int, width: int, height: int,
               fill: FillLike, workers: int, out: np.ndarray | None,
-              transform: SrgbTransform | None, progress: bool = False) -> np.ndarray:
+              transform: SrgbTransform | None, progress: bool = False, device: str = "cpu") -> Any:
         """The one single-region read every entry point ends in: level pixels into ``out``.
 
         With ``progress``, the region is read in bands of whole tile rows (one
         native call each, so no tile is decoded twice) and a bar counts the rows.
+        A GPU ``device`` decodes JPEG levels with nvImageCodec into a new device
+        array (``wsiarray._cuda``); a transform or a progress bar reads on the CPU
+        and copies the result up once.
         """
+        if device != "cpu":
+            from ._cuda import read_requests, resolve, upload
+
+            if out is not None:
+                raise ArgumentError("out= is a host array: it cannot receive a device='cuda' read")
+            target = resolve(device)
+            if transform is not None or progress:
+                return upload(self._read(opened, level, x, y, width, height, fill, workers, None, transform,
+                                         progress), target)
+            check_request_size(1, width, height, opened.channels, opened.dtype)
+            return read_requests(target, [(opened.native, level, x, y)], width, height,
+                                 self._fill_bytes(fill), opened.dtype, opened.channels, workers)[0]
         fill_bytes = self._fill_bytes(fill)
         out = _output(opened, width, height, out)
         if out.size:
@@ -782,6 +811,15 @@ def _box_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.astype(image.dtype)
 
 
+def _on_device(pixels: np.ndarray, device: str) -> Any:
+    """``pixels`` (read on the CPU) on ``device``: themselves for ``"cpu"``, else copied up once."""
+    if device == "cpu":
+        return pixels
+    from ._cuda import resolve, upload
+
+    return upload(pixels, resolve(device))
+
+
 def _output(opened: OpenedSlide, width: int, height: int, out: np.ndarray | None) -> np.ndarray:
     """The array a single-region read fills: ``out`` checked, or a new one within the request limit."""
     shape = (height, width, opened.channels)
@@ -854,6 +892,7 @@ def read_regions(
     apply_icc: bool | None = None,
     mpp: MppLike = None,
     dct: DctLike = True,
+    device: str = "cpu",
 ) -> BatchIterator:
     """Patches from many slides in one stream: ``items`` are ``(slide_or_path, (x, y))``.
 
@@ -870,6 +909,9 @@ def read_regions(
     in output pixels, each from its own slide's best level (see
     :meth:`Slide.read_region`); every slide must know its pixel size.
 
+    ``device="cuda"`` (or ``"cuda:N"``) yields CuPy batches decoded on the GPU (see
+    :meth:`Slide.read_region`).
+
     Example:
         >>> items = [(path, (0, 0)), (path, (500, 300)), (slide, (10, 10))]
         >>> [b.shape for b in wsiarray.read_regions(items, (224, 224), batch_size=2)]
@@ -877,6 +919,7 @@ def read_regions(
     """
     width, height = parse_size(size)
     workers = parse_workers(num_workers)
+    device = parse_device(device)
     batch_size, prefetch_factor = parse_batch_options(batch_size, prefetch_factor)
     if apply_icc is not None:
         parse_apply_icc(apply_icc, False)  # a bad value is refused before any file is opened
@@ -939,5 +982,5 @@ def read_regions(
         fill=first._fill_bytes(fill), channels=first.channels, dtype=first.dtype,
         num_workers=workers, batch_size=batch_size, drop_last=drop_last,
         prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed, transforms=transforms,
-        resample=resample, dct=dct,
+        resample=resample, dct=dct, device=device,
     )

@@ -6,7 +6,8 @@ only asks for ``__len__`` and ``__getitem__`` (and, since PyTorch 2.1, uses
 batch read on wsiarray's thread pool). Slides pickle as recipes (path, file
 identity), so the dataset travels to ``spawn`` and ``fork`` DataLoader workers
 and each worker reopens the files once. ``torch`` is imported only when
-``as_tensor=True`` asks for tensors.
+``as_tensor=True`` asks for tensors. With ``device="cuda"`` patches are decoded on the
+GPU (CuPy arrays; tensors on the GPU through DLPack, no copy).
 
 Example::
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ._request import parse_location, parse_size, parse_workers
+from ._request import parse_device, parse_location, parse_size, parse_workers
 from .slide import Slide, read_regions
 
 __all__ = ["PatchDataset"]
@@ -43,6 +44,9 @@ class PatchDataset:
     passed through ``transform`` when given. Locations are level-0 pixels, as in
     :meth:`wsiarray.Slide.read_region`; pixels outside the image are ``fill``.
     ``num_workers`` threads of the native pool decode each ``__getitems__`` batch.
+    ``device="cuda"`` (or ``"cuda:N"``) decodes on the GPU: patches are CuPy arrays, and
+    tensors (``as_tensor=True``) are on that GPU, shared with CuPy through DLPack. Use it
+    in the main process (``DataLoader(num_workers=0)``): CUDA does not survive ``fork``.
     Arguments follow :meth:`wsiarray.Slide.read_region`'s rules; the level and
     fill are checked against each slide when its first patch is read.
 
@@ -64,6 +68,7 @@ class PatchDataset:
         transform: Callable[[Any], Any] | None = None,
         as_tensor: bool = False,
         num_workers: int = 1,
+        device: str = "cpu",
     ) -> None:
         sources: list[Source] = []
         index_of: dict[Any, int] = {}
@@ -78,6 +83,7 @@ class PatchDataset:
             points.append(parse_location(location))
         width, height = parse_size(size)
         parse_workers(num_workers)
+        self.device = parse_device(device)
         self._sources = sources
         self._which = np.asarray(which, np.int64)
         self._locations = np.asarray(points, np.int64).reshape(-1, 2)
@@ -111,19 +117,21 @@ class PatchDataset:
             out.append((self._slide(int(self._which[i])), (int(x), int(y))))
         return out
 
-    def _finish(self, patch: np.ndarray) -> Any:
+    def _finish(self, patch: Any) -> Any:
         out: Any = patch
         if self.as_tensor:
             import torch
 
-            out = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))
+            if isinstance(patch, np.ndarray):
+                out = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))
+            else:  # a CuPy array: the same GPU memory, through DLPack
+                out = torch.from_dlpack(patch.transpose(2, 0, 1)).contiguous()
         return self.transform(out) if self.transform is not None else out
 
     def __getitem__(self, index: int) -> Any:
         ((slide, location),) = self._items([index])
         patch = slide.read_region(location, self.size, self.level, fill=self.fill,
-                                  num_workers=self.num_workers)
-        assert isinstance(patch, np.ndarray)
+                                  num_workers=self.num_workers, device=self.device)
         return self._finish(patch)
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
@@ -131,7 +139,8 @@ class PatchDataset:
         if len(indices) == 0:
             return []
         batches = read_regions(self._items(indices), self.size, level=self.level, fill=self.fill,
-                               num_workers=self.num_workers, batch_size=len(indices), prefetch_factor=0)
+                               num_workers=self.num_workers, batch_size=len(indices), prefetch_factor=0,
+                               device=self.device)
         batch = next(batches)
         return [self._finish(patch) for patch in batch]
 

@@ -406,7 +406,7 @@ def to_xarray(
     ``level=None`` gives the whole pyramid as a DataTree laid out as
     ``open_datatree`` lays it out; an int gives that level's Dataset, as
     ``open_dataset`` does, but with dask arrays (CuPy chunks with
-    ``device="cuda"``, once the GPU path lands). ``apply_icc`` as in ``to_dask``
+    ``device="cuda"``: ``.as_numpy()`` brings them back). ``apply_icc`` as in ``to_dask``
     (associated images follow the slide handle's own setting).
 
     Example:

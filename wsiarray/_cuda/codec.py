@@ -44,7 +44,8 @@ def nvimgcodec() -> ModuleType:
     try:
         from nvidia import nvimgcodec as module
     except ImportError as exc:
-        raise ImportError(f"device='cuda' decodes with nvImageCodec, which is not installed: {EXTRA_HINT}") from exc
+        raise ImportError(
+            f"device='cuda' decodes with nvImageCodec, which is not installed: {EXTRA_HINT}") from exc
     return module
 
 

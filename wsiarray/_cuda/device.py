@@ -58,7 +58,8 @@ def _cupy() -> ModuleType:
     try:
         import cupy
     except ImportError as exc:
-        raise ImportError(f"device='cuda' returns CuPy arrays, and CuPy is not installed: {EXTRA_HINT}") from exc
+        raise ImportError(
+            f"device='cuda' returns CuPy arrays, and CuPy is not installed: {EXTRA_HINT}") from exc
     return cupy
 
 
@@ -112,7 +113,7 @@ class Target:
 
 
 def resolve(device: str, backend: str | None = None) -> Target:
-    """The target of a parsed GPU ``device`` (``"cuda"``, ``"cuda:N"``); ``backend`` as :func:`parse_gpu_backend`.
+    """The target of a parsed GPU ``device`` (``"cuda"``, ``"cuda:N"``) and ``backend`` (parse_gpu_backend).
 
     Raises an ``ImportError`` naming the extra without nvImageCodec or CuPy, and
     :class:`~wsiarray.GPUUnavailableError` when CuPy cannot reach the GPU (no driver,

@@ -70,7 +70,7 @@ def read_requests(target: Target, requests: Sequence[Where], width: int, height:
     threads = max(1, workers) if not target.on_gpu else GPU_DECODER_THREADS
     nv = nvimgcodec()
     exports = [w[0].jpeg_streams(w[1], w[2], w[3], width, height, workers) if ok else None
-               for w, ok in zip(requests, decodable)]
+               for w, ok in zip(requests, decodable, strict=True)]
     with target.running() as stream:
         xp = target.xp
         out = target.empty((count, height, width, channels), dtype)
