@@ -185,12 +185,33 @@ def test_bad_fill_is_refused_by_the_xarray_engine_too(slide: wsiarray.Slide) -> 
         xr.open_dataset(slide.path, engine="wsiarray", fill=256)
 
 
-def test_cuda_is_refused_the_same_way(slide: wsiarray.Slide) -> None:
-    message = "device='cuda' needs the GPU path, which is not built yet; use device='cpu'"
-    for call in (lambda: to_dask(slide, 0, device="cuda"), lambda: slide.to_xarray(0, device="cuda"),
-                 lambda: slide.read_region((0, 0), (8, 8), device="cuda")):
-        with pytest.raises(wsiarray.UnsupportedError, match=f"^{re.escape(message)}$"):
+def _device_calls(slide: wsiarray.Slide, device: Any) -> list[Callable[[], Any]]:
+    return [lambda: to_dask(slide, 0, device=device), lambda: slide.to_xarray(0, device=device),
+            lambda: slide.read_region((0, 0), (8, 8), device=device),
+            lambda: slide.read_level_region(0, (0, 0), (8, 8), device=device),
+            lambda: slide.read_region([(0, 0), (8, 8)], (8, 8), device=device),
+            lambda: wsiarray.read_regions([(slide, (0, 0))], (8, 8), device=device)]
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", 1])
+def test_bad_devices_are_refused_the_same_way(slide: wsiarray.Slide, device: Any) -> None:
+    message = f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+    for call in _device_calls(slide, device):
+        with pytest.raises(wsiarray.ArgumentError, match=f"^{re.escape(message)}$"):
             call()
+
+
+def test_cuda_fails_or_works_the_same_way(slide: wsiarray.Slide, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the extra or a GPU every entry point raises the same error (with both, all work)."""
+    monkeypatch.delenv("WSIARRAY_GPU_BACKEND", raising=False)
+    outcomes = set()
+    for call in _device_calls(slide, "cuda"):
+        try:
+            call()
+            outcomes.add("works")
+        except (ImportError, wsiarray.GPUUnavailableError) as exc:
+            outcomes.add(f"{type(exc).__name__}: {exc}")
+    assert len(outcomes) == 1, outcomes
 
 
 # -- edge inputs: the same pixels everywhere --------------------------------------------------
