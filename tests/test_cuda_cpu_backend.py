@@ -378,6 +378,37 @@ def test_cuimage_and_dataset(cmu: wsiarray.Slide) -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def _numpy_pread(path: str, destination: np.ndarray, ranges: list[tuple[int, int]]) -> None:
+    with open(path, "rb") as f:
+        start = 0
+        for offset, size in ranges:
+            f.seek(offset)
+            destination[start:start + size] = np.frombuffer(f.read(size), np.uint8)
+            start += size
+
+
+@pytest.mark.parametrize("region", [(0, 0, 300, 200), (-20, -10, 100, 90), (63, 64, 65, 1),
+                                    (250, 150, 90, 90), (400, 0, 5, 5)])
+def test_raw_levels_through_the_kvikio_path(tmp_path: Path, region: tuple[int, int, int, int]) -> None:
+    """The kvikio path's placement logic, with a NumPy pread in kvikio's place (kvikio needs a driver)."""
+    from wsiarray._cuda import raw
+
+    path = tmp_path / "raw.tif"
+    image = np.random.default_rng(1).integers(0, 65535, (200, 300, 3), np.uint16)
+    tifffile.imwrite(path, image, tile=(64, 64), photometric="rgb")
+    slide = wsiarray.open(str(path))
+    x, y, w, h = region
+    out = np.empty((h, w, 3), np.uint16)
+    out[...] = 7
+    assert raw.read_raw(CPU, slide._opened().native, 0, x, y, out.view(np.uint8), pread=_numpy_pread)
+    np.testing.assert_array_equal(out, slide.read_level_region(0, (x, y), (w, h), fill=7))
+    deflate = tmp_path / "deflate.tif"
+    tifffile.imwrite(deflate, image, tile=(64, 64), photometric="rgb", compression="zlib")
+    assert not raw.read_raw(CPU, wsiarray.open(str(deflate))._opened().native, 0, 0, 0, out.view(np.uint8),
+                            pread=_numpy_pread)
+    assert not raw.enabled()
+
+
 # -- arguments, imports, errors ------------------------------------------------------------------
 
 

@@ -20,7 +20,8 @@ placement. Then, per request:
 
 Regions of other levels (deflate, LZW, raw, JPEG 2000 via imagecodecs, planar or placed
 levels, other sample types) are read by the native CPU path into host memory and copied
-up in one copy per request: exact by construction.
+up in one copy per request: exact by construction. Raw levels can instead be read into
+GPU memory with kvikio (:mod:`.raw`, ``WSIARRAY_GPU_KVIKIO=1``; off until measured).
 
 Python work is per request and per region, not per tile, except for building the lists
 nvImageCodec's list API takes (its ``CodeStream`` and ``as_image`` objects, one list
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TileDecodeError
+from . import raw
 from .codec import GPU_DECODER_THREADS, decoder, nvimgcodec
 from .device import Target, upload
 
@@ -65,7 +67,8 @@ def read_requests(target: Target, requests: Sequence[Where], width: int, height:
     dtype = np.dtype(dtype)
     count = len(requests)
     decodable = [_decodable(w, dtype) for w in requests]
-    if count == 0 or width == 0 or height == 0 or not any(decodable):
+    use_raw = target.on_gpu and raw.enabled()
+    if count == 0 or width == 0 or height == 0 or not (any(decodable) or use_raw):
         return upload(_host_read(requests, width, height, fill, dtype, channels, workers), target)
     threads = max(1, workers) if not target.on_gpu else GPU_DECODER_THREADS
     nv = nvimgcodec()
@@ -74,13 +77,16 @@ def read_requests(target: Target, requests: Sequence[Where], width: int, height:
     with target.running() as stream:
         xp = target.xp
         out = target.empty((count, height, width, channels), dtype)
-        out[...] = xp.asarray(np.frombuffer(fill, np.uint8))
+        pixels = out.view(np.uint8).reshape(count, height, width, -1)
+        pixels[...] = xp.asarray(np.frombuffer(fill, np.uint8))
         codes: list[Any] = []
         images: list[Any] = []
         owners: list[tuple[int, int]] = []  # (request, tile) of each stream, for messages
         edges: list[tuple[Any, int, np.ndarray, np.ndarray]] = []
         for i, export in enumerate(exports):
             if export is None:
+                if use_raw and raw.read_raw(target, requests[i][0], *requests[i][1:], pixels[i]):
+                    continue
                 host = _host_read([requests[i]], width, height, fill, dtype, channels, workers)
                 out[i] = host[0] if not target.on_gpu else xp.asarray(host[0])
                 continue
