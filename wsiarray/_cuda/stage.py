@@ -11,10 +11,10 @@ placement. Then, per request:
 
 1. the output is allocated on the target and filled with the fill pixel (the parsed
    ``fill=``: the one rule every read uses);
-2. every stream of every region goes into one ``Decoder.decode`` call: a tile wholly
-   inside its region decodes straight into its window of the output (rows padded to
-   the output's pitch); an edge tile (partly covered, or a frame smaller than the tile)
-   decodes into a zeroed scratch tile, whose covered part is then copied;
+2. every stream of every region goes into one ``Decoder.decode`` call, each straight into
+   its window of the output (rows padded to the output's pitch): a tile wholly inside its
+   region whole, a partly covered one (an edge tile) through nvImageCodec's region of
+   interest (``CodeStream.get_sub_code_stream(region=...)``): no scratch, no copy;
 3. never-written tiles are black (zeros) or, where the format says missing tiles are
    background, the fill: the CPU path's rule, from the native ``kind``.
 
@@ -23,10 +23,11 @@ levels, other sample types) are read by the native CPU path into host memory and
 up in one copy per request: exact by construction. Raw levels can instead be read into
 GPU memory with kvikio (:mod:`.raw`, ``WSIARRAY_GPU_KVIKIO=1``; off until measured).
 
-Python work is per request and per region, not per tile, except for building the lists
-nvImageCodec's list API takes (its ``CodeStream`` and ``as_image`` objects, one list
-comprehension each) and the copies of edge and never-written tiles (the tiles on a
-region's border).
+The native streams of every region of a request come from one call
+(``_native.jpeg_streams_batch``, GIL released). Python work is per request and per
+region, not per tile, except for building the lists nvImageCodec's list API takes (its
+``CodeStream`` and ``as_image`` objects, one list comprehension each) and painting
+never-written tiles black.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _native
 from ..errors import TileDecodeError
 from . import raw
 from .codec import GPU_DECODER_THREADS, decoder, nvimgcodec
@@ -72,69 +74,73 @@ def read_requests(target: Target, requests: Sequence[Where], width: int, height:
         return upload(_host_read(requests, width, height, fill, dtype, channels, workers), target)
     threads = max(1, workers) if not target.on_gpu else GPU_DECODER_THREADS
     nv = nvimgcodec()
-    exports = [w[0].jpeg_streams(w[1], w[2], w[3], width, height, workers) if ok else None
-               for w, ok in zip(requests, decodable, strict=True)]
+    jpeg = [i for i, ok in enumerate(decodable) if ok]
+    export = _export([requests[i] for i in jpeg], width, height, workers) if jpeg else None
     with target.running() as stream:
         xp = target.xp
         out = target.empty((count, height, width, channels), dtype)
         pixels = out.view(np.uint8).reshape(count, height, width, -1)
         pixels[...] = xp.asarray(np.frombuffer(fill, np.uint8))
-        codes: list[Any] = []
-        images: list[Any] = []
-        owners: list[tuple[int, int]] = []  # (request, tile) of each stream, for messages
-        edges: list[tuple[Any, int, np.ndarray, np.ndarray]] = []
-        for i, export in enumerate(exports):
-            if export is None:
-                if use_raw and raw.read_raw(target, requests[i][0], *requests[i][1:], pixels[i]):
-                    continue
-                host = _host_read([requests[i]], width, height, fill, dtype, channels, workers)
-                out[i] = host[0] if not target.on_gpu else xp.asarray(host[0])
+        for i, ok in enumerate(decodable):  # levels the GPU decoder does not take
+            if ok or (use_raw and raw.read_raw(target, requests[i][0], *requests[i][1:], pixels[i])):
                 continue
-            _add_request(xp, nv, out[i], export, codes, images, owners, edges, i)
-        if codes:
-            kwargs = {"cuda_stream": stream.ptr} if stream is not None else {}
-            decoded = decoder(target.backend, target.index, threads).decode(codes, images=images, **kwargs)
-            failed = [k for k, image in enumerate(decoded) if image is None]
-            if failed:
-                request, tile = owners[failed[0]]
-                where, export = requests[request], exports[request]
-                raise TileDecodeError(
-                    f"{where[0].path}: level {where[1]}, tile ({int(export['tx'][tile])}, "
-                    f"{int(export['ty'][tile])}): nvImageCodec ({target.backend}) could not decode it")
-        for view, _, scratch, rects in edges:
-            for k, (tx, ty, w, h, ox, oy) in enumerate(rects):
-                view[oy:oy + h, ox:ox + w] = scratch[k, ty:ty + h, tx:tx + w]
+            host = _host_read([requests[i]], width, height, fill, dtype, channels, workers)
+            out[i] = host[0] if not target.on_gpu else xp.asarray(host[0])
+        if export is not None:
+            codes, images, owners = _queue(nv, out, export, np.asarray(jpeg, np.int64))
+            if codes:
+                kwargs = {"cuda_stream": stream.ptr} if stream is not None else {}
+                decode = decoder(target.backend, target.index, threads).decode
+                decoded = decode(codes, images=images, **kwargs)
+                failed = [k for k, image in enumerate(decoded) if image is None]
+                if failed:
+                    tile = owners[failed[0]]
+                    where = requests[jpeg[int(export["request"][tile])]]
+                    raise TileDecodeError(
+                        f"{where[0].path}: level {where[1]}, tile ({int(export['tx'][tile])}, "
+                        f"{int(export['ty'][tile])}): nvImageCodec ({target.backend}) could not decode it")
         return out
 
 
-def _add_request(xp: Any, nv: Any, view: Any, export: dict[str, Any], codes: list[Any], images: list[Any],
-                 owners: list[tuple[int, int]], edges: list[Any], request: int) -> None:
-    """Queue one region's streams: whole tiles into ``view`` (its output), edge tiles into scratch."""
+def _export(requests: Sequence[Where], width: int, height: int, workers: int) -> dict[str, Any]:
+    """The native streams of every region, in one call (``_native.jpeg_streams_batch``)."""
+    readers: dict[int, tuple[int, Any]] = {}
+    for where in requests:
+        readers.setdefault(id(where[0]), (len(readers), where[0]))
+    table = np.array([(readers[id(w[0])][0], w[1], w[2], w[3]) for w in requests], np.int64).reshape(-1, 4)
+    return _native.jpeg_streams_batch([r for _, r in readers.values()], table, width, height, workers)
+
+
+def _queue(nv: Any, out: Any, export: dict[str, Any], slots: np.ndarray) -> tuple[list[Any], list[Any], Any]:
+    """The code streams and output windows of every tile, for one ``decode`` call.
+
+    A tile the region covers wholly, with a frame of the full tile, decodes whole into its
+    window of the output; a partly covered one decodes only its covered window
+    (``get_sub_code_stream(region=...)``), also straight into the output (exact on
+    nvImageCodec's CPU backend, like the native decoder's cropped decode; to be confirmed
+    on GPU decoders by ``benchmarks/gpu_check.py``). Never-written tiles are painted here:
+    black (kind 1); the fill (kind 2) is already there.
+    """
     kind = export["kind"]
-    frames = export["frames"].astype(np.int64)
+    region = slots[export["request"].astype(np.int64)]  # each tile's slot in the output
     tile_rect = export["tile_rect"].astype(np.int64)
     out_rect = export["out_rect"].astype(np.int64)
-    for ox, oy, w, h in out_rect[kind == ZEROS]:  # never written, black (rare: sparse layouts)
-        view[oy:oy + h, ox:ox + w] = 0
+    for r, (ox, oy, w, h) in zip(region[kind == ZEROS], out_rect[kind == ZEROS], strict=True):
+        out[r, oy:oy + h, ox:ox + w] = 0  # never written, black (rare: sparse layouts)
     streams = np.flatnonzero(kind == STREAM)
-    if len(streams) == 0:
-        return
-    full = (tile_rect[streams, 2] == frames[streams, 0]) & (tile_rect[streams, 3] == frames[streams, 1])
-    direct = streams[export["whole"][streams].astype(bool) & full]
-    edge = streams[~np.isin(streams, direct)]
+    frames = export["frames"].astype(np.int64)
+    whole = (tile_rect[:, 0] == 0) & (tile_rect[:, 1] == 0) & (tile_rect[:, 2] == frames[:, 0]) \
+        & (tile_rect[:, 3] == frames[:, 1])
     data, spans = export["data"], export["spans"].astype(np.int64)
-    tile_w = int(frames[streams, 0].max())
-    tile_h = int(frames[streams, 1].max())
-    scratch = xp.zeros((len(edge), tile_h, tile_w, view.shape[2]), view.dtype) if len(edge) else None
-    order = np.concatenate([direct, edge])
-    codes.extend([nv.CodeStream(data[s:s + n]) for s, n in spans[order]])
-    images.extend(
-        [nv.as_image(view[oy:oy + h, ox:ox + w]) for ox, oy, w, h in out_rect[direct]]
-        + [nv.as_image(scratch[k, :fh, :fw]) for k, (fw, fh) in enumerate(frames[edge])])
-    owners.extend((request, int(t)) for t in order)
-    if len(edge):
-        rects = np.concatenate([tile_rect[edge], out_rect[edge, :2]], axis=1)
-        edges.append((view, request, scratch, rects))
+    # One row per stream: start, length, whole?, slot, window in the tile, window in the output.
+    rows = np.concatenate([spans[streams], whole[streams, None], region[streams, None], tile_rect[streams],
+                           out_rect[streams, :2]], axis=1).tolist()
+    # nvImageCodec's list API takes one Python object per stream: the unavoidable per-tile work.
+    codes = [nv.CodeStream(data[s:s + n]) if full else
+             nv.CodeStream(data[s:s + n]).get_sub_code_stream(region=nv.Region(ty, tx, ty + h, tx + w))
+             for s, n, full, _, tx, ty, w, h, _, _ in rows]
+    images = [nv.as_image(out[r, oy:oy + h, ox:ox + w]) for _, _, _, r, _, _, w, h, ox, oy in rows]
+    return codes, images, streams
 
 
 def _host_read(requests: Sequence[Where], width: int, height: int, fill: bytes, dtype: np.dtype,

@@ -72,6 +72,12 @@ class JpegStreamsDict(PlanDict):
     frames: U32
     """(n, 2) the frame's ``(width, height)`` (what the stream decodes to; 0 unless kind 0)."""
 
+class JpegStreamsBatchDict(JpegStreamsDict):
+    """``jpeg_streams`` of many regions, concatenated (plan fields of every tile, no fills)."""
+
+    request: U32
+    """(n,) which region each tile belongs to."""
+
 class LevelInfo(TypedDict):
     """A level's geometry, codec parameters and tile tables, to decode its tiles elsewhere."""
 
@@ -252,6 +258,11 @@ def read_batch(readers: Sequence[Reader], where: npt.NDArray[np.int64], out: U8,
                workers: int = 1) -> None:
     """Reads N equally sized regions into ``out`` (N, h, w, pixel_bytes); ``where[i]`` is
     ``(reader index, level, x, y)`` in level pixels. Threads are shared by all regions."""
+
+def jpeg_streams_batch(readers: Sequence[Reader], where: npt.NDArray[np.int64], width: int, height: int,
+                       workers: int = 1) -> JpegStreamsBatchDict:
+    """``Reader.jpeg_streams`` of N ``width x height`` regions, ``where[i]`` ``(reader index,
+    level, x, y)``, in one call (GIL released): the GPU stage's batches and chunks."""
 
 def read_resampled(readers: Sequence[Reader], where: npt.NDArray[np.int64], coords: npt.NDArray[np.float64],
                    out: U8, fill: bytes, sample: str, dct: int = 1, workers: int = 1) -> None:

@@ -521,6 +521,43 @@ NB_MODULE(_engine, m) {
       "readers"_a, "where"_a, "out"_a, "fill"_a, "workers"_a = 1,
       "Reads N equally sized regions (of one or several readers) into out with shared threads.");
   m.def(
+      "jpeg_streams_batch",
+      [](nb::list readers, nb::ndarray<const int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> where,
+         int64_t width, int64_t height, size_t workers) {
+        // where[i] = (reader index, level, x, y) in level pixels, all regions width x height.
+        const size_t n = where.shape(0);
+        if (where.shape(1) != 4) argument_error("jpeg_streams_batch: where must be (N, 4)");
+        std::vector<const wsi::Reader*> pointers;
+        for (nb::handle h : readers) pointers.push_back(nb::cast<const wsi::Reader*>(h));
+        std::vector<wsi::StreamRequest> requests(n);
+        for (size_t i = 0; i < n; ++i) {
+          const int64_t* row = where.data() + 4 * i;
+          if (row[0] < 0 || size_t(row[0]) >= pointers.size() || row[1] < 0) {
+            argument_error("jpeg_streams_batch: bad reader or level index");
+          }
+          requests[i] = wsi::StreamRequest{pointers[size_t(row[0])], size_t(row[1]),
+                                           make_region(row[2], row[3], width, height)};
+        }
+        wsi::TileStreams streams;
+        std::vector<uint32_t> request;
+        {
+          nb::gil_scoped_release release;
+          wsi::export_jpeg_batch(requests, workers, streams, request);
+        }
+        const size_t tiles = streams.plan.tiles.size();
+        nb::dict d = plan_dict(streams.plan);
+        const size_t bytes = streams.data.size();
+        d["request"] = to_numpy(std::move(request), {tiles});
+        d["data"] = to_numpy(std::move(streams.data), {bytes});
+        d["spans"] = to_numpy(std::move(streams.spans), {tiles, 2});
+        d["kind"] = to_numpy(std::move(streams.kind), {tiles});
+        d["frames"] = to_numpy(std::move(streams.frames), {tiles, 2});
+        return d;
+      },
+      "readers"_a, "where"_a, "width"_a, "height"_a, "workers"_a = 1,
+      "Reader.jpeg_streams for N equally sized regions (of one or several readers), concatenated; "
+      "request[i] is tile i's region.");
+  m.def(
       "read_resampled",
       [](nb::list readers, nb::ndarray<const int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> where,
          nb::ndarray<const double, nb::ndim<2>, nb::c_contig, nb::device::cpu> coords,

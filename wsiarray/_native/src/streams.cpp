@@ -95,4 +95,27 @@ void export_jpeg_streams(const Reader& reader, size_t index, const Region& regio
   });
 }
 
+void export_jpeg_batch(const std::vector<StreamRequest>& requests, size_t workers, TileStreams& out,
+                       std::vector<uint32_t>& request) {
+  out = TileStreams{};
+  request.clear();
+  TileStreams one;
+  for (size_t r = 0; r < requests.size(); ++r) {
+    const StreamRequest& q = requests[r];
+    if (q.reader == nullptr) throw Error(ErrorKind::Argument, "jpeg_streams_batch: no reader");
+    export_jpeg_streams(*q.reader, q.level, q.region, workers, one);
+    const uint64_t base = out.data.size();
+    out.data.insert(out.data.end(), one.data.begin(), one.data.end());
+    for (size_t i = 0; i < one.plan.tiles.size(); ++i) {
+      const bool stream = one.kind[i] == uint8_t(StreamKind::Stream);
+      out.spans.push_back(stream ? one.spans[2 * i] + base : 0);
+      out.spans.push_back(one.spans[2 * i + 1]);
+    }
+    out.plan.tiles.insert(out.plan.tiles.end(), one.plan.tiles.begin(), one.plan.tiles.end());
+    out.kind.insert(out.kind.end(), one.kind.begin(), one.kind.end());
+    out.frames.insert(out.frames.end(), one.frames.begin(), one.frames.end());
+    request.insert(request.end(), one.plan.tiles.size(), uint32_t(r));
+  }
+}
+
 }  // namespace wsi

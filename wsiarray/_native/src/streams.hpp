@@ -47,4 +47,18 @@ std::string jpeg_export_problem(const LevelDesc& level);
 // level jpeg_export_problem refuses.
 void export_jpeg_streams(const Reader& reader, size_t level, const Region& region, size_t workers, TileStreams& out);
 
+// One region of a batch of exports.
+struct StreamRequest {
+  const Reader* reader = nullptr;
+  size_t level = 0;
+  Region region;
+};
+
+// export_jpeg_streams for every request, one after another, concatenated
+// into `out` (its plan holds every request's tiles, in request order; no
+// fills: the caller fills the whole output first) with `request[i]` the
+// request of tile i. Stream spans index out.data.
+void export_jpeg_batch(const std::vector<StreamRequest>& requests, size_t workers, TileStreams& out,
+                       std::vector<uint32_t>& request);
+
 }  // namespace wsi
