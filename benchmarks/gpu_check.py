@@ -17,7 +17,8 @@ What it measures (a Markdown table on stdout, everything in the JSON):
    with ``device="cuda"`` and ``"cpu"``: max and mean |diff|, fraction of pixels that
    differ. For RGB-coded JPEG levels (Aperio) both colour fixes, decoded tile by tile:
    the Adobe APP14 segment wsiarray inserts, and ``ColorSpec.SYCC`` ("no conversion")
-   on the stream without it.
+   on the stream without it; and 64 random 224-px patches per JPEG level (their partly
+   covered tiles are decoded by region of interest).
 2. **Throughput** against the CPU path on ``--threads`` threads, in megapixels per
    second, with the CPU cores busy during each (process CPU time / wall time):
    ``--patches`` random 224-px patches in batches of 64; a whole level 0 of a synthetic
@@ -188,6 +189,17 @@ def colour_fixes(slide: wsiarray.Slide, level: int, backend: str, most: int = 64
     return out
 
 
+def patch_check(slide: wsiarray.Slide, level: int, count: int = 64) -> dict[str, float]:
+    """Random 224-px patches (partly covered tiles: decoded by region of interest) against the CPU."""
+    width, height = slide.level_dimensions[level]
+    rng = np.random.default_rng(level)
+    where = np.stack([rng.integers(-100, max(1, width - 100), count), rng.integers(-100, max(1, height - 100),
+                                                                                 count)], 1)
+    level0 = (where * slide.level_downsamples[level]).astype(np.int64)
+    got = _to_host(next(slide.read_region(level0, (224, 224), level, batch_size=count, device="cuda")))
+    return diff_stats(got, next(slide.read_region(level0, (224, 224), level, batch_size=count)))
+
+
 def pixel_check(paths: list[str], backends: list[str]) -> list[dict[str, Any]]:
     rows = []
     for backend in backends:
@@ -203,6 +215,7 @@ def pixel_check(paths: list[str], backends: list[str]) -> list[dict[str, Any]]:
                     row.update(diff_stats(got, slide.read_region(level=level, num_workers=4)))
                     if row["gpu_jpeg"]:
                         row["colour_fixes"] = colour_fixes(slide, level, backend)
+                        row["patches"] = patch_check(slide, level)
                 except Exception as exc:  # recorded, not fatal: the check goes on
                     row["error"] = f"{type(exc).__name__}: {exc}"
                 rows.append(row)
@@ -257,17 +270,18 @@ def throughput(jpeg: str, raw: str | None, backend: str, threads: int, patches: 
 
 
 def markdown(pixels: list[dict[str, Any]], speed: list[dict[str, Any]]) -> str:
-    lines = ["| slide | level | codec | backend | GPU JPEG | max | mean | fraction | APP14 max | SYCC max |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| slide | level | codec | backend | GPU JPEG | max | mean | fraction | APP14 max | SYCC max "
+             "| patches max |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in pixels:
         fixes = r.get("colour_fixes") or {}
         if "error" in r:
             lines.append(f"| {r['slide']} | {r['level']} | {r['codec']} | {r['backend']} | {r['gpu_jpeg']} | "
-                         f"error: {r['error'][:80]} | | | | |")
+                         f"error: {r['error'][:80]} | | | | | |")
             continue
         lines.append(f"| {r['slide']} | {r['level']} | {r['codec']} | {r['backend']} | {r['gpu_jpeg']} | "
                      f"{r['max']} | {r['mean']:.4f} | {r['fraction']:.4f} | "
-                     f"{fixes.get('app14', {}).get('max', '')} | {fixes.get('sycc', {}).get('max', '')} |")
+                     f"{fixes.get('app14', {}).get('max', '')} | {fixes.get('sycc', {}).get('max', '')} | "
+                     f"{r.get('patches', {}).get('max', '')} |")
     lines += ["", "| what | device | seconds | MP/s | cores busy |", "|---|---|---|---|---|"]
     for r in speed:
         if "error" in r:
@@ -304,7 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     paths: list[str] = []
     for entry in args.slides:
         p = Path(entry)
-        paths += sorted(str(f) for f in p.iterdir() if f.is_file()) if p.is_dir() else [str(p)]
+        if p.is_dir() and not any(f.suffix == ".dcm" for f in p.iterdir()):  # a DICOM folder is one slide
+            paths += sorted(str(f) for f in p.iterdir() if f.is_file())
+        else:
+            paths.append(str(p))
     paths += [str(deflate), str(write_jpeg_slide(work / "jpeg-small.tif", 1000, 763))]
     readable = []
     for p in paths:
