@@ -109,7 +109,8 @@ class Target:
         """An uninitialised output array on the target."""
         if not self.on_gpu:
             return np.empty(shape, dtype)
-        return self.xp.empty(shape, dtype)
+        with self.xp.cuda.Device(self.index):
+            return self.xp.empty(shape, dtype)
 
 
 def resolve(device: str, backend: str | None = None) -> Target:
