@@ -14,9 +14,11 @@ gets ``--tifffile-patches`` (2) patches per run and its rate is from those.
 
 Before timing, each reader's first patches are compared with ``Slide.read_region``
 (max |diff| printed). Readers run round-robin, the first one rotating, for
-``--repeats`` rounds. The table gives the median patches per second and the median
+``--repeats`` rounds. The table gives the median patches per second, the median
 over rounds of the per-round ratio to the fastest of MONAI's own readers in that
-round (a loaded machine drifts between rounds; ratios within a round drift less).
+round (a loaded machine drifts between rounds; ratios within a round drift less),
+and the CPU milliseconds per patch of each run (main process plus its DataLoader
+workers: what a reader costs, whatever else shares the machine).
 
 Example::
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import resource
 import statistics
 import sys
 import time
@@ -53,6 +56,7 @@ class Reader:
     patches: int
     error: str | None = None
     rates: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)  # CPU ms per patch, all processes of a run
     diff: float | None = None
 
 
@@ -95,11 +99,23 @@ def dataset(path: Path, where: list[tuple[int, int]], reader: Any) -> Any:
     return PatchWSIDataset(data, patch_size=PATCH, patch_level=0, center_location=False, reader=reader)
 
 
-def run_once(path: Path, where: list[tuple[int, int]], reader: Any, batch_size: int, workers: int) -> float:
-    """Seconds to build the dataset and loader and load every batch."""
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have exited and been waited for."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_once(path: Path, where: list[tuple[int, int]], reader: Any, batch_size: int,
+             workers: int) -> tuple[float, float]:
+    """Seconds to build the dataset and loader and load every batch, and the CPU seconds that took.
+
+    The CPU time is the main process's plus its DataLoader workers' (they have exited
+    and been joined when a non-persistent loader's iterator is exhausted).
+    """
     from monai.data import DataLoader
 
     gc.collect()
+    cpu = _cpu_seconds()
     start = time.perf_counter()
     loader = DataLoader(dataset(path, where, reader), batch_size=batch_size, num_workers=workers,
                         shuffle=False)
@@ -107,8 +123,11 @@ def run_once(path: Path, where: list[tuple[int, int]], reader: Any, batch_size: 
     for batch in loader:
         count += len(batch["image"])
     seconds = time.perf_counter() - start
+    del loader, batch
+    gc.collect()  # the workers are joined by now; the collect makes sure the iterator is gone
+    cpu = _cpu_seconds() - cpu
     assert count == len(where), (count, len(where))
-    return seconds
+    return seconds, cpu
 
 
 def verify(path: Path, where: list[tuple[int, int]], contender: Reader) -> None:
@@ -137,18 +156,19 @@ def report(readers: list[Reader], args: argparse.Namespace, rounds: list[dict[st
         f"{PATCH}-px patches of level 0 at random locations, {args.repeats} interleaved rounds",
         "",
         "| reader | patches per run | median patches/s | min | max | wsiarray / this (median of rounds) "
-        "| max abs diff |",
-        "|---|---|---|---|---|---|---|",
+        "| CPU ms per patch (median) | max abs diff |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in readers:
         if not r.rates:
-            lines.append(f"| {r.name} | n/a | n/a | | | | {r.error or 'not run'} |")
+            lines.append(f"| {r.name} | n/a | n/a | | | | | {r.error or 'not run'} |")
             continue
         per_round = [x["wsiarray"] / x[r.name] for x in rounds if "wsiarray" in x and r.name in x]
         ratio = f"{statistics.median(per_round):.2f}" if per_round and ours else ""
         rates = f"{_rate(statistics.median(r.rates))} | {_rate(min(r.rates))} | {_rate(max(r.rates))}"
         diff = "" if r.diff is None else r.diff
-        lines.append(f"| {r.name} | {r.patches} | {rates} | {ratio} | {diff} |")
+        cpu = f"{statistics.median(r.cpu_ms):.2f}"
+        lines.append(f"| {r.name} | {r.patches} | {rates} | {ratio} | {cpu} | {diff} |")
     if ours and monai_names:
         per_round = [x["wsiarray"] / max(x[n] for n in monai_names if n in x) for x in rounds
                      if "wsiarray" in x and any(n in x for n in monai_names)]
@@ -187,10 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeats):
         this: dict[str, float] = {}
         for r in live[i % len(live):] + live[: i % len(live)]:
-            seconds = run_once(path, where[: r.patches], r.reader, args.batch_size, args.workers)
+            seconds, cpu = run_once(path, where[: r.patches], r.reader, args.batch_size, args.workers)
             this[r.name] = r.patches / seconds
             r.rates.append(this[r.name])
-            print(f"round {i + 1} {r.name}: {_rate(this[r.name])} patches/s", file=sys.stderr)
+            r.cpu_ms.append(cpu / r.patches * 1e3)
+            print(f"round {i + 1} {r.name}: {_rate(this[r.name])} patches/s, "
+                  f"{r.cpu_ms[-1]:.2f} CPU ms/patch", file=sys.stderr)
         rounds.append(this)
     print(report(readers, args, rounds))
     return 0

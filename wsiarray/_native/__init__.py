@@ -19,6 +19,7 @@ from ._engine import (
     scan_restart_markers,
     set_pool_size,
     stream_header,
+    to_planes,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "scan_restart_markers",
     "set_pool_size",
     "stream_header",
+    "to_planes",
 ]
