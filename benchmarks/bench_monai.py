@@ -10,13 +10,18 @@ as it is in every training epoch without persistent workers.
 Readers: ``wsiarray`` (``wsiarray.monai.WSIReader``) and MONAI's own ``cucim``
 (``CuCIMWSIReader``, the CPU path of ``cucim-cu12``), ``openslide`` and ``tifffile``.
 MONAI's tifffile reader decodes the **whole level** for every patch (1.58 GB here), so it
-gets ``--tifffile-patches`` (2) patches per run and its rate is from those.
+gets ``--tifffile-patches`` (2) patches per run and its rate is from those. ``floor`` is
+no reader: its patches are copies of a constant array, so its CPU time per patch is
+MONAI's own work (``get_data``'s checks and metadata, ``MetaTensor``, collate, the
+transfer to the main process, worker start-up), which every reader pays on top of its own.
 
 Before timing, each reader's first patches are compared with ``Slide.read_region``
 (max |diff| printed). Readers run round-robin, the first one rotating, for
-``--repeats`` rounds. The table gives the median patches per second and the median
+``--repeats`` rounds. The table gives the median patches per second, the median
 over rounds of the per-round ratio to the fastest of MONAI's own readers in that
-round (a loaded machine drifts between rounds; ratios within a round drift less).
+round (a loaded machine drifts between rounds; ratios within a round drift less),
+and the CPU milliseconds per patch of each run (main process plus its DataLoader
+workers: what a reader costs, whatever else shares the machine).
 
 Example::
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import resource
 import statistics
 import sys
 import time
@@ -43,7 +49,32 @@ from .synthetic import benchmark_slide_path
 PATCH = 224
 #: The issue's target: wsiarray at least this many times the fastest MONAI reader.
 TARGET = 1.5
-NAMES = ("wsiarray", "cucim", "openslide", "tifffile")
+NAMES = ("wsiarray", "cucim", "openslide", "tifffile", "floor")
+#: Not a reader: MONAI's own cost per patch (see ``floor_reader``).
+FLOOR = "floor"
+
+
+def floor_reader() -> Any:
+    """A ``WSIReader`` whose patches are copies of one constant array: what is left is MONAI's work.
+
+    ``get_data`` (level checks, metadata), ``MetaTensor``, collate, the worker-to-main
+    transfer and worker start-up, as for every reader; the patch itself costs a
+    150 KB copy. Readers' CPU time per patch minus this one's is their own.
+    (Defined on use so that importing this module needs no MONAI; DataLoader workers
+    are forked, so the class need not be importable by name.)
+    """
+    from wsiarray.monai import WSIReader
+
+    class FloorReader(WSIReader):
+        _patch: np.ndarray | None = None
+
+        def _get_patch(self, wsi: Any, location: tuple[int, int], size: tuple[int, int], level: int,
+                       dtype: Any, mode: str) -> np.ndarray:
+            if self._patch is None or self._patch.shape != (len(mode), *size):
+                self._patch = np.full((len(mode), *size), 128, np.uint8)
+            return self._patch.copy()
+
+    return FloorReader
 
 
 @dataclass
@@ -53,6 +84,7 @@ class Reader:
     patches: int
     error: str | None = None
     rates: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)  # CPU ms per patch, all processes of a run
     diff: float | None = None
 
 
@@ -64,6 +96,9 @@ def make_readers(names: list[str], patches: int, tifffile_patches: int) -> list[
                 from wsiarray.monai import WSIReader
 
                 out.append(Reader(name, WSIReader, patches))
+                continue
+            if name == FLOOR:
+                out.append(Reader(name, floor_reader(), patches))
                 continue
             if name == "cucim":
                 import cucim  # noqa: F401
@@ -95,11 +130,23 @@ def dataset(path: Path, where: list[tuple[int, int]], reader: Any) -> Any:
     return PatchWSIDataset(data, patch_size=PATCH, patch_level=0, center_location=False, reader=reader)
 
 
-def run_once(path: Path, where: list[tuple[int, int]], reader: Any, batch_size: int, workers: int) -> float:
-    """Seconds to build the dataset and loader and load every batch."""
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have exited and been waited for."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_once(path: Path, where: list[tuple[int, int]], reader: Any, batch_size: int,
+             workers: int) -> tuple[float, float]:
+    """Seconds to build the dataset and loader and load every batch, and the CPU seconds that took.
+
+    The CPU time is the main process's plus its DataLoader workers' (they have exited
+    and been joined when a non-persistent loader's iterator is exhausted).
+    """
     from monai.data import DataLoader
 
     gc.collect()
+    cpu = _cpu_seconds()
     start = time.perf_counter()
     loader = DataLoader(dataset(path, where, reader), batch_size=batch_size, num_workers=workers,
                         shuffle=False)
@@ -107,8 +154,11 @@ def run_once(path: Path, where: list[tuple[int, int]], reader: Any, batch_size: 
     for batch in loader:
         count += len(batch["image"])
     seconds = time.perf_counter() - start
+    del loader, batch
+    gc.collect()  # the workers are joined by now; the collect makes sure the iterator is gone
+    cpu = _cpu_seconds() - cpu
     assert count == len(where), (count, len(where))
-    return seconds
+    return seconds, cpu
 
 
 def verify(path: Path, where: list[tuple[int, int]], contender: Reader) -> None:
@@ -130,25 +180,30 @@ def _rate(value: float) -> str:
 
 
 def report(readers: list[Reader], args: argparse.Namespace, rounds: list[dict[str, float]]) -> str:
-    monai_names = [r.name for r in readers if r.name != "wsiarray" and r.rates]
+    monai_names = [r.name for r in readers if r.name not in ("wsiarray", FLOOR) and r.rates]
+    floor = next((r for r in readers if r.name == FLOOR and r.cpu_ms), None)
     ours = next((r for r in readers if r.name == "wsiarray" and r.rates), None)
     lines = [
         f"PatchWSIDataset + DataLoader(batch_size={args.batch_size}, num_workers={args.workers}), "
         f"{PATCH}-px patches of level 0 at random locations, {args.repeats} interleaved rounds",
         "",
         "| reader | patches per run | median patches/s | min | max | wsiarray / this (median of rounds) "
-        "| max abs diff |",
-        "|---|---|---|---|---|---|---|",
+        "| CPU ms per patch (median) | less the floor | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in readers:
         if not r.rates:
-            lines.append(f"| {r.name} | n/a | n/a | | | | {r.error or 'not run'} |")
+            lines.append(f"| {r.name} | n/a | n/a | | | | | | {r.error or 'not run'} |")
             continue
         per_round = [x["wsiarray"] / x[r.name] for x in rounds if "wsiarray" in x and r.name in x]
-        ratio = f"{statistics.median(per_round):.2f}" if per_round and ours else ""
+        ratio = f"{statistics.median(per_round):.2f}" if per_round and ours and r is not floor else ""
         rates = f"{_rate(statistics.median(r.rates))} | {_rate(min(r.rates))} | {_rate(max(r.rates))}"
         diff = "" if r.diff is None else r.diff
-        lines.append(f"| {r.name} | {r.patches} | {rates} | {ratio} | {diff} |")
+        cpu = f"{statistics.median(r.cpu_ms):.2f}"
+        own = ""  # CPU ms per patch less the floor's in the same round
+        if floor is not None and r is not floor and r.patches == floor.patches:
+            own = f"{statistics.median(a - b for a, b in zip(r.cpu_ms, floor.cpu_ms, strict=False)):.2f}"
+        lines.append(f"| {r.name} | {r.patches} | {rates} | {ratio} | {cpu} | {own} | {diff} |")
     if ours and monai_names:
         per_round = [x["wsiarray"] / max(x[n] for n in monai_names if n in x) for x in rounds
                      if "wsiarray" in x and any(n in x for n in monai_names)]
@@ -156,6 +211,10 @@ def report(readers: list[Reader], args: argparse.Namespace, rounds: list[dict[st
         verdict = "met" if best >= TARGET else "NOT met"
         lines += ["", f"wsiarray / the fastest MONAI reader in each round: median {best:.2f} "
                   f"(rounds: {', '.join(f'{v:.2f}' for v in per_round)}); target >= {TARGET}: {verdict}"]
+    if floor is not None:
+        lines += ["", "floor: a reader whose patch is a copy of a constant array, so what it costs is "
+                  "MONAI's own work per patch (get_data, MetaTensor, collate, transfer to the main "
+                  "process, worker start-up); 'less the floor' is each reader's own CPU time per patch."]
     lines += ["", machine_info()]
     return "\n".join(lines)
 
@@ -176,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     where = locations(path, args.patches)
     readers = make_readers(list(args.only or NAMES), args.patches, args.tifffile_patches)
     for r in readers:
-        if r.error is None:
+        if r.error is None and r.name != FLOOR:
             try:
                 verify(path, where, r)
             except Exception as e:  # a reader that cannot read the slide shows n/a
@@ -187,10 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeats):
         this: dict[str, float] = {}
         for r in live[i % len(live):] + live[: i % len(live)]:
-            seconds = run_once(path, where[: r.patches], r.reader, args.batch_size, args.workers)
+            seconds, cpu = run_once(path, where[: r.patches], r.reader, args.batch_size, args.workers)
             this[r.name] = r.patches / seconds
             r.rates.append(this[r.name])
-            print(f"round {i + 1} {r.name}: {_rate(this[r.name])} patches/s", file=sys.stderr)
+            r.cpu_ms.append(cpu / r.patches * 1e3)
+            print(f"round {i + 1} {r.name}: {_rate(this[r.name])} patches/s, "
+                  f"{r.cpu_ms[-1]:.2f} CPU ms/patch", file=sys.stderr)
         rounds.append(this)
     print(report(readers, args, rounds))
     return 0

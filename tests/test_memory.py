@@ -15,7 +15,7 @@ import pytest
 from wsitest import SyntheticSpec, assert_pixels_equal
 
 import wsiarray
-from wsiarray._memory import POOLED_OUTPUT_BYTES, empty_output
+from wsiarray._memory import POOLED_OUTPUT_BYTES, channels_first, empty_output
 
 #: 1600 x 1800 RGB = 8.6 MB: big enough to come from the pool.
 SPEC = SyntheticSpec("pooled-jpeg", width=1600, height=1800, compression="jpeg")
@@ -150,3 +150,32 @@ def test_forked_child_starts_with_an_empty_pool(big_slide: str) -> None:
     proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT, big_slide],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "FORK-OK" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("dtype", "samples", "channels"), [
+    (np.uint8, 3, 3), (np.uint8, 4, 3), (np.uint8, 4, 4), (np.uint8, 1, 1), (np.uint8, 2, 1),
+    (np.uint16, 3, 3), (np.float32, 4, 3), (np.float64, 3, 2),
+])
+@pytest.mark.parametrize(("height", "width"), [(224, 224), (1, 1), (3, 17), (5, 33), (0, 7)])
+def test_channels_first_equals_numpy(dtype: type, samples: int, channels: int, height: int,
+                                     width: int) -> None:
+    # Widths around the 16-pixel vectors of the SSSE3 path and its scalar tail.
+    rng = np.random.default_rng(height * 100 + width)
+    image = rng.integers(0, 250, (height, width, samples)).astype(dtype)
+    got = channels_first(image, channels)
+    assert got.shape == (channels, height, width) and got.dtype == image.dtype and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, np.moveaxis(image, -1, 0)[:channels])
+
+
+def test_channels_first_of_a_pooled_image_with_threads() -> None:
+    image = np.random.default_rng(1).integers(0, 255, (1800, 1600, 4), dtype=np.uint8)  # 11.5 MB
+    got = channels_first(image, 3, workers=2)
+    np.testing.assert_array_equal(got, np.moveaxis(image, -1, 0)[:3])
+    assert channels_first(image).shape == (4, 1800, 1600)
+
+
+def test_channels_first_refuses_what_it_cannot_copy() -> None:
+    image = np.zeros((4, 5, 3), np.uint8)
+    for bad, channels in [(image[:, ::2], 3), (image, 4), (image, 0)]:
+        with pytest.raises(wsiarray.ArgumentError, match="channels_first"):
+            channels_first(bad, channels)

@@ -200,6 +200,18 @@ def test_channel_dim_dtype_mode_device(chain: str, synthetic: SyntheticFactory) 
     assert_pixels_equal(reader.get_data(reader.read(rgba), location=(6, 5), size=(10, 20))[0], pixels, "RGBA")
 
 
+
+def test_channels_first_patches_of_rgba_slides(synthetic: SyntheticFactory) -> None:
+    # Channels first (MONAI's default) comes from one native pass that also drops alpha in "RGB" mode.
+    rgba = synthetic(RGBA)
+    pixels = wsiarray.open(rgba).read_region((5, 6), (20, 10))
+    cases = [({}, pixels[..., :3]), ({"mode": "RGBA"}, pixels), ({"channel_dim": -3}, pixels[..., :3])]
+    for options, want in cases:
+        reader = WSIReader(**options)  # type: ignore[arg-type]
+        got = reader.get_data(reader.read(rgba), location=(6, 5), size=(10, 20))[0]
+        assert got.flags.c_contiguous, options
+        assert_pixels_equal(got, want.transpose(2, 0, 1), str(options))
+
 def test_several_files_and_bad_input(chain: str, synthetic: SyntheticFactory,
                                      doctest_slides: dict[str, str]) -> None:
     reader = WSIReader()

@@ -29,6 +29,7 @@ import numpy as np
 from monai.data.wsi_reader import BaseWSIReader
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
+from ._memory import channels_first
 from ._request import parse_workers
 from .errors import ArgumentError
 from .slide import Slide
@@ -172,6 +173,11 @@ class WSIReader(BaseWSIReader):
         if channels not in (3, 4):
             raise ArgumentError(f"{wsi.path}: MONAI's WSI readers need 3 or 4 channels ({mode!r} mode); "
                                 f"this slide has {channels}")
+        if np.dtype(dtype) == image.dtype and self.channel_dim in (0, -3) and image.flags.c_contiguous \
+                and not (mode == "RGBA" and channels == 3):
+            # MONAI's default (uint8, channels first): one native pass from the interleaved pixels
+            # straight into the final layout, dropping alpha for "RGB" on the way.
+            return channels_first(image, len(mode), self.num_workers)
         if mode == "RGB" and channels == 4:
             image = image[..., :3]
         elif mode == "RGBA" and channels == 3:

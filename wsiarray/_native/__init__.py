@@ -20,6 +20,7 @@ from ._engine import (
     scan_restart_markers,
     set_pool_size,
     stream_header,
+    to_planes,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "scan_restart_markers",
     "set_pool_size",
     "stream_header",
+    "to_planes",
 ]

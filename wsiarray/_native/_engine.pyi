@@ -309,6 +309,10 @@ def scan_restart_markers(path: str, offset: int, size: int, start: int, max_mark
     ``offset``, scanned from ``start`` to its EOI with the GIL released; ``FormatError`` when
     the markers are out of sequence, more than ``max_markers``, or there is no EOI."""
 
+def to_planes(src: U8, dst: U8, sample_bytes: int, workers: int = 1) -> None:
+    """Copies the first ``dst.shape[0]`` samples of ``src``'s ``(h, w)`` pixels into planes
+    (``dst[k]``: sample k of every pixel), GIL released."""
+
 def pool_size() -> int:
     """Threads in the process-wide decode pool."""
 

@@ -173,18 +173,19 @@ bool decode(Decompressor& d, const JpegParams& p, const TileLayout& layout, cons
   for (uint32_t r = 0; r < win.height; ++r) {
     uint8_t* row = out.row(r);
     const uint32_t y = win.y + r;
-    std::memset(row, 0, out_row);
-    if (y >= frame_h) continue;
-    while (cinfo->output_scanline <= y) {
-      JSAMPROW pointer = d.row;
-      jpeg_read_scanlines(cinfo, &pointer, 1);
+    size_t n = 0;  // bytes of the row the frame covers; only the rest is zeroed
+    if (y < frame_h) {
+      while (cinfo->output_scanline <= y) {
+        JSAMPROW pointer = d.row;
+        jpeg_read_scanlines(cinfo, &pointer, 1);
+      }
+      if (win.x < first_col + frame_w) {
+        const uint32_t avail = first_col + frame_w - win.x;
+        n = size_t(avail < win.width ? avail : win.width) * comps;
+        std::memcpy(row, d.row + size_t(win.x - first_col) * comps, n);
+      }
     }
-    const uint32_t from = win.x - first_col;
-    if (win.x < first_col + frame_w) {
-      const uint32_t avail = first_col + frame_w - win.x;
-      const size_t n = size_t(avail < win.width ? avail : win.width) * comps;
-      std::memcpy(row, d.row + size_t(from) * comps, n);
-    }
+    if (n < out_row) std::memset(row + n, 0, out_row - n);
   }
   // abort, not finish: rows below the window are never decoded.
   jpeg_abort_decompress(cinfo);

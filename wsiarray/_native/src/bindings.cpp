@@ -21,6 +21,7 @@
 #include "fetch.hpp"
 #include "streams.hpp"
 #include "output_memory.hpp"
+#include "place.hpp"
 #include "plan.hpp"
 #include "reader.hpp"
 #include "../codecs/restart.hpp"
@@ -793,6 +794,35 @@ NB_MODULE(_engine, m) {
       "Offsets (relative to the strip) just past each restart marker of the JPEG strip at offset..offset+size, "
       "scanning from `start` (the first entropy-coded byte) to its EOI, GIL released; FormatError when markers "
       "are out of sequence, more than max_markers, or there is no EOI.");
+
+  m.def(
+      "to_planes",
+      [](nb::ndarray<const uint8_t, nb::ndim<3>, nb::c_contig, nb::device::cpu> src,
+         nb::ndarray<uint8_t, nb::ndim<3>, nb::c_contig, nb::device::cpu> dst, size_t sample_bytes,
+         size_t workers) {
+        const size_t height = src.shape(0), width = src.shape(1), pixel_bytes = src.shape(2);
+        const size_t planes = dst.shape(0);
+        if (sample_bytes == 0 || pixel_bytes % sample_bytes != 0 || planes * sample_bytes > pixel_bytes ||
+            dst.shape(1) != height || dst.shape(2) != width * sample_bytes) {
+          argument_error("to_planes: dst must be (planes, h, w * sample_bytes) for src (h, w, pixel_bytes), "
+                         "planes * sample_bytes <= pixel_bytes");
+        }
+        const uint8_t* from = src.data();
+        uint8_t* to = dst.data();
+        const size_t count = height * width, plane_pitch = count * sample_bytes;
+        // About 1 MiB of pixels per task: a patch is one call on this thread.
+        const size_t step = std::max<size_t>(1, (size_t(1) << 20) / std::max<size_t>(1, pixel_bytes));
+        const size_t tasks = (count + step - 1) / step;
+        nb::gil_scoped_release release;
+        wsi::parallel_for(tasks, workers == 0 ? 1 : workers, [&](size_t t) {
+          const size_t first = t * step, n = std::min(step, count - first);
+          wsi::pixels_to_planes(from + first * pixel_bytes, n, pixel_bytes, sample_bytes, planes,
+                                to + first * sample_bytes, plane_pitch);
+        });
+      },
+      "src"_a, "dst"_a, "sample_bytes"_a, "workers"_a = 1,
+      "Copies the first dst.shape[0] samples of src's (h, w) pixels into planes: dst[k] holds sample k of "
+      "every pixel (sample_bytes each), GIL released; up to `workers` threads of the pool for large arrays.");
 
   m.def("pool_size", &wsi::pool_size, "Threads in the process-wide decode pool.");
   m.def("set_pool_size", &wsi::set_pool_size, "threads"_a,

@@ -6,6 +6,16 @@
 #include <algorithm>
 #include <cstring>
 
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define WSI_PLANES_SSSE3 1
+#if defined(__clang__)
+#define WSI_PLANES_TARGET __attribute__((target("ssse3")))
+#else
+#define WSI_PLANES_TARGET __attribute__((target("ssse3"), optimize("O3")))
+#endif
+#endif
+
 namespace wsi {
 namespace {
 
@@ -39,7 +49,84 @@ void scatter_samples(uint8_t* to, size_t to_step, const uint8_t* from, size_t by
   }
 }
 
+template <size_t N>
+void gather_fixed(uint8_t* to, const uint8_t* from, size_t from_step, size_t count) {
+  for (size_t i = 0; i < count; ++i) std::memcpy(to + i * N, from + i * from_step, N);
+}
+
+// Plane `plane` of pixels [first, count): every pixel_bytes-th sample, packed.
+void gather_plane(const uint8_t* src, size_t first, size_t count, size_t pixel_bytes, size_t sample_bytes,
+                  size_t plane, uint8_t* to) {
+  const uint8_t* from = src + first * pixel_bytes + plane * sample_bytes;
+  to += first * sample_bytes;
+  count -= first;
+  switch (sample_bytes) {
+    case 1: gather_fixed<1>(to, from, pixel_bytes, count); break;
+    case 2: gather_fixed<2>(to, from, pixel_bytes, count); break;
+    case 4: gather_fixed<4>(to, from, pixel_bytes, count); break;
+    case 8: gather_fixed<8>(to, from, pixel_bytes, count); break;
+    default:
+      for (size_t i = 0; i < count; ++i) std::memcpy(to + i * sample_bytes, from + i * pixel_bytes, sample_bytes);
+  }
+}
+
+#ifdef WSI_PLANES_SSSE3
+// 16 pixels of C one-byte samples (C 16-byte vectors) at a time: output byte
+// i of plane k is source byte C * i + k, which lies in vector (C * i + k) / 16;
+// one shuffle per vector picks the bytes it holds, the others become zero.
+// Returns the pixels done (a multiple of 16). The engine builds with -Os; this
+// loop wants its vectors and masks unrolled into registers (GCC's O3: 3x faster).
+template <size_t C>
+WSI_PLANES_TARGET size_t bytes_to_planes_ssse3(const uint8_t* src, size_t count, size_t planes, uint8_t* dst,
+                                               size_t plane_pitch) {
+  alignas(16) uint8_t masks[C][C][16];
+  for (size_t k = 0; k < planes; ++k) {
+    for (size_t j = 0; j < C; ++j) {
+      for (size_t i = 0; i < 16; ++i) {
+        const size_t at = C * i + k;
+        masks[k][j][i] = at / 16 == j ? uint8_t(at % 16) : uint8_t(0x80);
+      }
+    }
+  }
+  size_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    __m128i v[C];
+    for (size_t j = 0; j < C; ++j) v[j] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + C * i + 16 * j));
+    for (size_t k = 0; k < planes; ++k) {
+      __m128i acc = _mm_shuffle_epi8(v[0], _mm_load_si128(reinterpret_cast<const __m128i*>(masks[k][0])));
+      for (size_t j = 1; j < C; ++j) {
+        acc = _mm_or_si128(acc, _mm_shuffle_epi8(v[j], _mm_load_si128(reinterpret_cast<const __m128i*>(masks[k][j]))));
+      }
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k * plane_pitch + i), acc);
+    }
+  }
+  return i;
+}
+
+bool has_ssse3() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("ssse3") != 0;
+  }();
+  return yes;
+}
+#endif
+
 }  // namespace
+
+void pixels_to_planes(const uint8_t* src, size_t count, size_t pixel_bytes, size_t sample_bytes, size_t planes,
+                      uint8_t* dst, size_t plane_pitch) {
+  size_t done = 0;
+#ifdef WSI_PLANES_SSSE3
+  if (sample_bytes == 1 && has_ssse3()) {
+    if (pixel_bytes == 3) done = bytes_to_planes_ssse3<3>(src, count, planes, dst, plane_pitch);
+    if (pixel_bytes == 4) done = bytes_to_planes_ssse3<4>(src, count, planes, dst, plane_pitch);
+  }
+#endif
+  for (size_t k = 0; k < planes; ++k) {
+    gather_plane(src, done, count, pixel_bytes, sample_bytes, k, dst + k * plane_pitch);
+  }
+}
 
 void fill_rects(const Output& out, const std::vector<Rect>& rects, const uint8_t* pixel) {
   for (const Rect& r : rects) {

@@ -2,7 +2,8 @@
 // output outside the image, copies the covered part of a decoded tile (in
 // one piece or split in cache pages) into the output, scattering a plane's
 // samples into interleaved pixels, and faults output rows in ahead of the
-// decoders.
+// decoders. Also the inverse for callers that want channels first: gathering
+// interleaved pixels into planes.
 #pragma once
 
 #include <cstddef>
@@ -53,5 +54,12 @@ void place_pieces(const Output& out, const Plan& plan, const PlanTile& tile, con
 // least 4 MiB, instead of a page fault per 4 KiB as decoders first write
 // them. Best effort.
 void prefault_rows(const Output& out, uint32_t top, uint32_t bottom);
+
+// Copies the first `planes` samples (`sample_bytes` each) of `count` packed
+// pixels (`pixel_bytes` each) at `src` into planes: plane k, at
+// dst + k * plane_pitch, holds sample k of every pixel, packed. One-byte
+// samples of 3- and 4-byte pixels use SSSE3 shuffles where the CPU has them.
+void pixels_to_planes(const uint8_t* src, size_t count, size_t pixel_bytes, size_t sample_bytes, size_t planes,
+                      uint8_t* dst, size_t plane_pitch);
 
 }  // namespace wsi
