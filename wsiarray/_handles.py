@@ -43,6 +43,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
+from . import _remote
 from ._reader import FileIdentity, OpenedSlide
 from ._request import DEFAULT_FILE_ACCESS
 from .errors import ArgumentError, OpenError
@@ -65,10 +66,15 @@ Key = tuple[str, FileIdentity, str]
 def file_identity(path: str) -> FileIdentity:
     """``(st_dev, st_ino, st_size, st_mtime_ns)`` of ``path`` now (:class:`~wsiarray.OpenError` if absent).
 
+    A remote source's (:class:`~wsiarray._remote.RemoteSource`) is made of its
+    URL, ETag/version and size, asked of the store now (one request).
+
     Example:
         >>> len(file_identity(path))
         4
     """
+    if isinstance(path, _remote.RemoteSource):
+        return _remote.stat(path).identity
     try:
         st = os.stat(path)
     except OSError as exc:

@@ -284,7 +284,7 @@ NB_MODULE(_engine, m) {
           },
           "path"_a, "file_access"_a = "pread")
       .def_static(
-          "remote",
+          "open_remote",
           [](const std::string& url, std::tuple<uint64_t, uint64_t, uint64_t, int64_t> identity, nb::object fetch,
              uint64_t max_gap, uint64_t max_span) {
             if (!PyCallable_Check(fetch.ptr())) argument_error("fetch must be callable");
