@@ -138,7 +138,8 @@ class HandleManager:
         ``check`` also now if it is open already (:class:`~wsiarray.OpenError`
         otherwise); without, the file's identity now is used.
         """
-        if identity is None or check:
+        fresh = identity is None or check  # the identity is the file's now: no second look
+        if fresh:
             now = file_identity(path)
             if identity is not None and now != identity:
                 raise OpenError(f"{path}: the file changed since this slide handle was created")
@@ -149,7 +150,7 @@ class HandleManager:
             if opened is not None:
                 self._open.move_to_end(key)
                 return opened
-        if not check and file_identity(path) != identity:
+        if not fresh and file_identity(path) != identity:
             raise OpenError(f"{path}: the file changed since this slide handle was created")
         # Parsed outside the lock: other files open meanwhile. Two threads racing
         # for the same file both parse it, and the first one kept wins.

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 import random
 import threading
 import time
@@ -319,6 +320,8 @@ class RangeFetcher:
         self.requests = 0
         self.bytes = 0
         self._lock = threading.Lock()
+        self._fs: Any = None
+        self._fs_pid = 0
 
     def __repr__(self) -> str:
         return f"<RangeFetcher {self.object.source.url!r}: {self.calls} calls, {self.requests} requests>"
@@ -334,12 +337,19 @@ class RangeFetcher:
             self.calls += 1
             self.requests += sum(1 for _, n in ranges if n > 0)
             self.bytes += sum(n for _, n in ranges)
-        fs = self.object.source.filesystem()
+        fs = self._filesystem()
         if getattr(fs, "async_impl", False):
             from fsspec.asyn import sync
 
             return sync(fs.loop, self._fetch_all, fs, ranges)
         return [self._fetch_sync(fs, offset, length) for offset, length in ranges]
+
+    def _filesystem(self) -> Any:
+        # One per fetcher and process (fsspec's own instances are per process too).
+        pid = os.getpid()
+        if self._fs is None or self._fs_pid != pid:
+            self._fs, self._fs_pid = self.object.source.filesystem(), pid
+        return self._fs
 
     def _what(self, offset: int, length: int) -> str:
         return f"bytes {offset}-{offset + length - 1} ({length} bytes)"
