@@ -64,7 +64,8 @@ MAX_BLOCKS = 64
 class RemoteSource(str):
     """A remote slide: its URL (the ``str`` value), protocol and fsspec storage options.
 
-    Two sources are equal when URL and options are; it pickles with its options
+    Two sources are equal when URL and options are (a plain ``str`` when the URL
+    is); it pickles with its options
     (recipes carry them to dask workers), but its ``repr`` and :meth:`token`
     never show them.
 
@@ -72,6 +73,8 @@ class RemoteSource(str):
         >>> a = RemoteSource("s3://b/k.svs", "s3", {"anon": True})
         >>> a == RemoteSource("s3://b/k.svs", "s3", {"anon": True}), a == RemoteSource("s3://b/k.svs", "s3", {})
         (True, False)
+        >>> a == "s3://b/k.svs"
+        True
     """
 
     protocol: str
@@ -92,15 +95,16 @@ class RemoteSource(str):
         return repr(sorted((str(k), repr(v)) for k, v in self.storage_options.items()))
 
     def __eq__(self, other: object) -> bool:
+        # Two sources: URL and options; a plain string: the URL (``slide.path == url``).
         if isinstance(other, RemoteSource):
             return self.url == other.url and self._options_key() == other._options_key()
-        return False
+        return isinstance(other, str) and self.url == other
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
     def __hash__(self) -> int:
-        return hash((self.url, self._options_key()))
+        return hash(self.url)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RemoteSource, (self.url, self.protocol, self.storage_options))
@@ -264,12 +268,20 @@ def _transient(exc: BaseException) -> bool:
 
 def _changed(exc: BaseException) -> bool:
     """The store refused a pinned read: the object's ETag changed (HTTP 412, S3 PreconditionFailed)."""
-    if getattr(exc, "status", None) == 412:
-        return True
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping) and response.get("Error", {}).get("Code") == "PreconditionFailed":
-        return True
-    return "PreconditionFailed" in str(exc) or "Precondition Failed" in str(exc)
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:  # s3fs wraps botocore's error in an OSError
+        seen.add(id(cause))
+        if getattr(cause, "status", None) == 412:
+            return True
+        response = getattr(cause, "response", None)
+        if isinstance(response, Mapping) and response.get("Error", {}).get("Code") == "PreconditionFailed":
+            return True
+        text = str(cause)
+        if "PreconditionFailed" in text or "Precondition Failed" in text or "pre-conditions" in text:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _delay(options: RemoteOptions, attempt: int) -> float:
