@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
+import logging
 import os
 import random
 import socket
@@ -47,12 +49,14 @@ class ObjectServer:
         self.etags: dict[str, str] = {}
         self.faults = Faults()
         self.requests = 0
+        self.bytes_sent = 0
         self.log: list[tuple[str, str, str | None]] = []
         self._lock = threading.Lock()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out at once, not after a delayed ACK
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -85,6 +89,13 @@ class ObjectServer:
                 self.end_headers()
 
             def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/__stats":  # the counters, for a server in another process
+                    body = json.dumps({"requests": server.requests, "bytes": server.bytes_sent}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 self._count()
                 found = self._object()
                 if found is None:
@@ -125,6 +136,8 @@ class ObjectServer:
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
                 self.end_headers()
+                with server._lock:
+                    server.bytes_sent += len(body)
                 try:
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
@@ -149,6 +162,7 @@ class ObjectServer:
         """Zero the counters and faults."""
         with self._lock:
             self.requests = 0
+            self.bytes_sent = 0
             self.log.clear()
         self.faults = Faults()
 
@@ -189,3 +203,26 @@ def s3_server() -> Iterator[tuple[str, dict]]:
         yield endpoint, options
     finally:
         server.stop()
+
+
+def serve_http_forever(objects: dict[str, str], ready: object) -> None:
+    """A process's body: serve files ``{name: path}`` over HTTP; puts the port on the ``ready`` queue."""
+    server = ObjectServer()
+    for name, path in objects.items():
+        with open(path, "rb") as fh:
+            server.put(name, fh.read())
+    ready.put(server.port)  # type: ignore[attr-defined]
+    threading.Event().wait()
+
+
+def serve_s3_forever(objects: dict[str, str], ready: object) -> None:
+    """A process's body: moto S3 with ``{key: path}`` in bucket ``slides``; puts (endpoint, options)."""
+    import s3fs
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with s3_server() as (endpoint, options):
+        fs = s3fs.S3FileSystem(**options)
+        for key, path in objects.items():
+            fs.put(path, f"slides/{key}")
+        ready.put((endpoint, options))  # type: ignore[attr-defined]
+        threading.Event().wait()
