@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 
@@ -76,7 +76,7 @@ class ObjectServer:
                     return None
                 return data, server.etags[name]
 
-            def do_HEAD(self) -> None:  # noqa: N802
+            def do_HEAD(self) -> None:
                 self._count()
                 found = self._object()
                 if found is None:
@@ -88,7 +88,7 @@ class ObjectServer:
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path == "/__stats":  # the counters, for a server in another process
                     body = json.dumps({"requests": server.requests, "bytes": server.bytes_sent}).encode()
                     self.send_response(200)
@@ -138,10 +138,8 @@ class ObjectServer:
                 self.end_headers()
                 with server._lock:
                     server.bytes_sent += len(body)
-                try:
+                with suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -16,21 +16,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, HAVE_DATA, NO_DATA_REASON
 from hypothesis import HealthCheck, given, settings
 from wsitest import assert_pixels_equal, random_regions, regions
 
 import wsiarray
+from conftest import DATA, HAVE_DATA, NO_DATA_REASON
 from wsiarray._request import parse_source
 
 pytest.importorskip("fsspec")
 pytest.importorskip("aiohttp")
 remote_support = pytest.importorskip("remote_support")
-ObjectServer, http_options, s3_server = remote_support.ObjectServer, remote_support.http_options, remote_support.s3_server
+ObjectServer, http_options = remote_support.ObjectServer, remote_support.http_options
+s3_server = remote_support.s3_server
 
 #: Every TIFF-family slide in shared/data (DICOM series are refused remotely, tested below).
 SLIDES = sorted(
-    str(p.relative_to(DATA)) for p in DATA.glob("*/*") if p.is_file() and p.parent.name in ("aperio", "generic", "ome")
+    str(p.relative_to(DATA)) for p in DATA.glob("*/*")
+    if p.is_file() and p.parent.name in ("aperio", "generic", "ome")
 ) if HAVE_DATA else []
 
 
@@ -143,8 +145,8 @@ def test_pixels_equal_local_http(http: ObjectServer, name: str) -> None:
         assert_pixels_equal(remote.read_level_region(level, (0, y), (w, band)),
                             local.read_level_region(level, (0, y), (w, band)), f"{name} level {level}")
     for r in random_regions(local, 6, seed=1):
-        assert_pixels_equal(remote.read_region(r.location, r.size, r.level), local.read_region(r.location, r.size,
-                                                                                              r.level), f"{name} {r}")
+        want = local.read_region(r.location, r.size, r.level)
+        assert_pixels_equal(remote.read_region(r.location, r.size, r.level), want, f"{name} {r}")
     for key in local.associated_images:
         np.testing.assert_array_equal(remote.associated_images[key], local.associated_images[key])
 
@@ -159,7 +161,7 @@ def test_random_regions_s3(s3: tuple[str, dict]) -> None:
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
     @given(regions(local, max_size=400))
-    def check(r) -> None:  # noqa: ANN001
+    def check(r) -> None:
         got = remote.read_region(r.location, r.size, r.level, fill=r.fill)
         assert_pixels_equal(got, local.read_region(r.location, r.size, r.level, fill=r.fill), str(r))
 
@@ -189,7 +191,8 @@ def test_batches_dask_and_facades(s3: tuple[str, dict]) -> None:
     import xarray as xr
 
     ds = xr.open_dataset(url, engine="wsiarray", storage_options=options)
-    np.testing.assert_array_equal(ds.image[100:300, 200:400].values, local.read_region((200, 100), (200, 200)))
+    want = local.read_region((200, 100), (200, 200))
+    np.testing.assert_array_equal(ds.image[100:300, 200:400].values, want)
 
     from wsiarray.compat import CuImage
 
@@ -236,7 +239,8 @@ def test_request_counts(http: ObjectServer, big: Path) -> None:
     points = [(int(rng.integers(0, w - 224)), int(rng.integers(0, h - 224))) for _ in range(60)]
     http.reset()
     for x, y in points:
-        np.testing.assert_array_equal(slide.read_region((x, y), (224, 224)), local.read_region((x, y), (224, 224)))
+        want = local.read_region((x, y), (224, 224))
+        np.testing.assert_array_equal(slide.read_region((x, y), (224, 224)), want)
     per_patch = http.requests / len(points)
     assert per_patch <= 1.0, http.log
 

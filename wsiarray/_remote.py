@@ -71,8 +71,10 @@ class RemoteSource(str):
 
     Example:
         >>> a = RemoteSource("s3://b/k.svs", "s3", {"anon": True})
-        >>> a == RemoteSource("s3://b/k.svs", "s3", {"anon": True}), a == RemoteSource("s3://b/k.svs", "s3", {})
-        (True, False)
+        >>> a == RemoteSource("s3://b/k.svs", "s3", {"anon": True})
+        True
+        >>> a == RemoteSource("s3://b/k.svs", "s3", {})
+        False
         >>> a == "s3://b/k.svs"
         True
     """
@@ -80,7 +82,8 @@ class RemoteSource(str):
     protocol: str
     storage_options: dict[str, Any]
 
-    def __new__(cls, url: str, protocol: str, storage_options: Mapping[str, Any] | None = None) -> RemoteSource:
+    def __new__(cls, url: str, protocol: str,
+                storage_options: Mapping[str, Any] | None = None) -> RemoteSource:
         self = super().__new__(cls, url)
         self.protocol = protocol
         self.storage_options = dict(storage_options or {})
@@ -139,7 +142,7 @@ class RemoteSource(str):
 
 @dataclass(frozen=True)
 class RemoteOptions:
-    """How remote requests are made (environment variables, see :func:`wsiarray._request.parse_remote_options`).
+    """How remote requests are made (from the environment: :func:`wsiarray._request.parse_remote_options`).
 
     Example:
         >>> RemoteOptions().max_gap >> 20
@@ -343,8 +346,8 @@ class RangeFetcher:
         size = self.object.size
         for offset, length in ranges:
             if offset < 0 or length < 0 or offset + length > size:
-                raise TileReadError(f"{self.object.source.url}: byte range {offset}+{length} lies past the end "
-                                    f"of the object ({size} bytes)")
+                raise TileReadError(f"{self.object.source.url}: byte range {offset}+{length} lies past "
+                                    f"the end of the object ({size} bytes)")
         with self._lock:
             self.calls += 1
             self.requests += sum(1 for _, n in ranges if n > 0)
@@ -369,8 +372,8 @@ class RangeFetcher:
     def _check(self, data: Any, offset: int, length: int) -> bytes:
         if len(data) != length:
             raise TileReadError(
-                f"{self.object.source.url}: {self._what(offset, length)}: the server returned {len(data)} bytes "
-                "(does it support HTTP Range requests?)")
+                f"{self.object.source.url}: {self._what(offset, length)}: the server returned "
+                f"{len(data)} bytes (does it support HTTP Range requests?)")
         return bytes(data) if not isinstance(data, bytes) else data
 
     def _fetch_sync(self, fs: Any, offset: int, length: int) -> bytes:
@@ -423,8 +426,8 @@ class RangeFetcher:
                 pin["VersionId"] = obj.version or version
             elif obj.etag:
                 pin["IfMatch"] = obj.etag
-            response = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}",
-                                         **pin)
+            response = await fs._call_s3("get_object", Bucket=bucket, Key=key,
+                                         Range=f"bytes={start}-{end - 1}", **pin)
             body = response["Body"]
             try:
                 return await body.read()
@@ -448,7 +451,8 @@ class BlockFile(io.RawIOBase):
         (b'\xe0\xe1\xe2', 1)
     """
 
-    def __init__(self, fetcher: RangeFetcher, block_size: int = BLOCK_SIZE, max_blocks: int = MAX_BLOCKS) -> None:
+    def __init__(self, fetcher: RangeFetcher, block_size: int = BLOCK_SIZE,
+                 max_blocks: int = MAX_BLOCKS) -> None:
         super().__init__()
         self.fetcher = fetcher
         self.size = fetcher.object.size

@@ -348,7 +348,7 @@ def parse_source(source: Any, storage_options: Any = None) -> str:
         >>> parse_source("slide.svs", {"anon": True})
         Traceback (most recent call last):
         ...
-        wsiarray.errors.ArgumentError: storage_options apply to URLs (s3://, https://, ...), not to the local path 'slide.svs'
+        wsiarray.errors.ArgumentError: storage_options apply to URLs (s3://, https://, ...), not to ...
     """
     if storage_options is not None and not isinstance(storage_options, dict):
         raise ArgumentError(f"storage_options must be a dict, got {type(storage_options).__name__}")

@@ -858,7 +858,8 @@ def open(path: str | os.PathLike[str], *, fill: FillLike = None, apply_icc: bool
         >>> bool((direct.read_region((0, 0), (64, 64)) == slide.read_region((0, 0), (64, 64))).all())
         True
     """
-    return Slide(path, fill=fill, apply_icc=apply_icc, file_access=file_access, storage_options=storage_options)
+    return Slide(path, fill=fill, apply_icc=apply_icc, file_access=file_access,
+                 storage_options=storage_options)
 
 
 def read_regions(

@@ -49,8 +49,8 @@ def read_slide_info(path: str | os.PathLike[str]) -> SlideInfo:
         fh = open_binary(path)
         head = fh.read(4096)
         if head[128:132] == b"DICM":
-            raise UnsupportedError(f"{path}: DICOM WSI cannot be read remotely yet (a series is many objects); "
-                                   "copy it to a local folder")
+            raise UnsupportedError(f"{path}: DICOM WSI cannot be read remotely yet (a series is many "
+                                   "objects); copy it to a local folder")
         if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
             raise UnsupportedError(f"{path}: companion OME-XML files cannot be read remotely (multi-file)")
     else:

@@ -33,12 +33,12 @@ from ..errors import FormatError, UnsupportedError
 from .base import Codec, LevelSpec, SlideInfo
 from .properties import format_double, icc_profile, make_slide_info, resolution_mpp, tiff_properties
 from .tiff import (
-    open_binary,
     MAX_DIMENSION,
     PageLoader,
     check_page,
     iter_pages,
     jpeg_colorspaces,
+    open_binary,
     page_name,
     wrap_errors,
 )
