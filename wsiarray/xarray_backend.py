@@ -291,7 +291,9 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
 
     description = "Whole-slide images (Aperio SVS, pyramidal TIFF, OME-TIFF) through wsiarray's tile engine"
     url = "https://github.com/wsiarray/wsiarray"
-    open_dataset_parameters = ("filename_or_obj", "drop_variables", "level", "fill", "apply_icc", "storage_options")
+    open_dataset_parameters = (
+        "filename_or_obj", "drop_variables", "level", "fill", "apply_icc", "storage_options",
+    )
     supports_groups = True
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
