@@ -103,10 +103,11 @@ FetchedSpans::FetchedSpans(const File& file, const ByteSource& fallback, std::ve
     total += r.length;  // each <= the file size, and they are disjoint: no overflow
   }
   if (spans_.empty()) return;
-  data_.resize(size_t(total));
+  data_.reset(new uint8_t[size_t(total)]);
+  bytes_ = total;
   std::vector<uint8_t*> dst;
   dst.reserve(spans_.size());
-  for (uint64_t start : starts_) dst.push_back(data_.data() + start);
+  for (uint64_t start : starts_) dst.push_back(data_.get() + start);
   fetcher->fetch(spans_, dst);
 }
 
@@ -118,7 +119,7 @@ const uint8_t* FetchedSpans::view(uint64_t offset, uint64_t length) const {
   --it;
   const uint64_t into = offset - it->offset;
   if (into > it->length || length > it->length - into) return nullptr;
-  return data_.data() + starts_[size_t(it - spans_.begin())] + into;
+  return data_.get() + starts_[size_t(it - spans_.begin())] + into;
 }
 
 void FetchedSpans::read(uint64_t offset, uint64_t length, uint8_t* dst) const {

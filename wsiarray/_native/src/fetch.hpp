@@ -56,13 +56,14 @@ class FetchedSpans final : public ByteSource {
   void read(uint64_t offset, uint64_t length, uint8_t* dst) const override;
   const uint8_t* view(uint64_t offset, uint64_t length) const override;
   size_t span_count() const { return spans_.size(); }
-  uint64_t bytes() const { return data_.size(); }
+  uint64_t bytes() const { return bytes_; }
 
  private:
   const ByteSource& fallback_;
   std::vector<ByteRange> spans_;   // sorted, disjoint
   std::vector<uint64_t> starts_;   // where each span starts in data_
-  std::vector<uint8_t> data_;
+  std::unique_ptr<uint8_t[]> data_;  // bytes_ bytes (not zeroed: every byte is fetched)
+  uint64_t bytes_ = 0;
 };
 
 // The remote byte ranges of a set of requests, collected per file, then
