@@ -137,7 +137,8 @@ def gap_trade_off(http_url: str, locations: list[tuple[int, int]], size: int) ->
             os.environ["WSIARRAY_REMOTE_MAX_GAP_MIB"] = old
         wsiarray.file_handles().clear()
     n = len(locations)
-    return (f"- with WSIARRAY_REMOTE_MAX_GAP_MIB=1: {(after['requests'] - before['requests']) / n:.2f} requests "
+    requests = (after["requests"] - before["requests"]) / n
+    return (f"- with WSIARRAY_REMOTE_MAX_GAP_MIB=1: {requests:.2f} requests "
             f"and {(after['bytes'] - before['bytes']) / n / 2**20:.2f} MiB per patch, {seconds:.2f} s "
             "(one run; on loopback bandwidth is free and round trips cost ~0.1 ms, unlike an object store)")
 
