@@ -28,6 +28,7 @@ the HTTP server's own counts.
 Example::
 
     python -m benchmarks.bench_remote                  # both parts, 3 rounds
+    python -m benchmarks.bench_remote --part level --level 0 --readers "wsiarray http" "local disk"
     python -m benchmarks.bench_remote --patches 200 --repeats 1 --width 4096 --height 4096  # smoke
 """
 
@@ -297,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--level", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--part", choices=("patches", "level", "both"), default="both")
+    parser.add_argument("--readers", nargs="*", default=None,
+                        help="only these readers (e.g. 'wsiarray http' 'local disk'; level 0 of the "
+                             "per-tile readers needs tens of GB)")
     args = parser.parse_args(argv)
 
     path = benchmark_slide_path(args.width, args.height)
@@ -312,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
             locations = [(int(x), int(y)) for x, y in zip(xs, ys, strict=True)]
             contenders = patch_contenders(path, http_url, s3_url, s3_options, locations, args.size,
                                           args.s3_patches)
+            contenders = [c for c in contenders if args.readers is None or c.name in args.readers]
             print("# (a) random patches: verifying")
             verify(contenders)
             # wsiarray's requests and bytes per patch, counted by the HTTP server
@@ -341,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             report.append("")
         if args.part in ("level", "both"):
             contenders = level_contenders(path, http_url, s3_url, s3_options, args.level)
+            contenders = [c for c in contenders if args.readers is None or c.name in args.readers]
             print(f"# (b) whole level {args.level}: verifying")
             verify(contenders)
             before = http_stats(http_url)
