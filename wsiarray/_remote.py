@@ -259,10 +259,11 @@ def _transient(exc: BaseException) -> bool:
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if isinstance(status, int):
         return status >= 500 or status == 429
-    name = type(exc).__name__
-    if name in ("ClientPayloadError", "ServerDisconnectedError", "ClientConnectionError", "ClientOSError",
-                "ServerTimeoutError", "IncompleteRead", "ReadTimeoutError", "ConnectTimeoutError",
-                "EndpointConnectionError", "ResponseStreamingError"):
+    # aiohttp's and botocore's connection errors, by class name (their packages load lazily)
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"ClientPayloadError", "ClientConnectionError", "ServerTimeoutError", "IncompleteRead",
+                "ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionError",
+                "ResponseStreamingError", "ConnectionClosedError"}:
         return True
     text = str(exc)
     return any(word in text for word in ("500", "502", "503", "504", "Service Unavailable", "InternalError",
