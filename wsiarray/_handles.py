@@ -43,6 +43,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
+from . import _remote
 from ._reader import FileIdentity, OpenedSlide
 from ._request import DEFAULT_FILE_ACCESS
 from .errors import ArgumentError, OpenError
@@ -65,10 +66,15 @@ Key = tuple[str, FileIdentity, str]
 def file_identity(path: str) -> FileIdentity:
     """``(st_dev, st_ino, st_size, st_mtime_ns)`` of ``path`` now (:class:`~wsiarray.OpenError` if absent).
 
+    A remote source's (:class:`~wsiarray._remote.RemoteSource`) is made of its
+    URL, ETag/version and size, asked of the store now (one request).
+
     Example:
         >>> len(file_identity(path))
         4
     """
+    if isinstance(path, _remote.RemoteSource):
+        return _remote.stat(path).identity
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -132,7 +138,8 @@ class HandleManager:
         ``check`` also now if it is open already (:class:`~wsiarray.OpenError`
         otherwise); without, the file's identity now is used.
         """
-        if identity is None or check:
+        fresh = identity is None or check  # the identity is the file's now: no second look
+        if fresh:
             now = file_identity(path)
             if identity is not None and now != identity:
                 raise OpenError(f"{path}: the file changed since this slide handle was created")
@@ -143,7 +150,7 @@ class HandleManager:
             if opened is not None:
                 self._open.move_to_end(key)
                 return opened
-        if not check and file_identity(path) != identity:
+        if not fresh and file_identity(path) != identity:
             raise OpenError(f"{path}: the file changed since this slide handle was created")
         # Parsed outside the lock: other files open meanwhile. Two threads racing
         # for the same file both parse it, and the first one kept wins.

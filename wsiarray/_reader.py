@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _native
-from ._request import DEFAULT_FILE_ACCESS
+from . import _native, _remote
+from ._request import DEFAULT_FILE_ACCESS, parse_remote_options
 from .cache import ensure_configured
-from .errors import OpenError, WSIError
+from .errors import OpenError, UnsupportedError, WSIError
 
 if TYPE_CHECKING:
     from .formats import SlideInfo
@@ -139,6 +139,8 @@ class OpenedSlide:
         self.associated = AssociatedImages(info.associated)
         self.channels = level0.samples
         self.dtype = level0.dtype
+        #: A remote slide's :class:`~wsiarray._remote.RangeFetcher` (its request counts), else None.
+        self.fetcher: _remote.RangeFetcher | None = None
 
     @classmethod
     def open(cls, path: str, identity: FileIdentity, file_access: str = DEFAULT_FILE_ACCESS) -> OpenedSlide:
@@ -151,6 +153,8 @@ class OpenedSlide:
         from .formats import read_slide_info
 
         ensure_configured()  # the cache a configuration file or WSIARRAY_CACHE asks for
+        if isinstance(path, _remote.RemoteSource):
+            return cls._open_remote(path, identity)
         info = read_slide_info(path)
         if not info.levels:
             raise OpenError(f"{path}: no image levels found")
@@ -173,3 +177,28 @@ class OpenedSlide:
             native.close()
             raise
         return cls(path, identity, info, native)
+
+    @classmethod
+    def _open_remote(cls, source: _remote.RemoteSource, identity: FileIdentity) -> OpenedSlide:
+        """A remote object: parsed through a block-cached file, read through a fetcher of its own."""
+        from .formats import read_slide_info
+
+        obj = _remote.seen(source, identity)
+        options = parse_remote_options()
+        info = read_slide_info(source)
+        if not info.levels:
+            raise OpenError(f"{source}: no image levels found")
+        fetcher = _remote.RangeFetcher(obj, options)
+        native = _native.Reader.open_remote(source.url, identity, fetcher, options.max_gap, options.max_span)
+        try:
+            for spec in info.levels:
+                if spec.file not in (None, source) or spec.plane_files:
+                    raise UnsupportedError(f"{source}: levels in other objects (multi-file slides) cannot be "
+                                           "read remotely")
+                spec.add_to(native, 0, [])
+        except BaseException:
+            native.close()
+            raise
+        opened = cls(source, identity, info, native)
+        opened.fetcher = fetcher
+        return opened

@@ -22,6 +22,9 @@ The rules:
   (``WSIARRAY_GPU_BACKEND``).
 - **file_access** (``open``): one of :data:`FILE_ACCESS_MODES`, how the native
   engine reads the file's bytes (see :func:`parse_file_access`).
+- **source** (``open``, ``read_regions``, the facades): a local path, or an fsspec URL
+  (``s3://``, ``gs://``, ``az://``, ``https://``, ...) with optional ``storage_options``
+  (a dict, for URLs only); ``file://`` URLs are local paths (see :func:`parse_source`).
 - **apply_icc**: ``True`` or ``False`` (a Python or NumPy bool), or ``None`` for the
   handle's own setting (``wsiarray.open(path, apply_icc=...)``, default ``False``).
   ``True`` returns sRGB pixels through the slide's ICC profile; that needs uint8
@@ -67,6 +70,7 @@ from typing import Any
 
 import numpy as np
 
+from ._remote import RemoteOptions, RemoteSource
 from .errors import ArgumentError, RequestTooLargeError, UnsupportedError
 
 __all__ = [
@@ -78,6 +82,7 @@ __all__ = [
     "GPU_BACKEND_ENV",
     "LIMIT_ENV",
     "MPP_TOLERANCE",
+    "REMOTE_ENV",
     "DctLike",
     "FillLike",
     "MppLike",
@@ -100,7 +105,9 @@ __all__ = [
     "parse_mpp",
     "parse_pair",
     "parse_progress",
+    "parse_remote_options",
     "parse_size",
+    "parse_source",
     "parse_workers",
     "request_limit",
     "to_level",
@@ -139,6 +146,15 @@ FILE_ACCESS_MODES = ("pread", "mmap", "direct", "preload")
 #: The mode files are opened with unless ``file_access=`` says otherwise: the
 #: fastest in ``benchmarks/bench_file_access.py`` (see ``docs/architecture.md``).
 DEFAULT_FILE_ACCESS = "pread"
+
+#: Environment variables that tune remote reads (see :func:`parse_remote_options`).
+REMOTE_ENV = {
+    "max_gap": "WSIARRAY_REMOTE_MAX_GAP_MIB",
+    "max_span": "WSIARRAY_REMOTE_MAX_SPAN_MIB",
+    "retries": "WSIARRAY_REMOTE_RETRIES",
+    "timeout": "WSIARRAY_REMOTE_TIMEOUT",
+    "concurrency": "WSIARRAY_REMOTE_CONCURRENCY",
+}
 
 #: Environment variable that sets the request limit, in MiB (see :func:`request_limit`).
 LIMIT_ENV = "WSIARRAY_MAX_REQUEST_MIB"
@@ -374,6 +390,95 @@ def parse_file_access(file_access: Any) -> str:
     if not isinstance(file_access, str) or file_access not in FILE_ACCESS_MODES:
         raise ArgumentError(f"file_access must be one of {FILE_ACCESS_MODES}, got {file_access!r}")
     return file_access
+
+
+def parse_source(source: Any, storage_options: Any = None) -> str:
+    """A local path (absolute) or, for an fsspec URL, a :class:`~wsiarray._remote.RemoteSource`.
+
+    ``scheme://...`` with a scheme other than ``file`` is a URL; ``file://`` URLs
+    become local paths. ``storage_options`` (a dict for fsspec) apply to URLs
+    only. A :class:`~wsiarray._remote.RemoteSource` passes through (given
+    ``storage_options`` replace its own).
+
+    Example:
+        >>> parse_source("file:///data/a%20b.svs")
+        '/data/a b.svs'
+        >>> parse_source("https://example.org/slide.svs").protocol
+        'https'
+        >>> parse_source("slide.svs", {"anon": True})
+        Traceback (most recent call last):
+        ...
+        wsiarray.errors.ArgumentError: storage_options apply to URLs (s3://, https://, ...), not to ...
+    """
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise ArgumentError(f"storage_options must be a dict, got {type(storage_options).__name__}")
+    if isinstance(source, RemoteSource):
+        if storage_options is None:
+            return source
+        return RemoteSource(source.url, source.protocol, storage_options)
+    if not isinstance(source, (str, bytes, os.PathLike)):
+        raise ArgumentError(f"a slide is a path or a URL, got {type(source).__name__}")
+    text = os.fsdecode(os.fspath(source))
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme and (scheme[0].isalpha() and all(c.isalnum() or c in "+-." for c in scheme)):
+        protocol = scheme.lower()
+        if protocol == "file":
+            from urllib.parse import unquote, urlsplit
+
+            parts = urlsplit(text)
+            if parts.netloc not in ("", "localhost"):
+                raise ArgumentError(f"{text}: file:// URLs of other hosts are not supported")
+            text = unquote(parts.path)
+        else:
+            if not rest:
+                raise ArgumentError(f"{text!r} names no object")
+            return RemoteSource(text, protocol, storage_options)
+    if storage_options is not None:
+        raise ArgumentError(
+            f"storage_options apply to URLs (s3://, https://, ...), not to the local path {text!r}")
+    return os.path.abspath(text)
+
+
+@functools.cache
+def _remote_options(values: tuple[str | None, ...]) -> RemoteOptions:
+    default = RemoteOptions()
+    parsed: dict[str, Any] = {}
+    for (field, env), value in zip(REMOTE_ENV.items(), values, strict=True):
+        if value is None or value == "":
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        minimum = 1 if field == "concurrency" else 0
+        if not math.isfinite(number) or number < minimum or (field == "max_span" and number <= 0):
+            raise ArgumentError(f"{env} must be a number >= {minimum}, got {value!r}")
+        if field in ("max_gap", "max_span"):
+            parsed[field] = int(number * (1 << 20))
+        elif field in ("retries", "concurrency"):
+            parsed[field] = int(number)
+        else:
+            parsed[field] = number
+    return dataclasses.replace(default, **parsed)
+
+
+def parse_remote_options() -> RemoteOptions:
+    """How remote (URL) slides are read, from the environment, read when a URL is opened.
+
+    - ``WSIARRAY_REMOTE_MAX_GAP_MIB`` (default 8): byte ranges of one request less
+      than this apart are fetched as one range (an object store request costs
+      tens of ms of latency, which buys megabytes of bandwidth);
+    - ``WSIARRAY_REMOTE_MAX_SPAN_MIB`` (16): a merged range grows to at most this;
+    - ``WSIARRAY_REMOTE_RETRIES`` (5): attempts after the first on transient errors;
+    - ``WSIARRAY_REMOTE_TIMEOUT`` (60): seconds one range's attempt may take;
+    - ``WSIARRAY_REMOTE_CONCURRENCY`` (16): ranges in flight at once per request.
+
+    Example:
+        >>> options = parse_remote_options()
+        >>> options.max_gap >> 20, options.retries
+        (8, 5)
+    """
+    return _remote_options(tuple(os.environ.get(env) for env in REMOTE_ENV.values()))
 
 
 def parse_apply_icc(apply_icc: Any, default: bool) -> bool:

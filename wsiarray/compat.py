@@ -849,7 +849,8 @@ class FileCuImage(CuImage):
     The description (levels, spacing, metadata) is read once from the format layer
     and stays readable after :meth:`close`; reading pixels then raises.
     ``file_access`` (wsiarray's, not cuCIM's) chooses how the file's bytes are read,
-    as in :func:`wsiarray.open`.
+    as in :func:`wsiarray.open`; ``path`` may be a URL, with ``storage_options``
+    for fsspec, as there.
 
     Example:
         >>> img = CuImage(svs_path)
@@ -859,14 +860,16 @@ class FileCuImage(CuImage):
         [64, 64, 3]
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, file_access: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, file_access: str | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
         self._path = os.fspath(path)
         file_access = parse_file_access(file_access)  # a bad value is the caller's ArgumentError
         try:
-            slide = Slide(self._path, file_access=file_access)
+            slide = Slide(self._path, file_access=file_access, storage_options=storage_options)
             info = slide.format_info
         except (WSIError, OSError) as exc:
-            exists = os.path.exists(self._path)
+            # (a URL that could not be opened counts as absent)
+            exists = not isinstance(exc, OpenError) if "://" in self._path else os.path.exists(self._path)
             raise CuImageOpenError(f"Cannot {'load' if exists else 'open'} {self._path}!") from exc
         self._slide = slide
         self._closed = False

@@ -23,7 +23,9 @@ from ._icc import SrgbTransform, apply_srgb, srgb_transform
 from ._memory import empty_output
 from ._progress import Progress, row_bands
 from ._reader import FileIdentity, Level, OpenedSlide
+from ._remote import RemoteSource
 from ._request import (
+    DEFAULT_FILE_ACCESS,
     DctLike,
     FillLike,
     MppLike,
@@ -43,6 +45,7 @@ from ._request import (
     parse_locations,
     parse_progress,
     parse_size,
+    parse_source,
     parse_workers,
     to_level,
     to_level_locations,
@@ -101,10 +104,13 @@ class Slide:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, fill: FillLike = None,
-                 apply_icc: bool = False, file_access: str | None = None) -> None:
-        self._path = os.path.abspath(os.fspath(path))
+                 apply_icc: bool = False, file_access: str | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        self._path = parse_source(path, storage_options)
         apply_icc = parse_apply_icc(apply_icc, False)
         file_access = parse_file_access(file_access)
+        if isinstance(self._path, RemoteSource) and file_access != DEFAULT_FILE_ACCESS:
+            raise ArgumentError(f"file_access applies to local files; {self._path} is a URL")
         opened = manager.acquire(self._path, None, file_access)
         self._setup(opened.identity, fill, apply_icc, file_access)
         self._checked = True
@@ -189,8 +195,18 @@ class Slide:
 
     @property
     def path(self) -> str:
-        """Absolute path of the file."""
+        """Absolute path of the file, or the slide's URL (a ``str`` carrying its storage options)."""
         return self._path
+
+    @property
+    def remote(self) -> bool:
+        """Whether the slide is read from a URL (object storage, HTTP) rather than a local file.
+
+        Example:
+            >>> wsiarray.open(path).remote
+            False
+        """
+        return isinstance(self._path, RemoteSource)
 
     @property
     def identity(self) -> FileIdentity:
@@ -849,8 +865,14 @@ def _resample_coords(target: MppTarget, level0: np.ndarray, downsample: float) -
 
 
 def open(path: str | os.PathLike[str], *, fill: FillLike = None, apply_icc: bool = False,
-         file_access: str | None = None) -> Slide:
-    """Open a whole-slide image (Aperio SVS, OME-TIFF, generic tiled TIFF).
+         file_access: str | None = None, storage_options: dict[str, Any] | None = None) -> Slide:
+    """Open a whole-slide image (Aperio SVS, OME-TIFF, generic tiled TIFF), a local path or a URL.
+
+    ``path`` may be an fsspec URL (``s3://``, ``gs://``, ``az://``, ``https://``,
+    ``http://``; ``file://`` is a local path), with ``storage_options`` for its
+    filesystem (credentials, endpoint, ...; ``pip install "wsiarray[remote]"``).
+    Opening one costs a few requests; each read then fetches its tiles' byte
+    ranges, merged, in one batch of concurrent requests (``docs/guide/remote.md``).
 
     ``fill`` sets the value of pixels outside the image for this handle.
     ``apply_icc=True`` makes every read of this handle (regions, batches,
@@ -874,7 +896,8 @@ def open(path: str | os.PathLike[str], *, fill: FillLike = None, apply_icc: bool
         >>> bool((direct.read_region((0, 0), (64, 64)) == slide.read_region((0, 0), (64, 64))).all())
         True
     """
-    return Slide(path, fill=fill, apply_icc=apply_icc, file_access=file_access)
+    return Slide(path, fill=fill, apply_icc=apply_icc, file_access=file_access,
+                 storage_options=storage_options)
 
 
 def read_regions(
@@ -893,8 +916,11 @@ def read_regions(
     mpp: MppLike = None,
     dct: DctLike = True,
     device: str = "cpu",
+    storage_options: dict[str, Any] | None = None,
 ) -> BatchIterator:
     """Patches from many slides in one stream: ``items`` are ``(slide_or_path, (x, y))``.
+
+    A path may be a URL (``storage_options`` apply to the URLs among them).
 
     Locations are level-0 pixels of each item's slide, ``size`` is in ``level``'s
     pixels. All slides must share dtype and channel count; ``fill`` defaults to
@@ -934,10 +960,10 @@ def read_regions(
     slide_levels: list[int] = []
     slide_downsamples: list[float] = []
     for source, location in items:
-        key: int | str = id(source) if isinstance(source, Slide) else os.path.abspath(os.fspath(source))
+        key: int | str = id(source) if isinstance(source, Slide) else _item_source(source, storage_options)
         if key not in index_of:
             index_of[key] = len(slides)
-            slide = source if isinstance(source, Slide) else Slide(source)
+            slide = source if isinstance(source, Slide) else Slide(key)
             # Checked now, while the file is open: with more files than the
             # handle manager keeps open, a later check would reopen each one.
             if slides and (slide.dtype, slide.channels) != (slides[0].dtype, slides[0].channels):
@@ -984,3 +1010,11 @@ def read_regions(
         prefetch_factor=prefetch_factor, shuffle=shuffle, seed=seed, transforms=transforms,
         resample=resample, dct=dct, device=device,
     )
+
+
+def _item_source(source: Any, storage_options: dict[str, Any] | None) -> str:
+    """A read_regions item's path or URL; ``storage_options`` apply to URLs only."""
+    parsed = parse_source(source)
+    if isinstance(parsed, RemoteSource) and storage_options is not None:
+        return parse_source(parsed, storage_options)
+    return parsed

@@ -231,7 +231,8 @@ def _groups(slide: Slide, level_data: Iterable[tuple[int, Any]]) -> dict[str, xr
     return groups
 
 
-def _open_slide(filename_or_obj: Any, fill: Any = None, apply_icc: Any = None) -> Slide:
+def _open_slide(filename_or_obj: Any, fill: Any = None, apply_icc: Any = None,
+                storage_options: dict[str, Any] | None = None) -> Slide:
     if isinstance(filename_or_obj, Slide):
         if parse_apply_icc(apply_icc, filename_or_obj.apply_icc) != filename_or_obj.apply_icc:
             raise ArgumentError(
@@ -239,7 +240,8 @@ def _open_slide(filename_or_obj: Any, fill: Any = None, apply_icc: Any = None) -
             )
         return copy.copy(filename_or_obj)  # a handle of our own: closing it leaves the caller's open
     if isinstance(filename_or_obj, (str, os.PathLike)):
-        return Slide(filename_or_obj, fill=fill, apply_icc=parse_apply_icc(apply_icc, False))
+        return Slide(filename_or_obj, fill=fill, apply_icc=parse_apply_icc(apply_icc, False),
+                     storage_options=storage_options)
     raise ArgumentError(
         f"the wsiarray engine opens paths or wsiarray.Slide objects, not {type(filename_or_obj).__name__}"
     )
@@ -257,9 +259,10 @@ def _drop(ds: xr.Dataset, drop_variables: str | Iterable[str] | None) -> xr.Data
 
 
 def _open_groups(filename_or_obj: Any, drop_variables: str | Iterable[str] | None,
-                 fill: Any, apply_icc: Any) -> tuple[dict[str, xr.Dataset], Slide]:
+                 fill: Any, apply_icc: Any,
+                 storage_options: dict[str, Any] | None = None) -> tuple[dict[str, xr.Dataset], Slide]:
     """The DataTree's groups and the handle they read through (closed with the root)."""
-    slide = _open_slide(filename_or_obj, fill, apply_icc)
+    slide = _open_slide(filename_or_obj, fill, apply_icc, storage_options)
     try:
         levels = [(level, _lazy(slide, level)) for level in range(slide.level_count)]
         groups = {path: _drop(ds, drop_variables) for path, ds in _groups(slide, levels).items()}
@@ -288,7 +291,9 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
 
     description = "Whole-slide images (Aperio SVS, pyramidal TIFF, OME-TIFF) through wsiarray's tile engine"
     url = "https://github.com/wsiarray/wsiarray"
-    open_dataset_parameters = ("filename_or_obj", "drop_variables", "level", "fill", "apply_icc")
+    open_dataset_parameters = (
+        "filename_or_obj", "drop_variables", "level", "fill", "apply_icc", "storage_options",
+    )
     supports_groups = True
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
@@ -307,6 +312,8 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
         path = os.fspath(filename_or_obj)
         if not str(path).lower().endswith(TIFF_EXTENSIONS):
             return False
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return True  # a URL: its extension says enough, without a request
         try:
             with open(path, "rb") as fh:
                 return fh.read(4) in _TIFF_MAGIC
@@ -323,8 +330,12 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
         apply_icc: bool | None = None,
         mpp: MppLike = None,
         dct: DctLike = True,
+        storage_options: dict[str, Any] | None = None,
     ) -> xr.Dataset:
         """One level as a Dataset with variable ``image``; attrs hold the slide's metadata.
+
+        ``filename_or_obj`` may be a URL, with ``storage_options`` for fsspec (see
+        :func:`wsiarray.open`).
 
         ``mpp`` (not with ``level``) gives the slide at that pixel size instead, a
         virtual level read as :meth:`wsiarray.Slide.read_region` with ``mpp=``
@@ -338,7 +349,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
             >>> xr.open_dataset(path, engine="wsiarray", mpp=0.75).image.shape
             (509, 667, 3)
         """
-        slide = _open_slide(filename_or_obj, fill, apply_icc)
+        slide = _open_slide(filename_or_obj, fill, apply_icc, storage_options)
         try:
             if mpp is not None:
                 target = mpp_target(mpp, slide.mpp, slide.level_dimensions,
@@ -365,6 +376,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
         drop_variables: str | Iterable[str] | None = None,
         fill: Any = None,
         apply_icc: bool | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> dict[str, xr.Dataset]:
         """Groups ``/`` (attributes), ``/0``, ``/1``, ... and ``/associated/<name>``.
 
@@ -373,7 +385,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
             ['/', '/0', '/1', '/associated', '/associated/thumbnail', '/associated/label',
              '/associated/macro']
         """
-        groups, _ = _open_groups(filename_or_obj, drop_variables, fill, apply_icc)
+        groups, _ = _open_groups(filename_or_obj, drop_variables, fill, apply_icc, storage_options)
         return groups
 
     def open_datatree(  # type: ignore[override]
@@ -383,6 +395,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
         drop_variables: str | Iterable[str] | None = None,
         fill: Any = None,
         apply_icc: bool | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> xr.DataTree:
         """Every level in sibling groups ``/0``, ``/1``, ...; attributes on the root.
 
@@ -391,7 +404,7 @@ class WsiarrayBackendEntrypoint(BackendEntrypoint):
             >>> tree["1"].image.shape
             (382, 500, 3)
         """
-        groups, slide = _open_groups(filename_or_obj, drop_variables, fill, apply_icc)
+        groups, slide = _open_groups(filename_or_obj, drop_variables, fill, apply_icc, storage_options)
         tree = xr.DataTree.from_dict(groups)
         tree.set_close(slide.close)
         return tree

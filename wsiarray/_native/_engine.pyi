@@ -138,6 +138,21 @@ class Reader:
     ``path``) and the levels' tile tables."""
 
     def __init__(self, path: str, file_access: str = "pread") -> None: ...
+    @staticmethod
+    def open_remote(
+        url: str,
+        identity: tuple[int, int, int, int],
+        fetch: Callable[[list[tuple[int, int]]], Sequence[bytes]],
+        max_gap: int = 8 << 20,
+        max_span: int = 16 << 20,
+    ) -> Reader:
+        """A reader of a remote object (``wsiarray._remote``): ``fetch([(offset, length), ...])``
+        returns one bytes-like object of exactly that length per range; it is called once per
+        request with the request's ranges merged (closer than ``max_gap``, at most ``max_span``
+        each), with the GIL released while it is not running. It cannot ``add_file``."""
+    @property
+    def remote(self) -> bool:
+        """Whether the reader reads a remote object through its fetcher."""
     @property
     def path(self) -> str: ...
     @property
@@ -318,3 +333,7 @@ def pool_size() -> int:
 
 def set_pool_size(threads: int) -> None:
     """Resizes the process-wide decode pool (0: one thread per CPU)."""
+
+def merge_ranges(ranges: list[tuple[int, int]], max_gap: int, max_span: int) -> list[tuple[int, int]]:
+    """The ``(offset, length)`` ranges a remote request fetches: sorted, empty ones dropped, those less
+    than ``max_gap`` apart merged into spans of at most ``max_span`` bytes (a longer range stays whole)."""

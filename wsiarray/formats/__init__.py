@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 
+from .._remote import RemoteSource
 from ..errors import UnsupportedError
 from . import aperio, dicom, generic, leica, ndpi, ome, philips, qptiff, ventana
 from .base import Codec, JpegColor, LevelSpec, SlideInfo
-from .tiff import open_tiff, wrap_errors
+from .tiff import open_binary, open_tiff, wrap_errors
 
 __all__ = ["Codec", "JpegColor", "LevelSpec", "SlideInfo", "read_slide_info"]
 
@@ -42,14 +43,25 @@ def read_slide_info(path: str | os.PathLike[str]) -> SlideInfo:
         >>> info.vendor, info.properties["openslide.mpp-x"]
         ('aperio', '0.25')
     """
-    path = os.fspath(path)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if dicom.is_dicom(path):
-        return dicom.read_slide_info(path)
-    if ome.is_companion(path):
-        return ome.read_companion(path)
-    tif = open_tiff(path)
+    fh = None
+    if isinstance(path, RemoteSource):
+        # One block-cached file serves the sniffing and tifffile's parse.
+        fh = open_binary(path)
+        head = fh.read(4096)
+        if head[128:132] == b"DICM":
+            raise UnsupportedError(f"{path}: DICOM WSI cannot be read remotely yet (a series is many "
+                                   "objects); copy it to a local folder")
+        if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
+            raise UnsupportedError(f"{path}: companion OME-XML files cannot be read remotely (multi-file)")
+    else:
+        path = os.fspath(path)
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if dicom.is_dicom(path):
+            return dicom.read_slide_info(path)
+        if ome.is_companion(path):
+            return ome.read_companion(path)
+    tif = open_tiff(path, fh)
     try:
         with wrap_errors(path, "reading the TIFF structure"):
             for detect in _DETECTORS:

@@ -28,6 +28,7 @@ import numpy as np
 import tifffile
 
 from .. import _native
+from .._remote import RemoteSource
 from ..errors import FormatError, UnsupportedError
 from .base import Codec, LevelSpec, SlideInfo
 from .properties import format_double, icc_profile, make_slide_info, resolution_mpp, tiff_properties
@@ -37,6 +38,7 @@ from .tiff import (
     check_page,
     iter_pages,
     jpeg_colorspaces,
+    open_binary,
     page_name,
     wrap_errors,
 )
@@ -140,6 +142,9 @@ def _interval_starts(
             )
         return starts
     # Missing, or not one entry per interval: find the markers (OpenSlide does the same).
+    if isinstance(path, RemoteSource):
+        raise UnsupportedError(f"{what}: an NDPI level without McuStarts cannot be read remotely "
+                               "(its restart markers are found by scanning the file)")
     ends = _native.scan_restart_markers(path, offset, size, header["length"], count - 1)
     if len(ends) != count - 1:
         raise FormatError(
@@ -255,7 +260,10 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
         return _describe(tif, path)
     # tifffile applies NDPI's 64-bit offset extension to files named *.ndpi only.
     with wrap_errors(path, "opening as NDPI"):
-        ndpi = tifffile.TiffFile(path, is_ndpi=True)
+        if isinstance(path, RemoteSource):
+            ndpi = tifffile.TiffFile(open_binary(path), name=path.rsplit("/", 1)[-1], is_ndpi=True)
+        else:
+            ndpi = tifffile.TiffFile(path, is_ndpi=True)
     ndpi._wsiarray_path = path  # type: ignore[attr-defined]
     try:
         return _describe(ndpi, path)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import tifffile
 
+from .._remote import RemoteSource
 from ..errors import FormatError, OpenError, UnsupportedError, WSIError
 from .base import LevelSpec, SlideInfo
 from .properties import icc_profile, make_slide_info, parse_positive_float, tiff_properties
@@ -182,14 +183,22 @@ class _Members:
         self._tifs: dict[tuple[int, int], tuple[str, tifffile.TiffFile, bool]] = {}
         self.identities: dict[str, tuple[int, int, int, int]] = {}
         if opened is not None and opened_tif is not None:
-            st = os.stat(opened)
-            self._tifs[(st.st_dev, st.st_ino)] = (opened, opened_tif, False)
+            if isinstance(opened, RemoteSource):
+                self._tifs[(-1, hash(opened))] = (opened, opened_tif, False)
+            else:
+                st = os.stat(opened)
+                self._tifs[(st.st_dev, st.st_ino)] = (opened, opened_tif, False)
 
     def path(self, name: str | None) -> str:
         return self.home if name is None else os.path.join(os.path.dirname(self.home), name)
 
     def tif(self, name: str | None, what: str) -> tifffile.TiffFile:
         path = self.path(name)
+        if isinstance(self.home, RemoteSource):
+            if name is None and self.home == self.opened:
+                return self._tifs[(-1, hash(self.home))][1]
+            raise UnsupportedError(f"{what}: multi-file OME-TIFF sets cannot be read remotely "
+                                   f"(member {name or path!r})")
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -403,6 +412,8 @@ def detect(tif: tifffile.TiffFile, path: str) -> SlideInfo | None:
         name = (binary_only.get("MetadataFile") or "").strip()
         if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
             raise FormatError(f"{path}: OME-XML is BinaryOnly but names no MetadataFile next to it")
+        if isinstance(path, RemoteSource):
+            raise UnsupportedError(f"{path}: multi-file OME-TIFF sets cannot be read remotely")
         home = os.path.join(os.path.dirname(path), name)
         if not os.path.exists(home):
             raise OpenError(f"{path}: the multi-file OME-TIFF's metadata file {name!r} is missing ({home})")

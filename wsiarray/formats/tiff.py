@@ -14,10 +14,12 @@ import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import tifffile
 
+from .._remote import RemoteSource, open_file
 from ..errors import (
     FormatError,
     OpenError,
@@ -377,11 +379,28 @@ def wrap_errors(path: str, doing: str, *, decoding: bool = False) -> Iterator[No
         raise cls(f"{path}: {doing} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def open_tiff(path: str) -> tifffile.TiffFile:
+def open_binary(path: str) -> BinaryIO:
+    """``path`` opened for binary reading: a local file, or a remote object's block-cached file.
+
+    A :class:`~wsiarray._remote.RemoteSource` (an fsspec URL) is read through
+    :func:`wsiarray._remote.open_file`: 256 KiB blocks, so parsing costs a few requests.
+
+    Example:
+        >>> with open_binary(svs_path) as fh:
+        ...     fh.read(2)
+        b'II'
+    """
+    if isinstance(path, RemoteSource):
+        return open_file(path)
+    return open(path, "rb")
+
+
+def open_tiff(path: str, fh: BinaryIO | None = None) -> tifffile.TiffFile:
     """Open ``path`` with tifffile, raising :class:`OpenError` if it is not a TIFF.
 
     The header is checked here first so "not a TIFF at all" (OpenError) is
-    told apart from "a TIFF with a corrupt first IFD" (FormatError).
+    told apart from "a TIFF with a corrupt first IFD" (FormatError). A remote
+    source is parsed through its block-cached file (``fh``, or one opened here).
 
     Example:
         >>> open_tiff(svs_path).is_svs
@@ -392,15 +411,22 @@ def open_tiff(path: str) -> tifffile.TiffFile:
         ...
         wsiarray.errors.OpenError: .../notes.txt: not a TIFF file (header b'hell')
     """
+    remote = isinstance(path, RemoteSource)
     try:
-        with open(path, "rb") as fh:
+        if remote:
+            fh = fh if fh is not None else open_binary(path)
+            fh.seek(0)
             magic = fh.read(4)
+            fh.seek(0)
+        else:
+            with open(path, "rb") as local:
+                magic = local.read(4)
     except OSError as exc:
         raise OpenError(f"{path}: cannot open: {exc.strerror or exc}") from exc
     if magic not in _TIFF_MAGIC:
         raise OpenError(f"{path}: not a TIFF file (header {magic!r})")
     with wrap_errors(path, "opening"):
-        tif = tifffile.TiffFile(path)
+        tif = tifffile.TiffFile(fh, name=path.rsplit("/", 1)[-1]) if remote else tifffile.TiffFile(path)
     tif._wsiarray_path = path  # type: ignore[attr-defined]
     try:
         tif.pages.first  # noqa: B018 -- tifffile only logs a corrupt first IFD and opens with no pages

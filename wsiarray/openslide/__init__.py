@@ -358,7 +358,8 @@ class _AssociatedImageMap(_SlideMap):
 class OpenSlide(AbstractSlide):
     """An open whole-slide image, read by wsiarray.
 
-    ``filename`` is a path (``str``, ``bytes`` or path-like). Opening a file that is
+    ``filename`` is a path (``str``, ``bytes`` or path-like), or a URL with
+    ``storage_options`` (wsiarray's addition; see :func:`wsiarray.open`). Opening a file that is
     not a slide raises :class:`OpenSlideUnsupportedFormatError`; a slide wsiarray
     recognises but cannot read raises :class:`OpenSlideError`.
 
@@ -375,13 +376,14 @@ class OpenSlide(AbstractSlide):
         >>> osr.close()
     """
 
-    def __init__(self, filename: str | bytes | os.PathLike[Any]) -> None:
+    def __init__(self, filename: str | bytes | os.PathLike[Any], *,
+                 storage_options: dict[str, Any] | None = None) -> None:
         self._filename = filename
         self._slide: Slide | None = None
         self._error: str | None = None  # the message of the error that latched
         path = os.fsdecode(os.fspath(filename))
         try:
-            slide = Slide(path)
+            slide = Slide(path, storage_options=storage_options)
         except WSIError as exc:
             raise _open_error(path, exc) from exc
         try:

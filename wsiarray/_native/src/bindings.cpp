@@ -109,6 +109,66 @@ wsi::ExternalDecoder wrap_decoder(nb::object decoder) {
   };
 }
 
+// A remote file's fetcher: calls `fetch(ranges)` (wsiarray._remote.RangeFetcher)
+// with the GIL taken only for the call; it returns one bytes-like object per
+// (offset, length) range, each checked to have exactly that length before
+// it is copied. A Python exception becomes a TileReadError with its message,
+// chained as __cause__.
+class PyRangeFetcher final : public wsi::RangeFetcher {
+ public:
+  explicit PyRangeFetcher(nb::object fetch) : fetch_(std::move(fetch)) {}
+  ~PyRangeFetcher() override {
+    if (!Py_IsInitialized()) {
+      fetch_.release();  // the interpreter is gone: leak rather than touch it
+      return;
+    }
+    nb::gil_scoped_acquire gil;
+    fetch_.reset();
+  }
+
+  void fetch(const std::vector<wsi::ByteRange>& ranges, const std::vector<uint8_t*>& dst) const override {
+    if (ranges.size() != dst.size()) throw wsi::Error(wsi::ErrorKind::Argument, "one buffer per byte range expected");
+    std::string problem;
+    std::shared_ptr<void> cause;
+    {
+      nb::gil_scoped_acquire gil;
+      try {
+        nb::list arg;
+        for (const wsi::ByteRange& r : ranges) arg.append(nb::make_tuple(r.offset, r.length));
+        nb::object result = fetch_(arg);
+        nb::list parts(result);
+        if (parts.size() != ranges.size()) {
+          problem = "the remote fetcher returned " + std::to_string(parts.size()) + " buffers for " +
+                    std::to_string(ranges.size()) + " byte ranges";
+        }
+        for (size_t i = 0; problem.empty() && i < ranges.size(); ++i) {
+          Py_buffer view;
+          if (PyObject_GetBuffer(parts[i].ptr(), &view, PyBUF_C_CONTIGUOUS) != 0) throw nb::python_error();
+          const uint64_t got = uint64_t(view.len);
+          if (got != ranges[i].length) {
+            problem = "the remote fetcher returned " + std::to_string(got) + " bytes for byte range " +
+                      std::to_string(ranges[i].offset) + "+" + std::to_string(ranges[i].length);
+          } else if (got > 0) {
+            std::memcpy(dst[i], view.buf, size_t(got));
+          }
+          PyBuffer_Release(&view);
+        }
+      } catch (nb::python_error& e) {
+        nb::module_ errors = nb::module_::import_("wsiarray.errors");
+        const bool ours = PyObject_IsInstance(e.value().ptr(), errors.attr("WSIError").ptr()) == 1;
+        problem = ours ? nb::cast<std::string>(nb::str(e.value())) : one_line(e.value());
+        cause = keep_exception(e.value());
+      } catch (const std::exception& e) {
+        problem = e.what();
+      }
+    }
+    if (!problem.empty()) throw wsi::Error(wsi::ErrorKind::Read, problem, std::move(cause));
+  }
+
+ private:
+  nb::object fetch_;
+};
+
 std::vector<uint64_t> to_vector(const U64Array& a) { return {a.data(), a.data() + a.size()}; }
 std::vector<int64_t> to_vector(const I64Array& a) { return {a.data(), a.data() + a.size()}; }
 
@@ -225,6 +285,24 @@ NB_MODULE(_engine, m) {
             new (r) wsi::Reader(path, access);
           },
           "path"_a, "file_access"_a = "pread")
+      .def_static(
+          "open_remote",
+          [](const std::string& url, std::tuple<uint64_t, uint64_t, uint64_t, int64_t> identity, nb::object fetch,
+             uint64_t max_gap, uint64_t max_span) {
+            if (!PyCallable_Check(fetch.ptr())) argument_error("fetch must be callable");
+            const wsi::FileIdentity id{std::get<0>(identity), std::get<1>(identity), std::get<2>(identity),
+                                       std::get<3>(identity)};
+            wsi::RemoteOptions options;
+            options.max_gap = max_gap;
+            options.max_span = max_span;
+            auto fetcher = std::make_shared<PyRangeFetcher>(std::move(fetch));
+            return new wsi::Reader(url, id, std::move(fetcher), options);
+          },
+          "url"_a, "identity"_a, "fetch"_a, "max_gap"_a = uint64_t(8) << 20, "max_span"_a = uint64_t(16) << 20,
+          nb::rv_policy::take_ownership,
+          "A reader of a remote object: `fetch([(offset, length), ...])` returns the bytes of every range.")
+      .def_prop_ro("remote", [](const wsi::Reader& r) { return r.file().remote(); },
+                   "Whether the slide is a remote object (read through its fetcher).")
       .def_prop_ro("path", [](const wsi::Reader& r) { return r.file().path(); })
       .def_prop_ro("file_access", [](const wsi::Reader& r) { return wsi::file_access_name(r.access()); },
                    "How the file's bytes are read: 'pread', 'mmap', 'direct' or 'preload'.")
@@ -824,6 +902,22 @@ NB_MODULE(_engine, m) {
       "Copies the first dst.shape[0] samples of src's (h, w) pixels into planes: dst[k] holds sample k of "
       "every pixel (sample_bytes each), GIL released; up to `workers` threads of the pool for large arrays.");
 
+  m.def(
+      "merge_ranges",
+      [](std::vector<std::tuple<uint64_t, uint64_t>> ranges, uint64_t max_gap, uint64_t max_span) {
+        std::vector<wsi::ByteRange> in;
+        for (const auto& [offset, length] : ranges) {
+          if (offset > UINT64_MAX - length) argument_error("byte range past 2**64");
+          in.push_back(wsi::ByteRange{offset, length});
+        }
+        std::vector<std::tuple<uint64_t, uint64_t>> out;
+        for (const wsi::ByteRange& r : wsi::merge_ranges(std::move(in), max_gap, max_span)) {
+          out.emplace_back(r.offset, r.length);
+        }
+        return out;
+      },
+      "ranges"_a, "max_gap"_a, "max_span"_a,
+      "The (offset, length) ranges a remote request fetches: sorted, those less than max_gap apart merged.");
   m.def("pool_size", &wsi::pool_size, "Threads in the process-wide decode pool.");
   m.def("set_pool_size", &wsi::set_pool_size, "threads"_a,
         "Resize the process-wide decode pool (0: one thread per CPU).");

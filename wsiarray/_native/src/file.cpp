@@ -238,7 +238,15 @@ File::~File() {
   if (map_ != nullptr) ::munmap(const_cast<uint8_t*>(map_), size_t(identity_.size));
 }
 
+File::File(const std::string& url, const FileIdentity& identity, std::shared_ptr<const RangeFetcher> fetcher,
+           const RemoteOptions& options)
+    : path_(url), identity_(identity), fetcher_(std::move(fetcher)), remote_(options) {
+  if (!fetcher_) throw Error(ErrorKind::Argument, url + ": a remote file needs a fetcher");
+  if (remote_.max_span == 0) throw Error(ErrorKind::Argument, url + ": remote max_span must be positive");
+}
+
 void File::close() noexcept {
+  closed_ = true;
   if (fd_ >= 0) {
     ::close(fd_);
     fd_ = -1;
@@ -246,7 +254,7 @@ void File::close() noexcept {
 }
 
 void File::check_range(uint64_t offset, uint64_t length) const {
-  if (fd_ < 0) throw Error(ErrorKind::Read, path_ + ": file is closed");
+  if (fd_ < 0 && (!fetcher_ || closed_)) throw Error(ErrorKind::Read, path_ + ": file is closed");
   if (offset > identity_.size || length > identity_.size - offset) {
     throw Error(ErrorKind::Read, path_ + ": byte range " + std::to_string(offset) + "+" +
                                      std::to_string(length) + " lies past the end of the file (" +
@@ -257,6 +265,7 @@ void File::check_range(uint64_t offset, uint64_t length) const {
 void File::read_exact(uint64_t offset, uint64_t length, uint8_t* dst) const {
   check_range(offset, length);
   if (length == 0) return;
+  if (fetcher_) return fetcher_->fetch({ByteRange{offset, length}}, {dst});
   switch (access_) {
     case FileAccess::Mmap:
       if (map_ != nullptr) return read_mapped(offset, length, dst);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace wsi {
 
@@ -32,6 +33,35 @@ enum class FileAccess { Pread, Mmap, Direct, Preload };
 FileAccess parse_file_access(const std::string& name);
 const char* file_access_name(FileAccess access) noexcept;
 
+// One byte range of a file: [offset, offset + length).
+struct ByteRange {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+
+// Fetches byte ranges of a remote object (an fsspec URL): the bindings wrap
+// a Python callable (wsiarray._remote.RangeFetcher) that fetches all the
+// ranges of one call concurrently, retrying transient errors.
+class RangeFetcher {
+ public:
+  virtual ~RangeFetcher() = default;
+  // Reads range i into dst[i] (exactly ranges[i].length bytes) for every i,
+  // with one call into Python; throws wsi::Error (Read) when it cannot, or
+  // when the callable returns anything but one buffer of each range's length.
+  virtual void fetch(const std::vector<ByteRange>& ranges, const std::vector<uint8_t*>& dst) const = 0;
+};
+
+// How a remote file's requests are fetched (wsiarray._request.parse_remote_max_gap).
+struct RemoteOptions {
+  // Byte ranges of one request closer than this are fetched as one range:
+  // an object store's request costs a round trip (tens of ms), which buys
+  // megabytes of bandwidth, so the default is large (see docs/guide/remote.md).
+  uint64_t max_gap = uint64_t(8) << 20;
+  // A merged range grows to at most this many bytes (a single longer range
+  // is fetched whole).
+  uint64_t max_span = uint64_t(16) << 20;
+};
+
 // Anything that reads byte ranges of one file.
 class ByteSource {
  public:
@@ -55,6 +85,11 @@ class File {
   // naming the mode where the file system refuses it), a read-only mapping
   // for Mmap.
   explicit File(const std::string& path, FileAccess access = FileAccess::Pread);
+  // A remote object (`path` is its URL): reads go through `fetcher`, and
+  // `identity` (made by wsiarray._remote from the URL, ETag and size) keys
+  // the cache.
+  File(const std::string& url, const FileIdentity& identity, std::shared_ptr<const RangeFetcher> fetcher,
+       const RemoteOptions& options);
   ~File();
   File(const File&) = delete;
   File& operator=(const File&) = delete;
@@ -63,6 +98,10 @@ class File {
   const FileIdentity& identity() const noexcept { return identity_; }
   uint64_t size() const noexcept { return identity_.size; }
   FileAccess access() const noexcept { return access_; }
+  // The fetcher of a remote file, else nullptr.
+  const RangeFetcher* fetcher() const noexcept { return closed_ ? nullptr : fetcher_.get(); }
+  bool remote() const noexcept { return fetcher_ != nullptr; }
+  const RemoteOptions& remote_options() const noexcept { return remote_; }
 
   // Reads exactly [offset, offset + length) into dst in the file's access
   // mode; throws wsi::Error (Read) when the range lies outside the file or
@@ -83,6 +122,9 @@ class File {
   FileAccess access_ = FileAccess::Pread;
   const uint8_t* map_ = nullptr;  // Mmap: the whole file, identity_.size bytes
   FileIdentity identity_;
+  std::shared_ptr<const RangeFetcher> fetcher_;  // remote files only
+  RemoteOptions remote_;
+  bool closed_ = false;
 };
 
 // Reads through the file's own access mode.

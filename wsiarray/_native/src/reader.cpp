@@ -40,6 +40,9 @@ constexpr size_t kSharedBytes = size_t(256) << 20;
 // Preload bounds (see Reader::preload).
 constexpr uint64_t kMinPreload = uint64_t(1) << 20;
 constexpr uint64_t kMaxPreload = uint64_t(1) << 30;
+// Compressed bytes of a remote request fetched before its runs are decoded
+// (more go in several waves of about this much).
+constexpr uint64_t kRemoteWaveBytes = uint64_t(128) << 20;
 
 // One request: its plan, and what its threads share read-only.
 class RegionRead {
@@ -134,11 +137,35 @@ class RegionRead {
     return level.placed() ? level.layers[layer] : level;
   }
 
-  void read_run(size_t index) const {
+  // A remote file's request (File::remote): adds the byte ranges run `index`
+  // reads to `fetch`, to be fetched with the other runs' before any is
+  // decoded; returns their bytes. (A local file's are not added.)
+  uint64_t remote_ranges(size_t index, RemoteFetch& fetch) const {
     if (level_.codec == Codec::JpegRestart) {
       const Block& b = blocks_[index];
+      const uint64_t across = g_.tiles_across();
+      uint64_t bytes = 0;
+      for (uint32_t row = b.ty0; row < b.ty1; ++row) {
+        const uint64_t i0 = row * across + b.tx0, i1 = row * across + b.tx1 - 1;
+        const uint64_t start = level_.offsets[i0], span = level_.offsets[i1] + level_.bytecounts[i1] - start;
+        fetch.add(file_, *source_, start, span);
+        bytes += span;
+      }
+      return bytes;
+    }
+    const Run& run = plan_.runs[index];
+    const PlanTile& a = plan_.tiles[run.first];
+    fetch.add(tile_file(a), level_.plane_files.empty() ? *source_ : reader_.source(a.file), run.offset, run.size);
+    return run.size;
+  }
+
+  // Reads run `index`; `remote`: the fetched bytes of a remote file's request.
+  void read_run(size_t index, const RemoteFetch* remote = nullptr) const {
+    if (level_.codec == Codec::JpegRestart) {
+      const Block& b = blocks_[index];
+      const ByteSource* fetched = remote ? remote->source(file_) : nullptr;
       try {
-        read_block(b);
+        read_block(b, fetched ? *fetched : *source_);
       } catch (const Error& e) {
         throw Error(e.kind(), describe_tile(label_, g_, 0, b.tx0, b.ty0) + ": " + e.what(), e.cause());
       }
@@ -168,7 +195,10 @@ class RegionRead {
                   std::max(a.out_y + a.in_tile.height, b.out_y + b.in_tile.height));
     // (A run's tiles are in one file: make_plan never merges across files.)
     const TileLabel label = tile_label(a);
-    const ByteSource& source = level_.plane_files.empty() ? *source_ : reader_.source(a.file);
+    const ByteSource* fetched = remote ? remote->source(tile_file(a)) : nullptr;
+    const ByteSource& source = fetched                        ? *fetched
+                               : level_.plane_files.empty() ? *source_
+                                                            : reader_.source(a.file);
     const uint8_t* bytes = fetch_span(source, plan_, run.first + first, run.first + last, scratch.bytes, g_, label);
     for (size_t k = first; k < last; ++k) {
       if (served[k]) continue;
@@ -284,7 +314,7 @@ class RegionRead {
   // read per run of contiguous rows) after the level's header, patches the
   // header's frame size, renumbers the markers, and decodes the window
   // straight into the output. Not cached: a block is decoded for one request.
-  void read_block(const Block& b) const {
+  void read_block(const Block& b, const ByteSource& source) const {
     Scratch& scratch = thread_scratch();
     const LevelDesc& l = level_;
     const uint32_t s = l.dct_scale;
@@ -317,7 +347,7 @@ class RegionRead {
       if (read_size > 0 && start == read_at + read_size) {
         read_size += span;
       } else {
-        if (read_size > 0) source_->read(read_at, read_size, buffer + read_to);
+        if (read_size > 0) source.read(read_at, read_size, buffer + read_to);
         read_at = start;
         read_size = span;
         read_to = pos;
@@ -328,7 +358,7 @@ class RegionRead {
         index.push_back(row * stored_across + (i - row * across));
       }
     }
-    if (read_size > 0) source_->read(read_at, read_size, buffer + read_to);
+    if (read_size > 0) source.read(read_at, read_size, buffer + read_to);
     renumber_restart_markers(buffer, l.scan.length, ends, index, last_index);
     const TileLayout frame{uint32_t((fw + s - 1) / s), uint32_t((fh + s - 1) / s), g_.samples_per_plane, 1};
     uint8_t* origin = out_.base + size_t(b.out_y) * out_.pitch + size_t(b.out_x) * out_.pixel_bytes;
@@ -454,6 +484,12 @@ void check_restart_level(LevelDesc& level, const std::string& what) {
 
 Reader::Reader(const std::string& path, FileAccess access) : access_(access) { add_file(path); }
 
+Reader::Reader(const std::string& url, const FileIdentity& identity, std::shared_ptr<const RangeFetcher> fetcher,
+               const RemoteOptions& options) {
+  files_.push_back(std::make_unique<File>(url, identity, std::move(fetcher), options));
+  sources_.push_back(std::make_unique<FileSource>(*files_.back()));
+}
+
 std::unique_ptr<PreloadedSpan> Reader::preload(size_t file, uint64_t first, uint64_t last, uint64_t bytes,
                                                size_t workers) const {
   if (access_ != FileAccess::Preload || first >= last || last - first < kMinPreload ||
@@ -481,12 +517,25 @@ void Reader::read_ranges(const uint64_t* offsets, const uint64_t* lengths, size_
     first = std::min(first, offsets[i]);
     last = std::max(last, offsets[i] + lengths[i]);
   }
+  // A remote file's ranges are fetched with one call (merged as its options say).
+  std::unique_ptr<FetchedSpans> fetched;
+  if (f.remote()) {
+    std::vector<ByteRange> ranges(count);
+    for (size_t i = 0; i < count; ++i) ranges[i] = ByteRange{offsets[i], lengths[i]};
+    fetched = std::make_unique<FetchedSpans>(f, source(0), std::move(ranges));
+  }
   const std::unique_ptr<PreloadedSpan> preloaded = preload(0, first, last, total, workers);
-  const ByteSource& src = preloaded ? static_cast<const ByteSource&>(*preloaded) : source(0);
+  const ByteSource& src = fetched     ? static_cast<const ByteSource&>(*fetched)
+                          : preloaded ? static_cast<const ByteSource&>(*preloaded)
+                                      : source(0);
   parallel_for(count, workers == 0 ? 1 : workers, [&](size_t i) { src.read(offsets[i], lengths[i], out + starts[i]); });
 }
 
 size_t Reader::add_file(const std::string& path) {
+  if (!files_.empty() && files_[0]->remote()) {
+    fail(ErrorKind::Unsupported, files_[0]->path() + ": a remote slide's levels must lie in its own object (" + path +
+                                     " is another file)");
+  }
   if (files_.size() >= kMaxFiles) fail(ErrorKind::Format, path + ": more than " + std::to_string(kMaxFiles) + " files");
   files_.push_back(std::make_unique<File>(path, access_));
   sources_.push_back(std::make_unique<FileSource>(*files_.back()));
@@ -630,6 +679,8 @@ void Reader::read_region(size_t level_index, const Region& region, uint8_t* out,
 void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fill, size_t fill_bytes,
                   size_t workers) {
   if (workers == 0) workers = 1;
+  bool remote = false;
+  for (const RegionRequest& r : requests) remote = remote || r.reader->level_file(r.level).remote();
   RequestCache cache;
   std::vector<std::unique_ptr<RegionRead>> reads;
   reads.reserve(requests.size());
@@ -644,7 +695,7 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
     for (size_t layer = 0; layer < layers; ++layer) {
       auto read = std::make_unique<RegionRead>(*r.reader, r.level, layer, r.region, r.out, r.pitch, cache, workers,
                                                r.scale, fill, requests.size());
-      read->fill();
+      if (!remote) read->fill();  // (remote: once its bytes are fetched, so a failed fetch writes nothing)
       read->preload(workers);
       for (size_t k = 0; k < read->run_count(); ++k) runs.emplace_back(uint32_t(reads.size()), uint32_t(k));
       reads.push_back(std::move(read));
@@ -657,7 +708,34 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
     shared = std::make_unique<BatchTiles>(std::move(uses), kSharedBytes);
     if (!shared->empty()) cache.share(shared.get());
   }
-  parallel_for(runs.size(), workers, [&](size_t i) { reads[runs[i].first]->read_run(runs[i].second); });
+  if (!remote) {
+    parallel_for(runs.size(), workers, [&](size_t i) { reads[runs[i].first]->read_run(runs[i].second); });
+    return;
+  }
+  // Remote files: the byte ranges of the runs are fetched first, with one
+  // call per file (merged ranges, concurrently, in Python), then decoded;
+  // runs of more than kRemoteWaveBytes in all go in waves of about that much,
+  // so memory stays bounded. Nothing is written to the output before the
+  // first wave is fetched.
+  if (runs.empty()) {
+    for (const auto& read : reads) read->fill();
+  }
+  for (size_t begin = 0; begin < runs.size();) {
+    RemoteFetch fetch;
+    uint64_t bytes = 0;
+    size_t end = begin;
+    while (end < runs.size() && (end == begin || bytes < kRemoteWaveBytes)) {
+      bytes += reads[runs[end].first]->remote_ranges(runs[end].second, fetch);
+      ++end;
+    }
+    fetch.fetch();
+    if (begin == 0) {
+      for (const auto& read : reads) read->fill();
+    }
+    parallel_for(end - begin, workers,
+                 [&](size_t i) { reads[runs[begin + i].first]->read_run(runs[begin + i].second, &fetch); });
+    begin = end;
+  }
 }
 
 }  // namespace wsi

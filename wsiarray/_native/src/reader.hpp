@@ -119,6 +119,10 @@ void read_regions(const std::vector<RegionRequest>& requests, const uint8_t* fil
 class Reader {
  public:
   explicit Reader(const std::string& path, FileAccess access = FileAccess::Pread);
+  // A remote object (see File's remote constructor): its levels' tiles are
+  // fetched through `fetcher`, one call per request; it cannot add files.
+  Reader(const std::string& url, const FileIdentity& identity, std::shared_ptr<const RangeFetcher> fetcher,
+         const RemoteOptions& options);
   Reader(const Reader&) = delete;
   Reader& operator=(const Reader&) = delete;
 
