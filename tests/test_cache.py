@@ -448,6 +448,24 @@ def test_tiles_read_in_part_outlive_tiles_read_in_full(kind: str, slides, shm_na
 
 
 @pytest.mark.parametrize("kind", CACHED)
+def test_a_region_that_fits_stays_cached_among_half_read_tiles(kind: str, slides, shm_name) -> None:
+    """A request does not evict its own tiles: with the cache full of half-read tiles, a
+    4-tile region read once hits all 4 the second time (the half-read tiles go first)."""
+    c = configure(kind, shm_name, memory_capacity=2)  # 2 MiB: ten 192 KiB tiles
+    half_read = wsiarray.open(jpeg_slide(slides))
+    for ty in range(6):
+        for tx in range(8):
+            half_read.read_region((tx * 256 + 5, ty * 256 + 5), (10, 10))
+    path = deflate_slide(slides, seed=7)
+    slide = wsiarray.open(path)
+    slide.read_region((0, 0), (512, 512))
+    before = cache_counts()
+    np.testing.assert_array_equal(slide.read_region((0, 0), (512, 512)), tifffile_level(path)[:512, :512])
+    assert cache_counts() == (before[0] + 4, before[1])
+    assert c.memory_size <= c.memory_capacity
+
+
+@pytest.mark.parametrize("kind", CACHED)
 def test_two_scans_at_different_speeds_share_the_budget(kind: str, slides, shm_name) -> None:
     """Two unaligned patch scans through one cache of twice cuCIM's preferred budget, one
     scanner twice as fast as the other: each decodes every tile it needs once. A plain

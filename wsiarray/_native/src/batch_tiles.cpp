@@ -121,15 +121,24 @@ void BatchTiles::get(const TileKey& key, const TileLayout& layout, const TileCac
   changed_.notify_all();
 }
 
+namespace {
+
+Coverage stamped(Coverage cover, uint64_t request) {
+  cover.request = request;
+  return cover;
+}
+
+}  // namespace
+
 bool RequestCache::find(const TileKey& key, size_t size, const Coverage& cover, const TileCache::Use& use) const {
-  if (cache_) return cache_->find(key, size, cover, use);
+  if (cache_) return cache_->find(key, size, stamped(cover, request_), use);
   return batch_ != nullptr && batch_->find(key, use);
 }
 
 void RequestCache::get(const TileKey& key, const TileLayout& layout, const Coverage& cover,
                        const TileCache::Use& use, const TileCache::Decode& decode) const {
   if (cache_) {
-    cache_->get(key, layout, cover, use, decode);
+    cache_->get(key, layout, stamped(cover, request_), use, decode);
   } else if (batch_ != nullptr) {
     batch_->get(key, layout, use, decode);
   } else {

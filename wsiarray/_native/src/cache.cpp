@@ -25,7 +25,7 @@
 namespace wsi {
 namespace {
 
-constexpr char kMagic[16] = "wsiarray-cache2";
+constexpr char kMagic[16] = "wsiarray-cache3";
 constexpr uint64_t kPageSize = 16 << 10;
 constexpr uint32_t kMaxShards = 16;
 constexpr uint32_t kMaxPids = 256;
@@ -55,6 +55,7 @@ struct Entry {
   uint32_t owner_tag;  // pending: which process of that pid (pids are reused)
   uint64_t covered;  // cells of the tile that requests have asked for (see Coverage)
   uint64_t valid;    // cells inside the image
+  uint64_t request;  // the request that last used it (Coverage::request)
 };
 
 struct Shard {
@@ -69,7 +70,10 @@ struct Shard {
   // holds tiles some of whose pixels no request has asked for yet, kDone
   // tiles delivered whole. Eviction takes kDone's tail first: a scan never
   // comes back to a tile it has read all of, while it is about to read the
-  // rest of a half-read one.
+  // rest of a half-read one. But not a tile of the request that is making
+  // room: its tiles are the newest of kDone, so if the tail is one, all of
+  // kDone is, and taking them would leave nothing of a region that fits the
+  // cache for the next read of it (kOpen's tail goes first then).
   int32_t lru_head[2];
   int32_t lru_tail[2];
   int32_t pending_head;  // tiles being decoded, linked through lru_prev/lru_next
@@ -148,6 +152,20 @@ bool process_alive(int32_t pid) {
 }
 
 // Tells this process from an earlier one that had the same pid, in pending entries.
+uint32_t process_tag();
+
+}  // namespace
+
+uint64_t new_request_stamp() {
+  static std::atomic<uint64_t> count{0};
+  // pid and process tag in the high half, so processes sharing a cache differ
+  const uint64_t process = (uint64_t(uint32_t(::getpid())) << 32) ^ (uint64_t(process_tag()) << 20);
+  const uint64_t stamp = process ^ ++count;
+  return stamp != 0 ? stamp : 1;
+}
+
+namespace {
+
 uint32_t process_tag() {
   static std::atomic<uint32_t> tag{0};
   static std::atomic<int32_t> tag_pid{0};
@@ -546,6 +564,7 @@ struct TileCache::Impl {
     e.state = kReady;
     e.covered = cover.cells;
     e.valid = cover.valid;
+    e.request = cover.request;
     lru_push_front(p, i);
   }
 
@@ -553,6 +572,7 @@ struct TileCache::Impl {
   static void touch(const Part& p, int32_t i, const Coverage& cover) {
     lru_unlink(p, i);
     p.e[i].covered |= cover.cells;
+    p.e[i].request = cover.request;
     lru_push_front(p, i);
   }
 
@@ -624,7 +644,7 @@ struct TileCache::Impl {
   }
 
   // Makes room by evicting least-recently-used ready tiles; kNil if impossible.
-  static int32_t allocate(const Part& p, const TileKey& key, uint64_t hash, uint64_t size) {
+  static int32_t allocate(const Part& p, const TileKey& key, uint64_t hash, uint64_t size, uint64_t request) {
     Shard& s = *p.s;
     const uint32_t pages = uint32_t((size + kPageSize - 1) / kPageSize);
     if (pages > p.pages || p.entries == 0) return kNil;
@@ -633,7 +653,9 @@ struct TileCache::Impl {
     if (s.items_used >= p.entries || p.pages - s.pages_used < pages) reclaim_orphans(p);
     for (uint32_t evicted = 0; s.items_used >= p.entries || p.pages - s.pages_used < pages; ++evicted) {
       if (evicted > p.entries) throw Corrupt{};
-      const int32_t victim = p.head(&s.lru_tail[kDone]) != kNil ? s.lru_tail[kDone] : p.head(&s.lru_tail[kOpen]);
+      const int32_t done = p.head(&s.lru_tail[kDone]), open = p.head(&s.lru_tail[kOpen]);
+      const bool own = done != kNil && request != 0 && p.e[done].request == request;
+      const int32_t victim = done != kNil && !(own && open != kNil) ? done : open;
       if (victim == kNil) return kNil;  // everything left is being decoded
       if (p.e[victim].state != kReady) throw Corrupt{};
       remove(p, victim);
@@ -661,6 +683,7 @@ struct TileCache::Impl {
     e[i].owner_tag = process_tag();
     e[i].generation = ++s.generation;
     e[i].checked_ns = 0;  // never checked: the first look at its owner is immediate
+    e[i].request = request;
     pending_push(p, i);
     int32_t& bucket = p.bucket[hash & (p.buckets - 1)];
     e[i].bucket_next = p.link(bucket);
@@ -1045,7 +1068,7 @@ void TileCache::get(const TileKey& key, const TileLayout& layout, const Coverage
         }
         if (hit == kNil) {
           if (record) ++p.s->misses;
-          slot = Impl::allocate(p, key, hash, size);
+          slot = Impl::allocate(p, key, hash, size, cover.request);
           if (slot != kNil) {
             generation = p.e[slot].generation;
             Impl::list_pages(p, slot, pages);

@@ -32,10 +32,17 @@ struct TileKey {
 // Which parts of a tile a request wants, for eviction: the tile is split
 // into 8 x 8 cells and bit (row * 8 + column) stands for a cell. `cells`
 // are those the request touches, `valid` those inside the image.
+// `request` tells the asking request from others (RequestCache's stamp; 0:
+// none), so that a request does not evict the tiles it has just used.
 struct Coverage {
   uint64_t cells = ~uint64_t(0);
   uint64_t valid = ~uint64_t(0);
+  uint64_t request = 0;
 };
+
+// A stamp no other request of any process sharing a cache is likely to have
+// (never 0).
+uint64_t new_request_stamp();
 
 // The coverage of a tile of tile_width x tile_height pixels, of which the
 // request touches [x, x + width) x [y, y + height) and the image holds
@@ -173,7 +180,7 @@ class BatchTiles;
 
 class RequestCache {
  public:
-  RequestCache() : cache_(current_cache()) {}
+  RequestCache() : cache_(current_cache()), request_(new_request_stamp()) {}
 
   // Without a cache, tiles that several regions of the batch cover are kept
   // in `batch` for the batch (see batch_tiles.hpp); with one, the cache
@@ -187,6 +194,7 @@ class RequestCache {
 
  private:
   std::shared_ptr<TileCache> cache_;
+  uint64_t request_;
   BatchTiles* batch_ = nullptr;
 };
 
