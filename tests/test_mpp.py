@@ -178,6 +178,25 @@ def _reader(slide: wsiarray.Slide) -> object:
     return wsiarray.file_handles().acquire(slide.path, slide.identity).native
 
 
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_whole_factors_are_integer_box_means(tmp_path: Path, factor: int, channels: int) -> None:
+    """A whole factor at a whole position: each pixel is ``(2 s + f f) // (2 f f)`` of its f x f sum.
+
+    That is the definition's rounded mean exactly (the native code sums these in
+    integers); edges and regions partly outside the image include the fill.
+    """
+    pixels = texture(200, 260, channels, "uint8", seed=factor)
+    path = tmp_path / "one.tif"
+    write_pyramid(path, [pixels if channels > 1 else pixels[..., 0]], tile=(64, 64), compression="zlib", mpp=0.5)
+    with wsiarray.open(path) as slide:
+        for x, y in [(0, 0), (37, 11), (260 - 5 * factor, 200 - 3 * factor), (-7, -3), (251, 197)]:
+            got = slide.read_region((x, y), (24, 16), mpp=0.5 * factor, dct=False, fill=200)
+            source = slide.read_level_region(0, (x, y), (24 * factor, 16 * factor), fill=200).astype(np.int64)
+            sums = source.reshape(16, factor, 24, factor, -1).sum(axis=(1, 3))
+            np.testing.assert_array_equal(got.reshape(16, 24, -1), (2 * sums + factor**2) // (2 * factor**2))
+
+
 def test_exact_level_is_a_plain_read(lossless: str, pyramid_slides: dict[str, str]) -> None:
     for path in (lossless, pyramid_slides["jpeg"]):
         with wsiarray.open(path) as slide:
