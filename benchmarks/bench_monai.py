@@ -21,7 +21,10 @@ Before timing, each reader's first patches are compared with ``Slide.read_region
 over rounds of the per-round ratio to the fastest of MONAI's own readers in that
 round (a loaded machine drifts between rounds; ratios within a round drift less),
 and the CPU milliseconds per patch of each run (main process plus its DataLoader
-workers: what a reader costs, whatever else shares the machine).
+workers: what a reader costs, whatever else shares the machine). Before the timed
+rounds, :func:`worker_cost` measures in this process what a worker does per patch
+(``dataset[i]`` and collate), interleaved over the same rounds: with a core for each
+DataLoader process, the ratio of those is the throughput ratio.
 
 Example::
 
@@ -85,6 +88,7 @@ class Reader:
     error: str | None = None
     rates: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)  # CPU ms per patch, all processes of a run
+    worker_ms: list[float] = field(default_factory=list)  # CPU ms per patch of a worker's work (worker_cost)
     diff: float | None = None
 
 
@@ -161,6 +165,24 @@ def run_once(path: Path, where: list[tuple[int, int]], reader: Any, batch_size: 
     return seconds, cpu
 
 
+def worker_cost(path: Path, where: list[tuple[int, int]], reader: Any, batch_size: int) -> float:
+    """CPU ms per patch of a DataLoader worker's work, done here: ``dataset[i]`` and MONAI's collate.
+
+    What the main process does with a batch (unpickling, ``MetaTensor``) and worker
+    start-up are left out: with a core for each DataLoader process, the workers set
+    the pace and this is what each pays per patch.
+    """
+    from monai.data.utils import list_data_collate
+
+    ds = dataset(path, where, reader)
+    ds[0]  # opens the slide, as a worker does before its first patch
+    gc.collect()
+    cpu = time.process_time()
+    for start in range(0, len(where), batch_size):
+        list_data_collate([ds[i] for i in range(start, min(start + batch_size, len(where)))])
+    return (time.process_time() - cpu) / len(where) * 1e3
+
+
 def verify(path: Path, where: list[tuple[int, int]], contender: Reader) -> None:
     """Max |diff| of the first patches against ``Slide.read_region`` (in this process)."""
     import wsiarray
@@ -188,12 +210,12 @@ def report(readers: list[Reader], args: argparse.Namespace, rounds: list[dict[st
         f"{PATCH}-px patches of level 0 at random locations, {args.repeats} interleaved rounds",
         "",
         "| reader | patches per run | median patches/s | min | max | wsiarray / this (median of rounds) "
-        "| CPU ms per patch (median) | less the floor | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| CPU ms per patch (median) | less the floor | worker CPU ms per patch | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in readers:
         if not r.rates:
-            lines.append(f"| {r.name} | n/a | n/a | | | | | | {r.error or 'not run'} |")
+            lines.append(f"| {r.name} | n/a | n/a | | | | | | | {r.error or 'not run'} |")
             continue
         per_round = [x["wsiarray"] / x[r.name] for x in rounds if "wsiarray" in x and r.name in x]
         ratio = f"{statistics.median(per_round):.2f}" if per_round and ours and r is not floor else ""
@@ -203,7 +225,8 @@ def report(readers: list[Reader], args: argparse.Namespace, rounds: list[dict[st
         own = ""  # CPU ms per patch less the floor's in the same round
         if floor is not None and r is not floor and r.patches == floor.patches:
             own = f"{statistics.median(a - b for a, b in zip(r.cpu_ms, floor.cpu_ms, strict=False)):.2f}"
-        lines.append(f"| {r.name} | {r.patches} | {rates} | {ratio} | {cpu} | {own} | {diff} |")
+        worker = f"{statistics.median(r.worker_ms):.2f}" if r.worker_ms else ""
+        lines.append(f"| {r.name} | {r.patches} | {rates} | {ratio} | {cpu} | {own} | {worker} | {diff} |")
     if ours and monai_names:
         per_round = [x["wsiarray"] / max(x[n] for n in monai_names if n in x) for x in rounds
                      if "wsiarray" in x and any(n in x for n in monai_names)]
@@ -211,6 +234,15 @@ def report(readers: list[Reader], args: argparse.Namespace, rounds: list[dict[st
         verdict = "met" if best >= TARGET else "NOT met"
         lines += ["", f"wsiarray / the fastest MONAI reader in each round: median {best:.2f} "
                   f"(rounds: {', '.join(f'{v:.2f}' for v in per_round)}); target >= {TARGET}: {verdict}"]
+    measured = [r for r in readers if r.name in monai_names and r.worker_ms]
+    if ours and ours.worker_ms and measured:
+        fastest = min(statistics.median(r.worker_ms) for r in measured)
+        lines += ["", f"Worker CPU per patch (each reader's dataset[i] and collate in one process, "
+                  f"interleaved, median): fastest MONAI reader over wsiarray "
+                  f"{fastest / statistics.median(ours.worker_ms):.2f}. With a core for each of the "
+                  f"{args.workers + 1} DataLoader processes the workers set the pace and this is the "
+                  "expected throughput ratio; on fewer cores the main process's share (in the floor) "
+                  "dilutes it."]
     if floor is not None:
         lines += ["", "floor: a reader whose patch is a copy of a constant array, so what it costs is "
                   "MONAI's own work per patch (get_data, MetaTensor, collate, transfer to the main "
@@ -242,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                 r.error = f"{type(e).__name__}: {e}"
             print(f"verified {r.name}: max |diff| {r.diff}  {r.error or ''}", file=sys.stderr)
     live = [r for r in readers if r.error is None]
+    for i in range(args.repeats):
+        for r in live[i % len(live):] + live[: i % len(live)]:
+            r.worker_ms.append(worker_cost(path, where[: r.patches], r.reader, args.batch_size))
+            print(f"worker cost {i + 1} {r.name}: {r.worker_ms[-1]:.2f} CPU ms/patch", file=sys.stderr)
     rounds: list[dict[str, float]] = []
     for i in range(args.repeats):
         this: dict[str, float] = {}
