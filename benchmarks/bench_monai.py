@@ -165,16 +165,26 @@ def run_once(path: Path, where: list[tuple[int, int]], reader: Any, batch_size: 
     return seconds, cpu
 
 
-def worker_cost(path: Path, where: list[tuple[int, int]], reader: Any, batch_size: int) -> float:
-    """CPU ms per patch of a DataLoader worker's work, done here: ``dataset[i]`` and MONAI's collate.
+def worker_cost(path: Path, where: list[tuple[int, int]], name: str, batch_size: int) -> float:
+    """CPU ms per patch of a DataLoader worker's work, in a fresh process: ``dataset[i]`` and collate.
 
     What the main process does with a batch (unpickling, ``MetaTensor``) and worker
     start-up are left out: with a core for each DataLoader process, the workers set
-    the pace and this is what each pays per patch.
+    the pace and this is what each pays per patch. A fresh (spawned) process per
+    measurement, as this one's heap holds the tifffile reader's whole-level arrays.
     """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_worker_cost_here, str(path), where, name, batch_size).result()
+
+
+def _worker_cost_here(path: str, where: list[tuple[int, int]], name: str, batch_size: int) -> float:
     from monai.data.utils import list_data_collate
 
-    ds = dataset(path, where, reader)
+    reader = make_readers([name], len(where), len(where))[0].reader
+    ds = dataset(Path(path), where, reader)
     ds[0]  # opens the slide, as a worker does before its first patch
     gc.collect()
     cpu = time.process_time()
@@ -276,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     live = [r for r in readers if r.error is None]
     for i in range(args.repeats):
         for r in live[i % len(live):] + live[: i % len(live)]:
-            r.worker_ms.append(worker_cost(path, where[: r.patches], r.reader, args.batch_size))
+            r.worker_ms.append(worker_cost(path, where[: r.patches], r.name, args.batch_size))
             print(f"worker cost {i + 1} {r.name}: {r.worker_ms[-1]:.2f} CPU ms/patch", file=sys.stderr)
     rounds: list[dict[str, float]] = []
     for i in range(args.repeats):
