@@ -35,6 +35,7 @@ Example::
     python -m benchmarks.bench_mpp --repeats 1 --chunks 4  # 2,000 patches in 4 interleaved parts
     python -m benchmarks.bench_mpp --patches 300 --repeats 3
     python -m benchmarks.bench_mpp --only "wsiarray mpp (dct)" "wsiarray + cv2"
+    python -m benchmarks.bench_mpp --grid                  # patches on the output pixel grid
 """
 
 from __future__ import annotations
@@ -72,11 +73,12 @@ def _threaded(patch: Callable[[np.ndarray], np.ndarray], locations: np.ndarray,
 
     return run
 
-def _locations(shape: tuple[int, int], footprint: int, count: int, seed: int) -> np.ndarray:
-    """``count`` level-0 ``(x, y)`` whose ``footprint``-px square lies inside ``shape`` ``(w, h)``."""
+def _locations(shape: tuple[int, int], footprint: int, count: int, seed: int, grid: int = 1) -> np.ndarray:
+    """``count`` level-0 ``(x, y)``, multiples of ``grid``, each ``footprint``-px square inside ``shape``."""
     rng = np.random.default_rng(seed)
     w, h = shape
-    return np.stack([rng.integers(0, w - footprint, count), rng.integers(0, h - footprint, count)], axis=1)
+    xy = np.stack([rng.integers(0, w - footprint, count), rng.integers(0, h - footprint, count)], axis=1)
+    return xy // grid * grid
 
 
 def _contenders(path: str, factor: float, size: int, workers: int,
@@ -180,13 +182,14 @@ def _ratio_to_fastest(times: dict[str, list[list[float]]], names: tuple[str, ...
 
 
 def run(path: str, patches: int, size: int, repeats: int, threads: list[int], seed: int,
-        only: list[str] | None = None, chunks: int = 1) -> str:
+        only: list[str] | None = None, chunks: int = 1, grid: bool = False) -> str:
     """Time every contender and return the Markdown table.
 
     The patches are split into ``chunks`` parts; each round times every contender on one
     part after the other (the starting contender rotating), so slow drifts of a shared
     machine hit all contenders alike. A run's time is the sum over the parts; ratios are
-    medians of the per-part ratios.
+    medians of the per-part ratios. With ``grid`` the patches' level-0 positions are
+    multiples of the factor (on the output pixel grid, as tiled reads at a resolution are).
 
     Example::
 
@@ -198,7 +201,8 @@ def run(path: str, patches: int, size: int, repeats: int, threads: list[int], se
             "| best peer + resize / this |",
             "|---|---|---|---|---|---|---|---|"]
     for factor in FACTORS:
-        locations = _locations(slide.level_dimensions[0], math.ceil(size * factor) + 1, patches, seed)
+        step = math.ceil(factor) if grid else 1
+        locations = _locations(slide.level_dimensions[0], math.ceil(size * factor) + 1, patches, seed, step)
         parts = np.array_split(locations, max(1, chunks))
         for workers in threads:
             runs = [_contenders(path, factor, size, workers, part) for part in parts]
@@ -237,13 +241,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", action="store_true",
+                        help="patches on the output pixel grid (level-0 positions multiples of the factor), "
+                             "as tiled and sliding-window reads at a resolution are")
     parser.add_argument("--chunks", type=int, default=1,
                         help="split the patches into this many parts, interleaved (see run)")
     parser.add_argument("--only", nargs="+", default=None,
                         help="contenders to run (wsiarray mpp (dct), the base of the ratios, always runs)")
     args = parser.parse_args(argv)
     path = args.slide or str(benchmark_slide_path())
-    print(run(path, args.patches, args.size, args.repeats, args.threads, args.seed, args.only, args.chunks),
+    print(run(path, args.patches, args.size, args.repeats, args.threads, args.seed, args.only, args.chunks,
+              args.grid),
           flush=True)
 
 
