@@ -22,9 +22,9 @@ over rounds of the per-round ratio to the fastest of MONAI's own readers in that
 round (a loaded machine drifts between rounds; ratios within a round drift less),
 and the CPU milliseconds per patch of each run (main process plus its DataLoader
 workers: what a reader costs, whatever else shares the machine). Before the timed
-rounds, :func:`worker_cost` measures in this process what a worker does per patch
-(``dataset[i]`` and collate), interleaved over the same rounds: with a core for each
-DataLoader process, the ratio of those is the throughput ratio.
+rounds, :func:`worker_cost` measures what a worker does per patch (``dataset[i]`` and
+collate), in a fresh process each time, interleaved over the same number of rounds:
+with a core for each DataLoader process, the ratio of those is the throughput ratio.
 
 Example::
 
@@ -181,6 +181,7 @@ def worker_cost(path: Path, where: list[tuple[int, int]], name: str, batch_size:
 
 
 def _worker_cost_here(path: str, where: list[tuple[int, int]], name: str, batch_size: int) -> float:
+    """:func:`worker_cost`'s measurement, in the spawned process."""
     from monai.data.utils import list_data_collate
 
     reader = make_readers([name], len(where), len(where))[0].reader
@@ -247,8 +248,8 @@ def report(readers: list[Reader], args: argparse.Namespace, rounds: list[dict[st
     measured = [r for r in readers if r.name in monai_names and r.worker_ms]
     if ours and ours.worker_ms and measured:
         fastest = min(statistics.median(r.worker_ms) for r in measured)
-        lines += ["", f"Worker CPU per patch (each reader's dataset[i] and collate in one process, "
-                  f"interleaved, median): fastest MONAI reader over wsiarray "
+        lines += ["", f"Worker CPU per patch (each reader's dataset[i] and collate, in a fresh process "
+                  f"per measurement, interleaved, median): fastest MONAI reader over wsiarray "
                   f"{fastest / statistics.median(ours.worker_ms):.2f}. With a core for each of the "
                   f"{args.workers + 1} DataLoader processes the workers set the pace and this is the "
                   "expected throughput ratio; on fewer cores the main process's share (in the floor) "
