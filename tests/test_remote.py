@@ -59,6 +59,12 @@ def put_s3(options: dict, key: str, data: bytes) -> str:
     return f"s3://slides/{key}"
 
 
+def small_slide_on_s3(options: dict, key: str) -> tuple[str, str]:
+    """The shared CMU-1-Small-Region.svs put on the S3 server: ``(local path, s3 URL)``."""
+    path = str(DATA / "aperio/CMU-1-Small-Region.svs")
+    return path, put_s3(options, key, Path(path).read_bytes())
+
+
 @pytest.fixture(autouse=True)
 def _quick_remote(monkeypatch: pytest.MonkeyPatch) -> None:
     # Short backoff so retry tests take milliseconds; timeouts stay generous.
@@ -154,8 +160,7 @@ def test_pixels_equal_local_http(http: ObjectServer, name: str) -> None:
 @pytest.mark.skipif(not HAVE_DATA, reason=NO_DATA_REASON)
 def test_random_regions_s3(s3: tuple[str, dict]) -> None:
     _, options = s3
-    path = str(DATA / "aperio/CMU-1-Small-Region.svs")
-    url = put_s3(options, "hyp.svs", Path(path).read_bytes())
+    path, url = small_slide_on_s3(options, "hyp.svs")
     local = wsiarray.open(path)
     remote = wsiarray.open(url, storage_options=options)
 
@@ -171,8 +176,7 @@ def test_random_regions_s3(s3: tuple[str, dict]) -> None:
 @pytest.mark.skipif(not HAVE_DATA, reason=NO_DATA_REASON)
 def test_batches_dask_and_facades(s3: tuple[str, dict]) -> None:
     _, options = s3
-    path = str(DATA / "aperio/CMU-1-Small-Region.svs")
-    url = put_s3(options, "batch.svs", Path(path).read_bytes())
+    path, url = small_slide_on_s3(options, "batch.svs")
     local = wsiarray.open(path)
     points = [(0, 0), (1000, 1500), (2000, 2800), (-50, 10)]
     got = np.concatenate(list(wsiarray.read_regions([(url, p) for p in points], (224, 224), batch_size=3,
@@ -327,8 +331,7 @@ def test_dead_and_slow_servers(http: ObjectServer, big: Path, monkeypatch: pytes
 def test_local_cluster_reads_s3(s3: tuple[str, dict]) -> None:
     distributed = pytest.importorskip("distributed")
     _, options = s3
-    path = str(DATA / "aperio/CMU-1-Small-Region.svs")
-    url = put_s3(options, "cluster.svs", Path(path).read_bytes())
+    path, url = small_slide_on_s3(options, "cluster.svs")
     array = wsiarray.open(url, storage_options=options).to_dask(0, chunks=(1024, 1024, 3))
     expected = wsiarray.open(path).read_region((0, 0), array.shape[1::-1])
     with (
