@@ -51,9 +51,6 @@ struct Geometry {
   // average_columns_f4: padded[i * taps + t]. Empty when taps > kMaxTaps.
   uint32_t taps = 0;
   std::vector<float> padded;
-  // F when both factors are the whole number F (2, 3 or 4) and the position
-  // is whole: every output pixel is then F x F whole pixels (average_box).
-  uint32_t box = 0;
 };
 
 // Output columns of at most this many taps (factors up to 7) use the
@@ -95,17 +92,12 @@ Geometry make_geometry(const ResampleRequest& r, DctMode dct) {
   g.fx = r.fx / g.scale;
   g.fy = r.fy / g.scale;
   g.pixel_bytes = level.pixel_bytes();
-  if (g.fx == g.fy && (g.fx == 2.0 || g.fx == 3.0 || g.fx == 4.0) && g.x == std::floor(g.x) &&
-      g.y == std::floor(g.y)) {
-    g.box = uint32_t(g.fx);
-  }
   if (r.width == 0 || r.height == 0) return g;
   g.sx0 = first_pixel(g.x);
   const int64_t sx1 = std::max(end_pixel(g.x + double(r.width) * g.fx), g.sx0 + 1);
   if (sx1 - g.sx0 > int64_t(UINT32_MAX)) fail("resampled read: the level region is wider than 2**32 - 1");
   g.sw = uint32_t(sx1 - g.sx0);
   checked_mul(g.sw, g.pixel_bytes);
-  if (uint64_t(g.sw) != uint64_t(g.box) * r.width) g.box = 0;  // average_box reads exactly F columns each
   g.first.resize(r.width);
   g.tap_start.resize(size_t(r.width) + 1);
   g.weights.reserve(size_t(r.width) * (size_t(std::ceil(g.fx)) + 2));
@@ -167,7 +159,6 @@ using Acc = std::conditional_t<(sizeof(T) <= 2 && std::is_integral_v<T>), float,
 struct RowScratch {
   std::vector<float> f;
   std::vector<double> d;
-  std::vector<uint16_t> u16;
 };
 
 RowScratch& row_scratch() {
@@ -283,67 +274,12 @@ bool average_columns_fixed(const float* acc, T* out, const Geometry& g, uint32_t
   }
 }
 
-// Output rows [j0, j1) of an 8-bit request whose factors are the whole
-// number F at a whole position (Geometry::box): each output pixel is the
-// mean of F x F pixels, summed in integers (a uint16 column sum of F rows,
-// then F of those) and rounded half up as (2 s + F F) / (2 F F). These are
-// the float path's pixels: its weights are 1/F and its float error (under
-// 1e-3 here) is far below the 1/(2 F F) that an exact mean of F x F
-// integers lies from a rounding boundary when it is not on one; and on one
-// (F = 2) both paths see the exact half. A cached 1024 x 1024 -> 512 x 512
-// RGB patch: 0.85 ms against the float path's 1.19 (the read alone 0.32).
-template <uint32_t F, size_t CH>
-void average_box(const ResampleRequest& r, const Geometry& g, const Band& band, const uint8_t* src,
-                 uint32_t j0, uint32_t j1) {
-  const size_t n = size_t(g.sw) * CH;  // g.sw = F * r.width
-  const size_t m = n - (F - 1) * CH;    // samples that start a run of F pixels
-  RowScratch& scratch = row_scratch();
-  if (scratch.u16.size() < 2 * n) scratch.u16.resize(2 * n);
-  uint16_t* __restrict sums = scratch.u16.data();
-  uint16_t* __restrict means = sums + n;
-  for (uint32_t j = j0; j < j1; ++j) {
-    const uint8_t* __restrict row = src + size_t(int64_t(g.y) + int64_t(j) * F - band.sy0) * n;
-    for (size_t k = 0; k < n; ++k) sums[k] = row[k];
-    for (uint32_t t = 1; t < F; ++t) {
-      row += n;
-      for (size_t k = 0; k < n; ++k) sums[k] = uint16_t(sums[k] + row[k]);
-    }
-    // The rounded mean of the F pixels starting at every sample (contiguous,
-    // so vectorised), of which every F-th pixel's is an output pixel.
-    for (size_t k = 0; k < m; ++k) {
-      uint16_t sum = sums[k];  // at most F * F * 255: 2 * sum + F * F fits 16 bits
-      for (uint32_t t = 1; t < F; ++t) sum = uint16_t(sum + sums[k + t * CH]);
-      means[k] = uint16_t(uint16_t(2 * sum + F * F) / uint16_t(2 * F * F));
-    }
-    uint8_t* __restrict out = r.out + size_t(j) * r.pitch;
-    for (uint32_t i = 0; i < r.width; ++i) {
-      for (size_t c = 0; c < CH; ++c) out[size_t(i) * CH + c] = uint8_t(means[size_t(i) * F * CH + c]);
-    }
-  }
-}
-
-template <uint32_t F>
-bool average_box_channels(const ResampleRequest& r, const Geometry& g, const Band& band, const uint8_t* src,
-                          uint32_t j0, uint32_t j1, size_t channels) {
-  switch (channels) {
-    case 1: average_box<F, 1>(r, g, band, src, j0, j1); return true;
-    case 3: average_box<F, 3>(r, g, band, src, j0, j1); return true;
-    case 4: average_box<F, 4>(r, g, band, src, j0, j1); return true;
-    default: return false;
-  }
-}
-
 // Averages output rows [j0, j1) of `r` from a band's level rows.
 template <class T>
 void average_rows(const ResampleRequest& r, const Geometry& g, const Band& band, const uint8_t* src,
                   uint32_t j0, uint32_t j1) {
   using A = Acc<T>;
   const size_t channels = g.pixel_bytes / sizeof(T);
-  if constexpr (std::is_same_v<T, uint8_t>) {
-    if (g.box == 2 && average_box_channels<2>(r, g, band, src, j0, j1, channels)) return;
-    if (g.box == 3 && average_box_channels<3>(r, g, band, src, j0, j1, channels)) return;
-    if (g.box == 4 && average_box_channels<4>(r, g, band, src, j0, j1, channels)) return;
-  }
   const size_t n = size_t(g.sw) * channels;
   const size_t src_pitch = size_t(g.sw) * g.pixel_bytes;
   // Zeros after the row: average_columns_f4 reads up to kMaxTaps pixels
