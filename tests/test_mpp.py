@@ -188,7 +188,8 @@ def test_whole_factors_are_integer_box_means(tmp_path: Path, factor: int, channe
     """
     pixels = texture(200, 260, channels, "uint8", seed=factor)
     path = tmp_path / "one.tif"
-    write_pyramid(path, [pixels if channels > 1 else pixels[..., 0]], tile=(64, 64), compression="zlib", mpp=0.5)
+    level0 = pixels if channels > 1 else pixels[..., 0]
+    write_pyramid(path, [level0], tile=(64, 64), compression="zlib", mpp=0.5)
     with wsiarray.open(path) as slide:
         for x, y in [(0, 0), (37, 11), (260 - 5 * factor, 200 - 3 * factor), (-7, -3), (251, 197)]:
             got = slide.read_region((x, y), (24, 16), mpp=0.5 * factor, dct=False, fill=200)
